@@ -1,0 +1,184 @@
+//! Streaming bodies for both directions: chunks pass through as they arrive, nothing is buffered.
+//!
+//! [`RequestBody`] counts what the caller uploads and enforces the optional size limit.
+//! [`ResponseBody`] is either the upstream's stream or a small answer made by the proxy; an
+//! upstream stream that breaks off mid-way ends cleanly for the caller (a truncated SSE stream
+//! still ends with a proper final chunk) and is counted as an upstream reset.
+
+use std::convert::Infallible;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll, ready};
+
+use bytes::Bytes;
+use http_body::{Body, Frame, SizeHint};
+use hyper::body::Incoming;
+
+use crate::metrics::{InFlight, Metrics, UpstreamError};
+
+/// Why a request body could not be forwarded.
+#[derive(Debug, thiserror::Error)]
+pub enum RequestBodyError {
+    #[error("reading the request body failed: {0}")]
+    Client(#[from] hyper::Error),
+    #[error("the request body exceeds {limit} bytes")]
+    TooLarge { limit: u64 },
+}
+
+/// The caller's request body on its way upstream.
+pub struct RequestBody {
+    inner: Incoming,
+    limit: Option<u64>,
+    seen: u64,
+    metrics: Arc<Metrics>,
+}
+
+impl RequestBody {
+    pub fn new(inner: Incoming, limit: Option<u64>, metrics: Arc<Metrics>) -> Self {
+        Self {
+            inner,
+            limit,
+            seen: 0,
+            metrics,
+        }
+    }
+}
+
+impl Body for RequestBody {
+    type Data = Bytes;
+    type Error = RequestBodyError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+        let this = &mut *self;
+        let frame = match ready!(Pin::new(&mut this.inner).poll_frame(cx)) {
+            Some(Ok(frame)) => frame,
+            Some(Err(e)) => return Poll::Ready(Some(Err(e.into()))),
+            None => return Poll::Ready(None),
+        };
+        if let Some(data) = frame.data_ref() {
+            this.seen += data.len() as u64;
+            if let Some(limit) = this.limit
+                && this.seen > limit
+            {
+                return Poll::Ready(Some(Err(RequestBodyError::TooLarge { limit })));
+            }
+        }
+        Poll::Ready(Some(Ok(frame)))
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+impl Drop for RequestBody {
+    fn drop(&mut self) {
+        self.metrics.request_bytes(self.seen);
+    }
+}
+
+/// The upstream's response body on its way to the caller.
+pub struct UpstreamBody {
+    inner: Incoming,
+    seen: u64,
+    metrics: Arc<Metrics>,
+    /// Keeps the request counted as in flight until the stream ends.
+    _in_flight: InFlight,
+    done: bool,
+}
+
+/// What the proxy sends back.
+pub enum ResponseBody {
+    Upstream(UpstreamBody),
+    /// An answer made by the proxy (health, errors, metrics).
+    Local(Option<Bytes>),
+}
+
+impl ResponseBody {
+    pub fn upstream(inner: Incoming, metrics: Arc<Metrics>, in_flight: InFlight) -> Self {
+        ResponseBody::Upstream(UpstreamBody {
+            inner,
+            seen: 0,
+            metrics,
+            _in_flight: in_flight,
+            done: false,
+        })
+    }
+
+    pub fn local(bytes: impl Into<Bytes>) -> Self {
+        ResponseBody::Local(Some(bytes.into()))
+    }
+
+    pub fn empty() -> Self {
+        ResponseBody::Local(None)
+    }
+}
+
+impl Body for ResponseBody {
+    type Data = Bytes;
+    type Error = Infallible;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
+        match self.get_mut() {
+            ResponseBody::Local(bytes) => Poll::Ready(bytes.take().map(|b| Ok(Frame::data(b)))),
+            ResponseBody::Upstream(body) => {
+                if body.done {
+                    return Poll::Ready(None);
+                }
+                match ready!(Pin::new(&mut body.inner).poll_frame(cx)) {
+                    Some(Ok(frame)) => {
+                        if let Some(data) = frame.data_ref() {
+                            body.seen += data.len() as u64;
+                        }
+                        Poll::Ready(Some(Ok(frame)))
+                    }
+                    Some(Err(e)) => {
+                        body.done = true;
+                        body.metrics.upstream_error(UpstreamError::Reset);
+                        tracing::warn!(
+                            bytes_sent = body.seen,
+                            "upstream response broke off mid-stream: {e}; ending the caller's stream"
+                        );
+                        Poll::Ready(None)
+                    }
+                    None => {
+                        body.done = true;
+                        Poll::Ready(None)
+                    }
+                }
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            ResponseBody::Local(bytes) => bytes.is_none(),
+            ResponseBody::Upstream(body) => body.done || body.inner.is_end_stream(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            ResponseBody::Local(bytes) => {
+                SizeHint::with_exact(bytes.as_ref().map_or(0, |b| b.len() as u64))
+            }
+            ResponseBody::Upstream(body) => body.inner.size_hint(),
+        }
+    }
+}
+
+impl Drop for UpstreamBody {
+    fn drop(&mut self) {
+        self.metrics.response_bytes(self.seen);
+    }
+}

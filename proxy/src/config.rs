@@ -1,0 +1,1340 @@
+//! Configuration from environment variables, validated once at start.
+//!
+//! Every variable the proxy reads is listed in [`ENV_VARS`]; `aoai-proxy --help` prints that table
+//! and a test checks that the README documents each entry. Parsing is a pure function of a lookup
+//! closure so that tests never touch the process environment. An empty value counts as unset, since
+//! templated manifests often render `value: ""`.
+
+use std::fmt;
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+use std::time::Duration;
+
+use http::Uri;
+use http::uri::{Authority, Scheme};
+
+use crate::units::{parse_bytes, parse_duration};
+
+/// One environment variable: its name, its default (if any) and what it does.
+pub struct EnvVar {
+    pub name: &'static str,
+    pub default: Option<&'static str>,
+    pub help: &'static str,
+}
+
+const fn var(name: &'static str, default: Option<&'static str>, help: &'static str) -> EnvVar {
+    EnvVar {
+        name,
+        default,
+        help,
+    }
+}
+
+/// Default scope: Azure OpenAI (Cognitive Services) in every public and sovereign cloud.
+pub const DEFAULT_SCOPE: &str = "https://cognitiveservices.azure.com/.default";
+/// Default Entra ID authority (Azure public cloud).
+pub const DEFAULT_AUTHORITY_HOST: &str = "https://login.microsoftonline.com";
+/// The Azure Instance Metadata Service, the managed-identity endpoint on VMs and AKS nodes.
+pub const DEFAULT_IMDS_HOST: &str = "http://169.254.169.254";
+
+/// Every environment variable the proxy reads, in the order `--help` and the README list them.
+pub const ENV_VARS: &[EnvVar] = &[
+    // Upstream and listener (seed sidecar names first, then aliases).
+    var(
+        "API_BASE_URL",
+        None,
+        "Azure OpenAI endpoint to forward to, e.g. https://my-resource.openai.azure.com. May carry a path prefix. Required (or TARGET_URL).",
+    ),
+    var(
+        "TARGET_URL",
+        None,
+        "Alias of API_BASE_URL (the Go managed-identity proxy's name), e.g. https://my-resource.openai.azure.com/openai/.",
+    ),
+    var(
+        "HOST",
+        Some("0.0.0.0"),
+        "Address the forwarding listener binds. Use 127.0.0.1 in a pod: whoever reaches this port gets Azure-authenticated calls.",
+    ),
+    var("PORT", Some("8080"), "Port of the forwarding listener."),
+    var(
+        "AOAI_PROXY_ADMIN_HOST",
+        Some("0.0.0.0"),
+        "Address of the admin listener (/health, /livez, /readyz, /metrics; never forwarded).",
+    ),
+    var(
+        "AOAI_PROXY_ADMIN_PORT",
+        Some("8081"),
+        "Port of the admin listener.",
+    ),
+    // Credential selection.
+    var(
+        "AOAI_PROXY_CREDENTIAL",
+        None,
+        "Credential to use: certificate, secret, workload-identity or managed-identity. Inferred from the variables below when unset.",
+    ),
+    var(
+        "AZURE_TENANT_ID",
+        None,
+        "Entra ID tenant (GUID or domain). Required for certificate, secret and workload-identity credentials.",
+    ),
+    var(
+        "AZURE_CLIENT_ID",
+        None,
+        "Application (client) id. Required for certificate, secret and workload identity; for managed identity, selects a user-assigned identity.",
+    ),
+    var(
+        "AZURE_CERTIFICATE_PATH",
+        None,
+        "PEM file with the client certificate and its private key (the seed sidecar's name). Selects the certificate credential.",
+    ),
+    var(
+        "AZURE_CLIENT_CERTIFICATE_PATH",
+        None,
+        "Azure SDK name for the certificate file: PEM, or PKCS#12 when AZURE_CLIENT_CERTIFICATE_PASSWORD is set.",
+    ),
+    var(
+        "AZURE_CLIENT_CERTIFICATE_PASSWORD",
+        None,
+        "Password of a PKCS#12 certificate file.",
+    ),
+    var(
+        "AZURE_CLIENT_SEND_CERTIFICATE_CHAIN",
+        Some("false"),
+        "Send the certificate chain (x5c) in the client assertion, for subject-name/issuer authentication.",
+    ),
+    var(
+        "AZURE_CLIENT_SECRET",
+        None,
+        "Client secret. Selects the secret credential.",
+    ),
+    var(
+        "AOAI_PROXY_CLIENT_SECRET_FILE",
+        None,
+        "File holding the client secret, re-read at each token refresh (a rotated Kubernetes Secret needs no restart). Selects the secret credential.",
+    ),
+    var(
+        "AZURE_FEDERATED_TOKEN_FILE",
+        None,
+        "Projected service-account token for workload identity, read at each exchange. Selects the workload-identity credential.",
+    ),
+    var(
+        "AZURE_AUTHORITY_HOST",
+        Some(DEFAULT_AUTHORITY_HOST),
+        "Entra ID authority: https://login.microsoftonline.us (US Government), https://login.chinacloudapi.cn (China), or any https host.",
+    ),
+    var(
+        "IDENTITY_ENDPOINT",
+        None,
+        "App Service style managed-identity endpoint (with IDENTITY_HEADER). Selects the managed-identity credential.",
+    ),
+    var(
+        "IDENTITY_HEADER",
+        None,
+        "Secret header value for IDENTITY_ENDPOINT.",
+    ),
+    var(
+        "AZURE_POD_IDENTITY_AUTHORITY_HOST",
+        Some(DEFAULT_IMDS_HOST),
+        "Base URL of the Instance Metadata Service used for managed identity (the Azure SDKs' override).",
+    ),
+    var(
+        "AOAI_PROXY_MANAGED_IDENTITY_OBJECT_ID",
+        None,
+        "User-assigned managed identity by object (principal) id.",
+    ),
+    var(
+        "AOAI_PROXY_MANAGED_IDENTITY_RESOURCE_ID",
+        None,
+        "User-assigned managed identity by Azure resource id.",
+    ),
+    var(
+        "AZURE_SCOPE",
+        Some(DEFAULT_SCOPE),
+        "Scope of the token the proxy requests.",
+    ),
+    var(
+        "AZURE_OPENAI_SCOPE",
+        None,
+        "Alias of AZURE_SCOPE (the Go managed-identity proxy's name).",
+    ),
+    var(
+        "SSL_CERT_FILE",
+        None,
+        "PEM bundle trusted in addition to the system roots, for the upstream and the identity endpoints.",
+    ),
+    // Inbound authentication.
+    var(
+        "EXPECTED_KEY",
+        None,
+        "A key callers must present (api-key: K or Authorization: Bearer K). Inbound authentication is off when no key is configured.",
+    ),
+    var(
+        "AOAI_PROXY_INBOUND_KEYS",
+        None,
+        "Comma-separated keys callers may present, in addition to EXPECTED_KEY.",
+    ),
+    var(
+        "AOAI_PROXY_INBOUND_KEYS_FILE",
+        None,
+        "File with one accepted key per line, re-read when it changes (a rotated Kubernetes Secret needs no restart).",
+    ),
+    var(
+        "AOAI_PROXY_AUTH_MAX_FAILURES",
+        Some("10"),
+        "Failed key checks from one client IP, within the window, that lock that IP out.",
+    ),
+    var(
+        "AOAI_PROXY_AUTH_FAILURE_WINDOW",
+        Some("1m"),
+        "Window in which failed key checks are counted.",
+    ),
+    var(
+        "AOAI_PROXY_AUTH_LOCKOUT",
+        Some("5m"),
+        "How long a locked-out IP gets 429 with Retry-After.",
+    ),
+    // Timeouts and limits.
+    var(
+        "AOAI_PROXY_CONNECT_TIMEOUT",
+        Some("10s"),
+        "Timeout to connect to the upstream (TCP and TLS).",
+    ),
+    var(
+        "AOAI_PROXY_UPSTREAM_TIMEOUT",
+        Some("10m"),
+        "Timeout for the upstream's response headers; a streamed body may last longer. Exceeded: 504.",
+    ),
+    var(
+        "AOAI_PROXY_POOL_IDLE_TIMEOUT",
+        Some("90s"),
+        "How long an idle upstream connection stays in the pool.",
+    ),
+    var(
+        "AOAI_PROXY_HEADER_READ_TIMEOUT",
+        Some("10s"),
+        "Time a client has to send its request headers (cuts off slow clients).",
+    ),
+    var(
+        "AOAI_PROXY_MAX_REQUEST_BODY",
+        None,
+        "Largest request body accepted (e.g. 25Mi); larger gets 413. Unlimited when unset.",
+    ),
+    var(
+        "AOAI_PROXY_SHUTDOWN_GRACE",
+        Some("25s"),
+        "On SIGTERM/SIGINT, how long in-flight requests and streams may run before the proxy exits.",
+    ),
+    // Logs.
+    var(
+        "AOAI_PROXY_LOG_LEVEL",
+        Some("info"),
+        "Log level or tracing filter (error, warn, info, debug, or e.g. info,aoai_proxy=debug). Request lines are at info.",
+    ),
+    var(
+        "AOAI_PROXY_LOG_FORMAT",
+        Some("text"),
+        "Log format: text or json.",
+    ),
+];
+
+/// A configuration error: which variable, and what is wrong with it. Displayed as one line.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    pub variable: &'static str,
+    pub message: String,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.variable, self.message)
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+fn error(variable: &'static str, message: impl Into<String>) -> ConfigError {
+    ConfigError {
+        variable,
+        message: message.into(),
+    }
+}
+
+/// A value that must never be printed: Debug and Display show `[redacted]`.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(value: impl Into<String>) -> Self {
+        Self(value.into())
+    }
+    /// The secret itself; call only where it is sent or compared.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("[redacted]")
+    }
+}
+
+/// The upstream (Azure OpenAI) base URL, split for cheap per-request joining.
+#[derive(Debug, Clone)]
+pub struct Upstream {
+    pub scheme: Scheme,
+    pub authority: Authority,
+    /// Path prefix without a trailing slash: "" or e.g. "/openai".
+    pub path_prefix: String,
+}
+
+impl Upstream {
+    pub fn parse(text: &str) -> Result<Self, String> {
+        let uri: Uri = text.parse().map_err(|_| {
+            format!("{text:?} is not a URL (example: https://my-resource.openai.azure.com)")
+        })?;
+        let scheme = uri
+            .scheme()
+            .cloned()
+            .ok_or_else(|| format!("{text:?} has no scheme; use https://..."))?;
+        if scheme != Scheme::HTTPS && scheme != Scheme::HTTP {
+            return Err(format!("{text:?} must start with https:// (or http://)"));
+        }
+        let authority = uri
+            .authority()
+            .cloned()
+            .ok_or_else(|| format!("{text:?} has no host"))?;
+        if authority.as_str().contains('@') {
+            return Err(format!("{text:?} must not carry credentials"));
+        }
+        if uri.query().is_some() || text.contains('#') {
+            return Err(format!("{text:?} must not carry a query or fragment"));
+        }
+        let path_prefix = uri.path().trim_end_matches('/').to_string();
+        Ok(Self {
+            scheme,
+            authority,
+            path_prefix,
+        })
+    }
+
+    /// The upstream URL for a client's path and query: the prefix joined with exactly one slash.
+    pub fn url_for(&self, path_and_query: &str) -> Result<Uri, http::Error> {
+        let mut joined = String::with_capacity(self.path_prefix.len() + path_and_query.len() + 1);
+        joined.push_str(&self.path_prefix);
+        if !path_and_query.starts_with('/') {
+            joined.push('/');
+        }
+        joined.push_str(path_and_query);
+        Uri::builder()
+            .scheme(self.scheme.clone())
+            .authority(self.authority.clone())
+            .path_and_query(joined)
+            .build()
+    }
+
+    pub fn is_loopback(&self) -> bool {
+        let host = self
+            .authority
+            .host()
+            .trim_start_matches('[')
+            .trim_end_matches(']');
+        host == "localhost"
+            || host
+                .parse::<IpAddr>()
+                .map(|ip| ip.is_loopback())
+                .unwrap_or(false)
+    }
+}
+
+impl fmt::Display for Upstream {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{}://{}{}",
+            self.scheme, self.authority, self.path_prefix
+        )
+    }
+}
+
+/// A user-assigned managed identity, by one of its three ids.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum UserAssignedId {
+    ClientId(String),
+    ObjectId(String),
+    ResourceId(String),
+}
+
+/// Where managed-identity tokens come from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ManagedIdentityEndpoint {
+    /// The Instance Metadata Service (VMs, AKS nodes); base URL such as http://169.254.169.254.
+    Imds { base: String },
+    /// App Service / Functions / Container Apps: `IDENTITY_ENDPOINT` with `IDENTITY_HEADER`.
+    AppService { endpoint: String, header: Secret },
+}
+
+/// The credential the proxy uses to obtain its Entra ID token.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Credential {
+    Certificate {
+        tenant_id: String,
+        client_id: String,
+        /// Which variable named the file, for messages.
+        path_variable: &'static str,
+        path: PathBuf,
+        password: Option<Secret>,
+        send_chain: bool,
+    },
+    Secret {
+        tenant_id: String,
+        client_id: String,
+        secret: SecretSource,
+    },
+    WorkloadIdentity {
+        tenant_id: String,
+        client_id: String,
+        token_file: PathBuf,
+    },
+    ManagedIdentity {
+        endpoint: ManagedIdentityEndpoint,
+        id: Option<UserAssignedId>,
+    },
+}
+
+/// A client secret given inline or as a file re-read at each refresh.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SecretSource {
+    Inline(Secret),
+    File(PathBuf),
+}
+
+impl Credential {
+    /// Short name used in logs and metric labels.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Credential::Certificate { .. } => "certificate",
+            Credential::Secret { .. } => "secret",
+            Credential::WorkloadIdentity { .. } => "workload-identity",
+            Credential::ManagedIdentity { .. } => "managed-identity",
+        }
+    }
+}
+
+/// Log output format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+/// Inbound (caller) authentication settings.
+#[derive(Debug, Clone)]
+pub struct InboundAuthConfig {
+    pub keys: Vec<Secret>,
+    pub keys_file: Option<PathBuf>,
+    pub max_failures: u32,
+    pub failure_window: Duration,
+    pub lockout: Duration,
+}
+
+impl InboundAuthConfig {
+    pub fn enabled(&self) -> bool {
+        !self.keys.is_empty() || self.keys_file.is_some()
+    }
+}
+
+/// Timeouts and limits of the forwarding path.
+#[derive(Debug, Clone)]
+pub struct Limits {
+    pub connect_timeout: Duration,
+    pub upstream_timeout: Duration,
+    pub pool_idle_timeout: Duration,
+    pub header_read_timeout: Duration,
+    pub max_request_body: Option<u64>,
+    pub shutdown_grace: Duration,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            connect_timeout: Duration::from_secs(10),
+            upstream_timeout: Duration::from_secs(600),
+            pool_idle_timeout: Duration::from_secs(90),
+            header_read_timeout: Duration::from_secs(10),
+            max_request_body: None,
+            shutdown_grace: Duration::from_secs(25),
+        }
+    }
+}
+
+/// The whole, validated configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub upstream: Upstream,
+    pub listen: SocketAddr,
+    pub admin_listen: SocketAddr,
+    pub credential: Credential,
+    pub authority_host: String,
+    pub scope: String,
+    pub extra_roots: Option<PathBuf>,
+    pub inbound: InboundAuthConfig,
+    pub limits: Limits,
+    pub log_level: String,
+    pub log_format: LogFormat,
+}
+
+/// Reads variables through `lookup`, treating empty values as unset.
+struct Env<F: Fn(&str) -> Option<String>>(F);
+
+impl<F: Fn(&str) -> Option<String>> Env<F> {
+    fn get(&self, name: &'static str) -> Option<String> {
+        debug_assert!(
+            ENV_VARS.iter().any(|v| v.name == name),
+            "{name} is not in ENV_VARS"
+        );
+        (self.0)(name)
+            .map(|v| v.trim().to_string())
+            .filter(|v| !v.is_empty())
+    }
+
+    /// A variable with an alias: either may be set; both set to different values is an error.
+    fn get_aliased(
+        &self,
+        name: &'static str,
+        alias: &'static str,
+    ) -> Result<Option<(&'static str, String)>, ConfigError> {
+        match (self.get(name), self.get(alias)) {
+            (Some(a), Some(b)) if a != b => Err(error(
+                alias,
+                format!("contradicts {name}; set only one of them"),
+            )),
+            (Some(a), _) => Ok(Some((name, a))),
+            (None, Some(b)) => Ok(Some((alias, b))),
+            (None, None) => Ok(None),
+        }
+    }
+
+    fn parsed<T>(
+        &self,
+        name: &'static str,
+        default: T,
+        parse: impl Fn(&str) -> Result<T, String>,
+    ) -> Result<T, ConfigError> {
+        match self.get(name) {
+            Some(text) => parse(&text).map_err(|message| error(name, message)),
+            None => Ok(default),
+        }
+    }
+
+    fn duration(&self, name: &'static str, default: Duration) -> Result<Duration, ConfigError> {
+        self.parsed(name, default, parse_duration)
+    }
+
+    fn bool(&self, name: &'static str) -> Result<bool, ConfigError> {
+        self.parsed(name, false, |text| {
+            match text.to_ascii_lowercase().as_str() {
+                "true" | "1" | "yes" => Ok(true),
+                "false" | "0" | "no" => Ok(false),
+                _ => Err(format!("{text:?} is not a boolean (use true or false)")),
+            }
+        })
+    }
+
+    fn required(&self, name: &'static str, why: &str) -> Result<String, ConfigError> {
+        self.get(name)
+            .ok_or_else(|| error(name, format!("is required {why}")))
+    }
+}
+
+fn parse_port(text: &str) -> Result<u16, String> {
+    match text.parse::<u16>() {
+        Ok(port) if port > 0 => Ok(port),
+        _ => Err(format!("{text:?} is not a port number (1-65535)")),
+    }
+}
+
+fn parse_ip(text: &str) -> Result<IpAddr, String> {
+    text.trim_start_matches('[')
+        .trim_end_matches(']')
+        .parse()
+        .map_err(|_| format!("{text:?} is not an IP address (examples: 0.0.0.0, 127.0.0.1, ::)"))
+}
+
+/// A GUID such as 72f988bf-86f1-41af-91ab-2d7cd011db47.
+pub fn is_guid(text: &str) -> bool {
+    let groups: Vec<&str> = text.split('-').collect();
+    groups.len() == 5
+        && groups
+            .iter()
+            .zip([8, 4, 4, 4, 12])
+            .all(|(g, n)| g.len() == n && g.bytes().all(|b| b.is_ascii_hexdigit()))
+}
+
+fn check_tenant(text: &str) -> Result<String, String> {
+    let domain = text.contains('.')
+        && text
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'-');
+    if is_guid(text) || domain {
+        Ok(text.to_string())
+    } else {
+        Err(format!(
+            "{text:?} is not a tenant id (a GUID or a domain such as contoso.onmicrosoft.com)"
+        ))
+    }
+}
+
+fn check_client_id(text: &str) -> Result<String, String> {
+    if is_guid(text) {
+        Ok(text.to_string())
+    } else {
+        Err(format!(
+            "{text:?} is not a client id (a GUID such as 00000000-0000-0000-0000-000000000000)"
+        ))
+    }
+}
+
+/// Accepts `https://host[:port]` (a trailing slash is dropped) or a bare host name.
+fn parse_authority_host(text: &str) -> Result<String, String> {
+    let url = if text.contains("://") {
+        text.to_string()
+    } else {
+        format!("https://{text}")
+    };
+    let uri: Uri = url.parse().map_err(|_| {
+        format!("{text:?} is not a URL (example: https://login.microsoftonline.com)")
+    })?;
+    if uri.scheme() != Some(&Scheme::HTTPS) {
+        return Err(format!(
+            "{text:?} must be https: the token request carries the credential"
+        ));
+    }
+    if uri.authority().is_none() || uri.query().is_some() {
+        return Err(format!("{text:?} must be https://host[:port]"));
+    }
+    Ok(url.trim_end_matches('/').to_string())
+}
+
+fn parse_http_url(text: &str) -> Result<String, String> {
+    let uri: Uri = text.parse().map_err(|_| format!("{text:?} is not a URL"))?;
+    match (uri.scheme_str(), uri.authority()) {
+        (Some("http" | "https"), Some(_)) => Ok(text.trim_end_matches('/').to_string()),
+        _ => Err(format!("{text:?} must be an http:// or https:// URL")),
+    }
+}
+
+fn parse_scope(text: &str) -> Result<String, String> {
+    if text.chars().any(char::is_whitespace) {
+        return Err(format!("{text:?} must be one scope, without spaces"));
+    }
+    Ok(text.to_string())
+}
+
+const CREDENTIAL_KINDS: &str = "certificate, secret, workload-identity or managed-identity";
+
+impl Config {
+    /// Reads the configuration from the process environment.
+    pub fn from_process_env() -> Result<Self, ConfigError> {
+        Self::from_lookup(|name| std::env::var(name).ok())
+    }
+
+    /// Reads the configuration through `lookup` (name → value), validating every variable.
+    pub fn from_lookup(lookup: impl Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {
+        let env = Env(lookup);
+
+        let (base_var, base) = env.get_aliased("API_BASE_URL", "TARGET_URL")?.ok_or_else(|| {
+            error(
+                "API_BASE_URL",
+                "is required: the Azure OpenAI endpoint, e.g. https://my-resource.openai.azure.com (or set TARGET_URL)",
+            )
+        })?;
+        let upstream = Upstream::parse(&base).map_err(|m| error(base_var, m))?;
+
+        let host = env.parsed("HOST", IpAddr::from([0, 0, 0, 0]), parse_ip)?;
+        let port = env.parsed("PORT", 8080, parse_port)?;
+        let admin_host = env.parsed(
+            "AOAI_PROXY_ADMIN_HOST",
+            IpAddr::from([0, 0, 0, 0]),
+            parse_ip,
+        )?;
+        let admin_port = env.parsed("AOAI_PROXY_ADMIN_PORT", 8081, parse_port)?;
+        if admin_port == port {
+            return Err(error(
+                "AOAI_PROXY_ADMIN_PORT",
+                format!("{admin_port} is also PORT; the admin listener needs its own port"),
+            ));
+        }
+
+        let credential = credential_from(&env)?;
+        let authority_host = env.parsed(
+            "AZURE_AUTHORITY_HOST",
+            DEFAULT_AUTHORITY_HOST.to_string(),
+            parse_authority_host,
+        )?;
+        let scope = match env.get_aliased("AZURE_SCOPE", "AZURE_OPENAI_SCOPE")? {
+            Some((name, text)) => parse_scope(&text).map_err(|m| error(name, m))?,
+            None => DEFAULT_SCOPE.to_string(),
+        };
+        let extra_roots = env.get("SSL_CERT_FILE").map(PathBuf::from);
+
+        let mut keys: Vec<Secret> = Vec::new();
+        if let Some(key) = env.get("EXPECTED_KEY") {
+            keys.push(Secret::new(key));
+        }
+        if let Some(list) = env.get("AOAI_PROXY_INBOUND_KEYS") {
+            keys.extend(
+                list.split(',')
+                    .map(str::trim)
+                    .filter(|k| !k.is_empty())
+                    .map(Secret::new),
+            );
+        }
+        let inbound = InboundAuthConfig {
+            keys,
+            keys_file: env.get("AOAI_PROXY_INBOUND_KEYS_FILE").map(PathBuf::from),
+            max_failures: env.parsed("AOAI_PROXY_AUTH_MAX_FAILURES", 10, |t| {
+                match t.parse::<u32>() {
+                    Ok(n) if n > 0 => Ok(n),
+                    _ => Err(format!("{t:?} is not a positive whole number")),
+                }
+            })?,
+            failure_window: env
+                .duration("AOAI_PROXY_AUTH_FAILURE_WINDOW", Duration::from_secs(60))?,
+            lockout: env.duration("AOAI_PROXY_AUTH_LOCKOUT", Duration::from_secs(300))?,
+        };
+
+        let defaults = Limits::default();
+        let limits = Limits {
+            connect_timeout: env
+                .duration("AOAI_PROXY_CONNECT_TIMEOUT", defaults.connect_timeout)?,
+            upstream_timeout: env
+                .duration("AOAI_PROXY_UPSTREAM_TIMEOUT", defaults.upstream_timeout)?,
+            pool_idle_timeout: env
+                .duration("AOAI_PROXY_POOL_IDLE_TIMEOUT", defaults.pool_idle_timeout)?,
+            header_read_timeout: env.duration(
+                "AOAI_PROXY_HEADER_READ_TIMEOUT",
+                defaults.header_read_timeout,
+            )?,
+            max_request_body: env.parsed("AOAI_PROXY_MAX_REQUEST_BODY", None, |t| {
+                parse_bytes(t).map(Some)
+            })?,
+            shutdown_grace: env.duration("AOAI_PROXY_SHUTDOWN_GRACE", defaults.shutdown_grace)?,
+        };
+        for (name, value) in [
+            ("AOAI_PROXY_CONNECT_TIMEOUT", limits.connect_timeout),
+            ("AOAI_PROXY_UPSTREAM_TIMEOUT", limits.upstream_timeout),
+            ("AOAI_PROXY_HEADER_READ_TIMEOUT", limits.header_read_timeout),
+        ] {
+            if value.is_zero() {
+                return Err(error(name, "must be greater than zero"));
+            }
+        }
+
+        let log_level = env
+            .get("AOAI_PROXY_LOG_LEVEL")
+            .unwrap_or_else(|| "info".into());
+        let log_format = env.parsed("AOAI_PROXY_LOG_FORMAT", LogFormat::Text, |t| {
+            match t.to_ascii_lowercase().as_str() {
+                "text" => Ok(LogFormat::Text),
+                "json" => Ok(LogFormat::Json),
+                _ => Err(format!("{t:?} is not a log format (use text or json)")),
+            }
+        })?;
+
+        Ok(Config {
+            upstream,
+            listen: SocketAddr::new(host, port),
+            admin_listen: SocketAddr::new(admin_host, admin_port),
+            credential,
+            authority_host,
+            scope,
+            extra_roots,
+            inbound,
+            limits,
+            log_level,
+            log_format,
+        })
+    }
+}
+
+/// Chooses the credential: `AOAI_PROXY_CREDENTIAL` when set, otherwise the one kind whose variables
+/// are present; managed identity when none is (as the Go managed-identity proxy did).
+fn credential_from<F: Fn(&str) -> Option<String>>(env: &Env<F>) -> Result<Credential, ConfigError> {
+    let certificate = env.get_aliased("AZURE_CERTIFICATE_PATH", "AZURE_CLIENT_CERTIFICATE_PATH")?;
+    let secret_inline = env.get("AZURE_CLIENT_SECRET");
+    let secret_file = env.get("AOAI_PROXY_CLIENT_SECRET_FILE");
+    let federated = env.get("AZURE_FEDERATED_TOKEN_FILE");
+    let identity_endpoint = env.get("IDENTITY_ENDPOINT");
+
+    let kind = match env.get("AOAI_PROXY_CREDENTIAL") {
+        Some(kind) => match kind.as_str() {
+            "certificate" | "secret" | "workload-identity" | "managed-identity" => kind,
+            _ => {
+                return Err(error(
+                    "AOAI_PROXY_CREDENTIAL",
+                    format!("{kind:?} is not a credential kind (use {CREDENTIAL_KINDS})"),
+                ));
+            }
+        },
+        None => {
+            let mut present: Vec<(&str, &str)> = Vec::new();
+            if let Some((name, _)) = &certificate {
+                present.push(("certificate", name));
+            }
+            if secret_inline.is_some() {
+                present.push(("secret", "AZURE_CLIENT_SECRET"));
+            }
+            if secret_file.is_some() {
+                present.push(("secret", "AOAI_PROXY_CLIENT_SECRET_FILE"));
+            }
+            if federated.is_some() {
+                present.push(("workload-identity", "AZURE_FEDERATED_TOKEN_FILE"));
+            }
+            if identity_endpoint.is_some() {
+                present.push(("managed-identity", "IDENTITY_ENDPOINT"));
+            }
+            let mut kinds: Vec<&str> = present.iter().map(|(k, _)| *k).collect();
+            kinds.dedup();
+            match kinds.as_slice() {
+                [one] => one.to_string(),
+                [] if env.get("AZURE_TENANT_ID").is_some() => {
+                    return Err(error(
+                        "AOAI_PROXY_CREDENTIAL",
+                        "AZURE_TENANT_ID is set but no credential is: set AZURE_CERTIFICATE_PATH, AZURE_CLIENT_SECRET or AZURE_FEDERATED_TOKEN_FILE, or AOAI_PROXY_CREDENTIAL=managed-identity",
+                    ));
+                }
+                [] => "managed-identity".to_string(),
+                _ => {
+                    let names: Vec<&str> = present.iter().map(|(_, n)| *n).collect();
+                    return Err(error(
+                        "AOAI_PROXY_CREDENTIAL",
+                        format!(
+                            "several credentials are configured ({}); set AOAI_PROXY_CREDENTIAL to one of {}",
+                            names.join(", "),
+                            kinds.join(", ")
+                        ),
+                    ));
+                }
+            }
+        }
+    };
+
+    let tenant_and_client = |why: &str| -> Result<(String, String), ConfigError> {
+        let tenant = env.required("AZURE_TENANT_ID", why)?;
+        let tenant = check_tenant(&tenant).map_err(|m| error("AZURE_TENANT_ID", m))?;
+        let client = env.required("AZURE_CLIENT_ID", why)?;
+        let client = check_client_id(&client).map_err(|m| error("AZURE_CLIENT_ID", m))?;
+        Ok((tenant, client))
+    };
+
+    match kind.as_str() {
+        "certificate" => {
+            let (path_variable, path) = certificate.ok_or_else(|| {
+                error(
+                    "AZURE_CERTIFICATE_PATH",
+                    "is required for the certificate credential (or AZURE_CLIENT_CERTIFICATE_PATH)",
+                )
+            })?;
+            let (tenant_id, client_id) = tenant_and_client("for the certificate credential")?;
+            Ok(Credential::Certificate {
+                tenant_id,
+                client_id,
+                path_variable,
+                path: PathBuf::from(path),
+                password: env
+                    .get("AZURE_CLIENT_CERTIFICATE_PASSWORD")
+                    .map(Secret::new),
+                send_chain: env.bool("AZURE_CLIENT_SEND_CERTIFICATE_CHAIN")?,
+            })
+        }
+        "secret" => {
+            let secret = match (secret_inline, secret_file) {
+                (Some(_), Some(_)) => {
+                    return Err(error(
+                        "AOAI_PROXY_CLIENT_SECRET_FILE",
+                        "contradicts AZURE_CLIENT_SECRET; set only one of them",
+                    ));
+                }
+                (Some(s), None) => SecretSource::Inline(Secret::new(s)),
+                (None, Some(f)) => SecretSource::File(PathBuf::from(f)),
+                (None, None) => {
+                    return Err(error(
+                        "AZURE_CLIENT_SECRET",
+                        "is required for the secret credential (or AOAI_PROXY_CLIENT_SECRET_FILE)",
+                    ));
+                }
+            };
+            let (tenant_id, client_id) = tenant_and_client("for the secret credential")?;
+            Ok(Credential::Secret {
+                tenant_id,
+                client_id,
+                secret,
+            })
+        }
+        "workload-identity" => {
+            let token_file = federated.ok_or_else(|| {
+                error(
+                    "AZURE_FEDERATED_TOKEN_FILE",
+                    "is required for the workload-identity credential",
+                )
+            })?;
+            let (tenant_id, client_id) = tenant_and_client("for the workload-identity credential")?;
+            Ok(Credential::WorkloadIdentity {
+                tenant_id,
+                client_id,
+                token_file: PathBuf::from(token_file),
+            })
+        }
+        _ => {
+            let mut ids = Vec::new();
+            if let Some(id) = env.get("AZURE_CLIENT_ID") {
+                let id = check_client_id(&id).map_err(|m| error("AZURE_CLIENT_ID", m))?;
+                ids.push(("AZURE_CLIENT_ID", UserAssignedId::ClientId(id)));
+            }
+            if let Some(id) = env.get("AOAI_PROXY_MANAGED_IDENTITY_OBJECT_ID") {
+                if !is_guid(&id) {
+                    return Err(error(
+                        "AOAI_PROXY_MANAGED_IDENTITY_OBJECT_ID",
+                        format!("{id:?} is not an object id (a GUID)"),
+                    ));
+                }
+                ids.push((
+                    "AOAI_PROXY_MANAGED_IDENTITY_OBJECT_ID",
+                    UserAssignedId::ObjectId(id),
+                ));
+            }
+            if let Some(id) = env.get("AOAI_PROXY_MANAGED_IDENTITY_RESOURCE_ID") {
+                if !id.starts_with("/subscriptions/") {
+                    return Err(error(
+                        "AOAI_PROXY_MANAGED_IDENTITY_RESOURCE_ID",
+                        format!("{id:?} is not an Azure resource id (/subscriptions/...)"),
+                    ));
+                }
+                ids.push((
+                    "AOAI_PROXY_MANAGED_IDENTITY_RESOURCE_ID",
+                    UserAssignedId::ResourceId(id),
+                ));
+            }
+            if ids.len() > 1 {
+                let names: Vec<&str> = ids.iter().map(|(n, _)| *n).collect();
+                return Err(error(
+                    ids[1].0,
+                    format!(
+                        "a user-assigned identity is chosen by one id only, but {} are set",
+                        names.join(" and ")
+                    ),
+                ));
+            }
+            let endpoint = match identity_endpoint {
+                Some(endpoint) => {
+                    let endpoint =
+                        parse_http_url(&endpoint).map_err(|m| error("IDENTITY_ENDPOINT", m))?;
+                    let header = env.required("IDENTITY_HEADER", "with IDENTITY_ENDPOINT")?;
+                    ManagedIdentityEndpoint::AppService {
+                        endpoint,
+                        header: Secret::new(header),
+                    }
+                }
+                None => ManagedIdentityEndpoint::Imds {
+                    base: env.parsed(
+                        "AZURE_POD_IDENTITY_AUTHORITY_HOST",
+                        DEFAULT_IMDS_HOST.to_string(),
+                        parse_http_url,
+                    )?,
+                },
+            };
+            Ok(Credential::ManagedIdentity {
+                endpoint,
+                id: ids.pop().map(|(_, id)| id),
+            })
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+
+    const TENANT: &str = "72f988bf-86f1-41af-91ab-2d7cd011db47";
+    const CLIENT: &str = "11111111-2222-3333-4444-555555555555";
+
+    fn config(vars: &[(&str, &str)]) -> Result<Config, ConfigError> {
+        let map: HashMap<String, String> = vars
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        Config::from_lookup(|name| map.get(name).cloned())
+    }
+
+    fn err(vars: &[(&str, &str)]) -> ConfigError {
+        config(vars).expect_err("configuration should be rejected")
+    }
+
+    const BASE: (&str, &str) = ("API_BASE_URL", "https://res.openai.azure.com");
+
+    #[test]
+    fn seed_sidecar_environment() {
+        let c = config(&[
+            BASE,
+            ("AZURE_TENANT_ID", TENANT),
+            ("AZURE_CLIENT_ID", CLIENT),
+            ("AZURE_CERTIFICATE_PATH", "/certs/cert.pem"),
+        ])
+        .unwrap();
+        assert_eq!(c.listen, "0.0.0.0:8080".parse().unwrap());
+        assert_eq!(c.admin_listen, "0.0.0.0:8081".parse().unwrap());
+        assert_eq!(c.scope, DEFAULT_SCOPE);
+        assert_eq!(c.authority_host, DEFAULT_AUTHORITY_HOST);
+        assert_eq!(c.upstream.to_string(), "https://res.openai.azure.com");
+        assert!(!c.inbound.enabled());
+        assert_eq!(c.log_format, LogFormat::Text);
+        match c.credential {
+            Credential::Certificate {
+                path,
+                path_variable,
+                send_chain,
+                password,
+                ..
+            } => {
+                assert_eq!(path, PathBuf::from("/certs/cert.pem"));
+                assert_eq!(path_variable, "AZURE_CERTIFICATE_PATH");
+                assert!(!send_chain);
+                assert!(password.is_none());
+            }
+            other => panic!("expected certificate, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn go_proxy_environment_means_managed_identity() {
+        let c = config(&[
+            ("TARGET_URL", "https://res.openai.azure.com/openai/"),
+            ("EXPECTED_KEY", "k1"),
+            (
+                "AZURE_OPENAI_SCOPE",
+                "https://cognitiveservices.azure.us/.default",
+            ),
+        ])
+        .unwrap();
+        assert_eq!(c.upstream.path_prefix, "/openai");
+        assert_eq!(c.scope, "https://cognitiveservices.azure.us/.default");
+        assert_eq!(c.inbound.keys, vec![Secret::new("k1")]);
+        assert_eq!(
+            c.credential,
+            Credential::ManagedIdentity {
+                endpoint: ManagedIdentityEndpoint::Imds {
+                    base: DEFAULT_IMDS_HOST.into()
+                },
+                id: None
+            }
+        );
+    }
+
+    #[test]
+    fn aliases_must_agree() {
+        let e = err(&[BASE, ("TARGET_URL", "https://other.openai.azure.com")]);
+        assert_eq!(e.variable, "TARGET_URL");
+        assert!(e.to_string().contains("contradicts API_BASE_URL"), "{e}");
+        // The same value twice is fine.
+        config(&[BASE, ("TARGET_URL", BASE.1)]).unwrap();
+        let e = err(&[BASE, ("AZURE_SCOPE", "a"), ("AZURE_OPENAI_SCOPE", "b")]);
+        assert_eq!(e.variable, "AZURE_OPENAI_SCOPE");
+    }
+
+    #[test]
+    fn missing_upstream_names_the_variable() {
+        let e = err(&[]);
+        assert_eq!(e.variable, "API_BASE_URL");
+        assert!(
+            e.to_string().starts_with("API_BASE_URL: is required"),
+            "{e}"
+        );
+        // Empty counts as unset.
+        assert_eq!(err(&[("API_BASE_URL", "  ")]).variable, "API_BASE_URL");
+    }
+
+    #[test]
+    fn malformed_values_name_the_variable() {
+        let cases: &[(&[(&str, &str)], &str, &str)] = &[
+            (
+                &[("API_BASE_URL", "res.openai.azure.com")],
+                "API_BASE_URL",
+                "no scheme",
+            ),
+            (&[("API_BASE_URL", "ftp://x")], "API_BASE_URL", "https://"),
+            (
+                &[("API_BASE_URL", "https://x/?a=b")],
+                "API_BASE_URL",
+                "query",
+            ),
+            (
+                &[("API_BASE_URL", "https://u:p@x")],
+                "API_BASE_URL",
+                "credentials",
+            ),
+            (&[BASE, ("PORT", "80a")], "PORT", "not a port"),
+            (&[BASE, ("PORT", "0")], "PORT", "not a port"),
+            (&[BASE, ("PORT", "70000")], "PORT", "not a port"),
+            (&[BASE, ("HOST", "localhost:1")], "HOST", "not an IP"),
+            (
+                &[BASE, ("AOAI_PROXY_ADMIN_PORT", "8080")],
+                "AOAI_PROXY_ADMIN_PORT",
+                "own port",
+            ),
+            (
+                &[BASE, ("AOAI_PROXY_CONNECT_TIMEOUT", "10 seconds")],
+                "AOAI_PROXY_CONNECT_TIMEOUT",
+                "unknown unit",
+            ),
+            (
+                &[BASE, ("AOAI_PROXY_UPSTREAM_TIMEOUT", "0s")],
+                "AOAI_PROXY_UPSTREAM_TIMEOUT",
+                "greater than zero",
+            ),
+            (
+                &[BASE, ("AOAI_PROXY_MAX_REQUEST_BODY", "lots")],
+                "AOAI_PROXY_MAX_REQUEST_BODY",
+                "byte size",
+            ),
+            (
+                &[BASE, ("AOAI_PROXY_AUTH_MAX_FAILURES", "0")],
+                "AOAI_PROXY_AUTH_MAX_FAILURES",
+                "positive",
+            ),
+            (
+                &[BASE, ("AOAI_PROXY_LOG_FORMAT", "xml")],
+                "AOAI_PROXY_LOG_FORMAT",
+                "text or json",
+            ),
+            (
+                &[BASE, ("AZURE_AUTHORITY_HOST", "http://login.example")],
+                "AZURE_AUTHORITY_HOST",
+                "must be https",
+            ),
+            (&[BASE, ("AZURE_SCOPE", "a b")], "AZURE_SCOPE", "one scope"),
+            (
+                &[BASE, ("AOAI_PROXY_CREDENTIAL", "password")],
+                "AOAI_PROXY_CREDENTIAL",
+                "not a credential kind",
+            ),
+        ];
+        for (vars, variable, fragment) in cases {
+            let e = err(vars);
+            assert_eq!(e.variable, *variable, "{vars:?} → {e}");
+            assert!(e.message.contains(fragment), "{vars:?} → {e}");
+            assert!(!e.to_string().contains('\n'));
+        }
+    }
+
+    #[test]
+    fn certificate_needs_tenant_and_guid_client() {
+        let e = err(&[
+            BASE,
+            ("AZURE_CERTIFICATE_PATH", "/c.pem"),
+            ("AZURE_CLIENT_ID", CLIENT),
+        ]);
+        assert_eq!(e.variable, "AZURE_TENANT_ID");
+        let e = err(&[
+            BASE,
+            ("AZURE_CERTIFICATE_PATH", "/c.pem"),
+            ("AZURE_TENANT_ID", "contoso/../x"),
+            ("AZURE_CLIENT_ID", CLIENT),
+        ]);
+        assert_eq!(e.variable, "AZURE_TENANT_ID");
+        let e = err(&[
+            BASE,
+            ("AZURE_CERTIFICATE_PATH", "/c.pem"),
+            ("AZURE_TENANT_ID", "contoso.onmicrosoft.com"),
+            ("AZURE_CLIENT_ID", "my-app"),
+        ]);
+        assert_eq!(e.variable, "AZURE_CLIENT_ID");
+        assert!(e.message.contains("GUID"));
+    }
+
+    #[test]
+    fn contradictory_credentials_are_refused_unless_chosen() {
+        let vars = [
+            BASE,
+            ("AZURE_TENANT_ID", TENANT),
+            ("AZURE_CLIENT_ID", CLIENT),
+            ("AZURE_CERTIFICATE_PATH", "/c.pem"),
+            ("AZURE_FEDERATED_TOKEN_FILE", "/var/run/token"),
+        ];
+        let e = err(&vars);
+        assert_eq!(e.variable, "AOAI_PROXY_CREDENTIAL");
+        assert!(
+            e.message
+                .contains("AZURE_CERTIFICATE_PATH, AZURE_FEDERATED_TOKEN_FILE"),
+            "{e}"
+        );
+        let mut chosen = vars.to_vec();
+        chosen.push(("AOAI_PROXY_CREDENTIAL", "workload-identity"));
+        assert_eq!(
+            config(&chosen).unwrap().credential.kind(),
+            "workload-identity"
+        );
+    }
+
+    #[test]
+    fn tenant_without_credential_is_an_error_not_managed_identity() {
+        let e = err(&[
+            BASE,
+            ("AZURE_TENANT_ID", TENANT),
+            ("AZURE_CLIENT_ID", CLIENT),
+        ]);
+        assert_eq!(e.variable, "AOAI_PROXY_CREDENTIAL");
+    }
+
+    #[test]
+    fn secret_inline_or_file() {
+        let base = [
+            BASE,
+            ("AZURE_TENANT_ID", TENANT),
+            ("AZURE_CLIENT_ID", CLIENT),
+        ];
+        let mut inline = base.to_vec();
+        inline.push(("AZURE_CLIENT_SECRET", "s3cr3t"));
+        let c = config(&inline).unwrap();
+        assert!(matches!(
+            c.credential,
+            Credential::Secret {
+                secret: SecretSource::Inline(_),
+                ..
+            }
+        ));
+        assert!(
+            !format!("{c:?}").contains("s3cr3t"),
+            "Debug must redact secrets"
+        );
+        let mut both = inline.clone();
+        both.push(("AOAI_PROXY_CLIENT_SECRET_FILE", "/s"));
+        assert_eq!(err(&both).variable, "AOAI_PROXY_CLIENT_SECRET_FILE");
+        let e = err(&[BASE, ("AOAI_PROXY_CREDENTIAL", "secret")]);
+        assert_eq!(e.variable, "AZURE_CLIENT_SECRET");
+    }
+
+    #[test]
+    fn managed_identity_variants() {
+        let c = config(&[
+            BASE,
+            ("IDENTITY_ENDPOINT", "http://127.0.0.1:41000/msi/token"),
+            ("IDENTITY_HEADER", "hdr"),
+        ])
+        .unwrap();
+        assert!(matches!(
+            c.credential,
+            Credential::ManagedIdentity {
+                endpoint: ManagedIdentityEndpoint::AppService { .. },
+                id: None
+            }
+        ));
+        let e = err(&[
+            BASE,
+            ("IDENTITY_ENDPOINT", "http://127.0.0.1:41000/msi/token"),
+        ]);
+        assert_eq!(e.variable, "IDENTITY_HEADER");
+        let c = config(&[
+            BASE,
+            ("AOAI_PROXY_CREDENTIAL", "managed-identity"),
+            ("AZURE_POD_IDENTITY_AUTHORITY_HOST", "http://127.0.0.1:9999/"),
+            ("AOAI_PROXY_MANAGED_IDENTITY_RESOURCE_ID", "/subscriptions/x/resourceGroups/y/providers/Microsoft.ManagedIdentity/userAssignedIdentities/z"),
+        ])
+        .unwrap();
+        match c.credential {
+            Credential::ManagedIdentity {
+                endpoint: ManagedIdentityEndpoint::Imds { base },
+                id: Some(UserAssignedId::ResourceId(_)),
+            } => {
+                assert_eq!(base, "http://127.0.0.1:9999")
+            }
+            other => panic!("{other:?}"),
+        }
+        let e = err(&[
+            BASE,
+            ("AZURE_CLIENT_ID", CLIENT),
+            ("AOAI_PROXY_MANAGED_IDENTITY_OBJECT_ID", CLIENT),
+        ]);
+        assert_eq!(e.variable, "AOAI_PROXY_MANAGED_IDENTITY_OBJECT_ID");
+    }
+
+    #[test]
+    fn inbound_keys_from_all_sources() {
+        let c = config(&[
+            BASE,
+            ("EXPECTED_KEY", "a"),
+            ("AOAI_PROXY_INBOUND_KEYS", " b, ,c "),
+            ("AOAI_PROXY_INBOUND_KEYS_FILE", "/keys"),
+        ])
+        .unwrap();
+        assert_eq!(
+            c.inbound.keys,
+            vec![Secret::new("a"), Secret::new("b"), Secret::new("c")]
+        );
+        assert_eq!(c.inbound.keys_file, Some(PathBuf::from("/keys")));
+        assert!(c.inbound.enabled());
+    }
+
+    #[test]
+    fn authority_host_forms() {
+        for (given, expected) in [
+            (
+                "login.microsoftonline.us",
+                "https://login.microsoftonline.us",
+            ),
+            (
+                "https://login.chinacloudapi.cn/",
+                "https://login.chinacloudapi.cn",
+            ),
+            ("https://127.0.0.1:8443", "https://127.0.0.1:8443"),
+        ] {
+            let c = config(&[BASE, ("AZURE_AUTHORITY_HOST", given)]).unwrap();
+            assert_eq!(c.authority_host, expected);
+        }
+    }
+
+    #[test]
+    fn url_join_has_exactly_one_slash() {
+        let cases = [
+            (
+                "https://h",
+                "/openai/deployments?api-version=1",
+                "https://h/openai/deployments?api-version=1",
+            ),
+            ("https://h/", "/x", "https://h/x"),
+            (
+                "https://h/openai/",
+                "/deployments/d/chat/completions?a=1&b=2",
+                "https://h/openai/deployments/d/chat/completions?a=1&b=2",
+            ),
+            (
+                "https://h/openai",
+                "/v1/models",
+                "https://h/openai/v1/models",
+            ),
+            ("https://h/openai", "/", "https://h/openai/"),
+            ("https://h:8443/base//", "/a//b", "https://h:8443/base/a//b"),
+        ];
+        for (base, path, expected) in cases {
+            let upstream = Upstream::parse(base).unwrap();
+            assert_eq!(
+                upstream.url_for(path).unwrap().to_string(),
+                expected,
+                "{base} + {path}"
+            );
+        }
+    }
+
+    #[test]
+    fn every_variable_read_is_documented() {
+        let mut names: Vec<&str> = ENV_VARS.iter().map(|v| v.name).collect();
+        let count = names.len();
+        names.sort();
+        names.dedup();
+        assert_eq!(names.len(), count, "duplicate entry in ENV_VARS");
+        for v in ENV_VARS {
+            assert!(!v.help.is_empty() && !v.help.contains('\n'), "{}", v.name);
+        }
+    }
+}

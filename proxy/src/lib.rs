@@ -1,0 +1,138 @@
+//! aoai-proxy: a sidecar that forwards every request to Azure OpenAI with an Entra ID token.
+//!
+//! The binary reads its [`config::Config`] from the environment and calls [`Proxy::build`], then
+//! [`Proxy::serve`]. Tests and benchmarks build the same [`Proxy`] in-process, on port 0.
+
+pub mod body;
+pub mod config;
+pub mod error;
+pub mod forward;
+pub mod headers;
+pub mod health;
+pub mod inbound_auth;
+pub mod logging;
+pub mod metrics;
+pub mod server;
+pub mod tls;
+pub mod token;
+pub mod units;
+pub mod upstream;
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use tokio::task::JoinHandle;
+
+use crate::config::Config;
+use crate::forward::Forwarder;
+use crate::inbound_auth::{InboundAuth, KeysFileError};
+use crate::metrics::Metrics;
+use crate::server::{BindError, Server};
+use crate::tls::TlsError;
+use crate::token::TokenSource;
+
+/// Why the proxy could not start. Each displays as one line naming the variable at fault.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error(transparent)]
+    Tls(#[from] TlsError),
+    #[error("AOAI_PROXY_INBOUND_KEYS_FILE: {0}")]
+    KeysFile(#[from] KeysFileError),
+    #[error(transparent)]
+    Bind(#[from] BindError),
+}
+
+/// A proxy with its listeners bound, ready to serve.
+pub struct Proxy {
+    server: Server,
+    /// Background work (keys-file watcher, token refresher), stopped when serving ends.
+    tasks: Vec<JoinHandle<()>>,
+    pub token: Arc<TokenSource>,
+    pub metrics: Arc<Metrics>,
+}
+
+impl Proxy {
+    /// Builds the proxy around an existing token source (tests, benchmarks), without a refresher.
+    pub async fn with_token_source(
+        config: &Config,
+        token: Arc<TokenSource>,
+    ) -> Result<Self, StartError> {
+        let metrics = Arc::new(Metrics::new());
+        let roots = tls::root_store(config.extra_roots.as_deref())?;
+        let connector =
+            upstream::connector(tls::client_config(roots), config.limits.connect_timeout);
+        let mut tasks = Vec::new();
+        let auth = if config.inbound.enabled() {
+            let auth = Arc::new(InboundAuth::new(&config.inbound)?);
+            if auth.key_count() == 0 {
+                tracing::warn!(
+                    "inbound authentication is on but no key is configured: every request will be rejected"
+                );
+            }
+            tasks.push(tokio::spawn(auth.clone().watch_file()));
+            Some(auth)
+        } else {
+            None
+        };
+        let forwarder = Arc::new(Forwarder {
+            upstream: config.upstream.clone(),
+            client: upstream::client(connector, config.limits.pool_idle_timeout),
+            token: token.clone(),
+            auth,
+            metrics: metrics.clone(),
+            upstream_timeout: config.limits.upstream_timeout,
+            max_request_body: config.limits.max_request_body,
+        });
+        let server = Server::bind(
+            config.listen,
+            config.admin_listen,
+            forwarder,
+            config.limits.header_read_timeout,
+            config.limits.shutdown_grace,
+        )
+        .await?;
+        warn_about_exposure(config);
+        Ok(Self {
+            server,
+            tasks,
+            token,
+            metrics,
+        })
+    }
+
+    pub fn forward_addr(&self) -> SocketAddr {
+        self.server.forward_addr()
+    }
+
+    pub fn admin_addr(&self) -> SocketAddr {
+        self.server.admin_addr()
+    }
+
+    /// Serves until `shutdown` resolves and open requests have finished (or the grace period ends).
+    pub async fn serve(self, shutdown: impl Future<Output = ()>) {
+        tracing::info!(
+            listen = %self.forward_addr(),
+            admin = %self.admin_addr(),
+            "aoai-proxy {} serving",
+            env!("CARGO_PKG_VERSION")
+        );
+        self.server.serve(shutdown).await;
+        for task in self.tasks {
+            task.abort();
+        }
+    }
+}
+
+/// Whoever reaches the forwarding port gets Azure-authenticated calls: say so when it is open.
+fn warn_about_exposure(config: &Config) {
+    if !config.listen.ip().is_loopback() && !config.inbound.enabled() {
+        tracing::warn!(
+            listen = %config.listen,
+            "the forwarding port is reachable beyond this host and no inbound key is configured: anyone who can connect gets Azure OpenAI calls made with this identity. Set HOST=127.0.0.1 (as in a pod) or configure EXPECTED_KEY / AOAI_PROXY_INBOUND_KEYS_FILE"
+        );
+    }
+    if config.upstream.scheme == http::uri::Scheme::HTTP && !config.upstream.is_loopback() {
+        tracing::warn!(upstream = %config.upstream, "the upstream is plain http: the access token travels unencrypted");
+    }
+}

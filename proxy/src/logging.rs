@@ -1,0 +1,23 @@
+//! Log output: human-readable text by default, JSON lines when `AOAI_PROXY_LOG_FORMAT=json`.
+
+use tracing_subscriber::EnvFilter;
+
+use crate::config::{ConfigError, LogFormat};
+
+/// Installs the global subscriber writing to stdout. Fails on a malformed level or filter.
+pub fn init(level: &str, format: LogFormat) -> Result<(), ConfigError> {
+    let filter = EnvFilter::try_new(level).map_err(|e| ConfigError {
+        variable: "AOAI_PROXY_LOG_LEVEL",
+        message: format!("{level:?} is not a log level or filter: {e}"),
+    })?;
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_target(false)
+        .with_writer(std::io::stdout);
+    // A second initialisation (tests running several proxies in one process) keeps the first.
+    let _ = match format {
+        LogFormat::Text => builder.try_init(),
+        LogFormat::Json => builder.json().flatten_event(true).try_init(),
+    };
+    Ok(())
+}

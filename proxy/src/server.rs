@@ -1,0 +1,164 @@
+//! The two listeners and their connections: forwarding on `HOST:PORT`, admin (health, metrics) on
+//! its own port; HTTP/1.1 and cleartext HTTP/2 on both; graceful shutdown with a grace period.
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::Request;
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto::Builder;
+use hyper_util::server::graceful::GracefulShutdown;
+use tokio::net::{TcpListener, TcpStream};
+
+use crate::forward::Forwarder;
+use crate::health;
+
+/// Largest request head (request line and headers) accepted; larger gets 431.
+pub const MAX_HEADER_BYTES: usize = 64 * 1024;
+
+/// A listener could not be opened.
+#[derive(Debug, thiserror::Error)]
+#[error("{variable}: cannot listen on {address}: {source}")]
+pub struct BindError {
+    pub variable: &'static str,
+    pub address: SocketAddr,
+    pub source: std::io::Error,
+}
+
+/// Bound listeners, ready to serve.
+pub struct Server {
+    forward: TcpListener,
+    admin: TcpListener,
+    forwarder: Arc<Forwarder>,
+    builder: Builder<TokioExecutor>,
+    shutdown_grace: Duration,
+}
+
+async fn bind(variable: &'static str, address: SocketAddr) -> Result<TcpListener, BindError> {
+    TcpListener::bind(address)
+        .await
+        .map_err(|source| BindError {
+            variable,
+            address,
+            source,
+        })
+}
+
+impl Server {
+    pub async fn bind(
+        forward: SocketAddr,
+        admin: SocketAddr,
+        forwarder: Arc<Forwarder>,
+        header_read_timeout: Duration,
+        shutdown_grace: Duration,
+    ) -> Result<Self, BindError> {
+        let forward = bind("PORT", forward).await?;
+        let admin = bind("AOAI_PROXY_ADMIN_PORT", admin).await?;
+        let mut builder = Builder::new(TokioExecutor::new());
+        builder
+            .http1()
+            .timer(TokioTimer::new())
+            .header_read_timeout(header_read_timeout)
+            .max_buf_size(MAX_HEADER_BYTES)
+            .keep_alive(true);
+        builder.http2().timer(TokioTimer::new());
+        Ok(Self {
+            forward,
+            admin,
+            forwarder,
+            builder,
+            shutdown_grace,
+        })
+    }
+
+    pub fn forward_addr(&self) -> SocketAddr {
+        self.forward
+            .local_addr()
+            .expect("a bound listener has an address")
+    }
+
+    pub fn admin_addr(&self) -> SocketAddr {
+        self.admin
+            .local_addr()
+            .expect("a bound listener has an address")
+    }
+
+    /// Serves until `shutdown` resolves, then lets open requests and streams finish within the
+    /// grace period.
+    pub async fn serve(self, shutdown: impl Future<Output = ()>) {
+        let graceful = GracefulShutdown::new();
+        tokio::pin!(shutdown);
+        loop {
+            tokio::select! {
+                biased;
+                () = &mut shutdown => break,
+                accepted = self.forward.accept() => match accepted {
+                    Ok((stream, peer)) => self.spawn_forward(stream, peer, &graceful),
+                    Err(e) => accept_failed(e).await,
+                },
+                accepted = self.admin.accept() => match accepted {
+                    Ok((stream, _)) => self.spawn_admin(stream, &graceful),
+                    Err(e) => accept_failed(e).await,
+                },
+            }
+        }
+        drop(self.forward);
+        drop(self.admin);
+        let open = graceful.count();
+        tracing::info!(open_connections = open, grace = ?self.shutdown_grace, "shutting down: no new connections; waiting for open requests");
+        tokio::select! {
+            () = graceful.shutdown() => tracing::info!("all connections closed"),
+            () = tokio::time::sleep(self.shutdown_grace) => {
+                tracing::warn!("grace period over; closing the remaining connections");
+            }
+        }
+    }
+
+    fn spawn_forward(&self, stream: TcpStream, peer: SocketAddr, graceful: &GracefulShutdown) {
+        let _ = stream.set_nodelay(true);
+        let forwarder = self.forwarder.clone();
+        let client_ip = peer.ip();
+        let service = service_fn(move |request: Request<Incoming>| {
+            let forwarder = forwarder.clone();
+            async move { Ok::<_, Infallible>(forwarder.handle(request, client_ip).await) }
+        });
+        let connection = self
+            .builder
+            .serve_connection(TokioIo::new(stream), service)
+            .into_owned();
+        let connection = graceful.watch(connection);
+        tokio::spawn(async move {
+            if let Err(e) = connection.await {
+                tracing::debug!(client = %peer, "connection ended: {e}");
+            }
+        });
+    }
+
+    fn spawn_admin(&self, stream: TcpStream, graceful: &GracefulShutdown) {
+        let _ = stream.set_nodelay(true);
+        let forwarder = self.forwarder.clone();
+        let service = service_fn(move |request: Request<Incoming>| {
+            let response = health::admin(&request, &forwarder.token, &forwarder.metrics);
+            async move { Ok::<_, Infallible>(response) }
+        });
+        let connection = self
+            .builder
+            .serve_connection(TokioIo::new(stream), service)
+            .into_owned();
+        let connection = graceful.watch(connection);
+        tokio::spawn(async move {
+            let _ = connection.await;
+        });
+    }
+}
+
+/// Accept fails when the process runs out of file descriptors: back off instead of spinning.
+async fn accept_failed(error: std::io::Error) {
+    tracing::warn!("accept failed: {error}");
+    tokio::time::sleep(Duration::from_millis(50)).await;
+}

@@ -1,0 +1,120 @@
+//! A throw-away certificate authority for loopback HTTPS, and client certificates for the
+//! certificate credential (RSA keys from `tests/fixtures/keys`, since ring cannot generate RSA).
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use rcgen::{
+    BasicConstraints, CertificateParams, DistinguishedName, DnType, IsCa, Issuer, KeyPair,
+    KeyUsagePurpose,
+};
+use rustls_pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
+
+/// A CA whose root is written to a temporary PEM file (for `SSL_CERT_FILE`).
+pub struct TestCa {
+    issuer: Issuer<'static, KeyPair>,
+    root: CertificateDer<'static>,
+    dir: tempfile::TempDir,
+}
+
+impl Default for TestCa {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl TestCa {
+    pub fn new() -> Self {
+        let key = KeyPair::generate().expect("generate CA key");
+        let mut params = CertificateParams::new(Vec::<String>::new()).expect("CA params");
+        let mut name = DistinguishedName::new();
+        name.push(DnType::CommonName, "aoai-proxy test CA");
+        params.distinguished_name = name;
+        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+        let root = params.self_signed(&key).expect("self-sign CA");
+        let dir = tempfile::tempdir().expect("temp dir");
+        std::fs::write(dir.path().join("ca.pem"), root.pem()).expect("write ca.pem");
+        Self {
+            issuer: Issuer::new(params, key),
+            root: root.der().clone(),
+            dir,
+        }
+    }
+
+    /// PEM file holding the CA certificate.
+    pub fn root_pem_path(&self) -> PathBuf {
+        self.dir.path().join("ca.pem")
+    }
+
+    pub fn root_der(&self) -> &CertificateDer<'static> {
+        &self.root
+    }
+
+    /// A server certificate for 127.0.0.1 and localhost, with its key.
+    pub fn server_cert(&self) -> (Vec<CertificateDer<'static>>, PrivateKeyDer<'static>) {
+        let key = KeyPair::generate().expect("generate server key");
+        let params = CertificateParams::new(vec!["127.0.0.1".to_string(), "localhost".to_string()])
+            .expect("server params");
+        let cert = params
+            .signed_by(&key, &self.issuer)
+            .expect("sign server cert");
+        (
+            vec![cert.der().clone()],
+            PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.serialize_der())),
+        )
+    }
+
+    /// A rustls server configuration for loopback, offering h2 and http/1.1.
+    pub fn server_config(&self) -> rustls::ServerConfig {
+        let (chain, key) = self.server_cert();
+        let mut config = rustls::ServerConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .expect("protocol versions")
+        .with_no_client_auth()
+        .with_single_cert(chain, key)
+        .expect("server cert");
+        config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+        config
+    }
+
+    /// Same, HTTP/1.1 only.
+    pub fn server_config_http1(&self) -> rustls::ServerConfig {
+        let mut config = self.server_config();
+        config.alpn_protocols = vec![b"http/1.1".to_vec()];
+        config
+    }
+}
+
+/// Folder of the fixture keys.
+pub fn fixtures_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures")
+}
+
+/// A fixture RSA key in PEM: `client-a`, `client-b` (PKCS#8), `client-a-pkcs1` (client-a as PKCS#1).
+pub fn fixture_key_pem(name: &str) -> String {
+    std::fs::read_to_string(fixtures_dir().join("keys").join(format!("{name}.key.pem")))
+        .expect("fixture key")
+}
+
+/// A self-signed certificate (as Entra ID app registrations use) for a fixture key, valid from
+/// `not_before` to `not_after` (Unix seconds). Returns the certificate PEM.
+pub fn self_signed_client_cert(key_pem: &str, not_before: i64, not_after: i64) -> String {
+    let key = KeyPair::from_pem(key_pem).expect("PKCS#8 RSA fixture key");
+    let mut params = CertificateParams::new(Vec::<String>::new()).expect("client params");
+    let mut name = DistinguishedName::new();
+    name.push(DnType::CommonName, "aoai-proxy test client");
+    params.distinguished_name = name;
+    params.not_before = time_from_unix(not_before);
+    params.not_after = time_from_unix(not_after);
+    params
+        .self_signed(&key)
+        .expect("self-sign client cert")
+        .pem()
+}
+
+fn time_from_unix(seconds: i64) -> time::OffsetDateTime {
+    time::OffsetDateTime::from_unix_timestamp(seconds).expect("valid timestamp")
+}

@@ -1,0 +1,9 @@
+//! Loopback stand-ins for Azure, shared by the proxy's tests, the end-to-end tests and the
+//! benchmark harness: a mock Azure OpenAI upstream, a mock Entra ID token endpoint, mock
+//! managed-identity endpoints, a test CA, and helpers to drive HTTP. Everything listens on
+//! 127.0.0.1; nothing here talks to Azure.
+
+pub mod ca;
+pub mod client;
+pub mod openai;
+pub mod server;
