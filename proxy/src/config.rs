@@ -1057,7 +1057,8 @@ mod tests {
 
     #[test]
     fn malformed_values_name_the_variable() {
-        let cases: &[(&[(&str, &str)], &str, &str)] = &[
+        type Case<'a> = (&'a [(&'a str, &'a str)], &'a str, &'a str);
+        let cases: &[Case] = &[
             (
                 &[("API_BASE_URL", "res.openai.azure.com")],
                 "API_BASE_URL",

@@ -5,6 +5,7 @@
 
 pub mod body;
 pub mod config;
+pub mod credentials;
 pub mod error;
 pub mod forward;
 pub mod headers;
@@ -25,6 +26,7 @@ use std::sync::Arc;
 use tokio::task::JoinHandle;
 
 use crate::config::Config;
+use crate::credentials::{AcquireError, Credential, IdentityHttp};
 use crate::forward::Forwarder;
 use crate::inbound_auth::{InboundAuth, KeysFileError};
 use crate::metrics::Metrics;
@@ -41,11 +43,14 @@ pub enum StartError {
     KeysFile(#[from] KeysFileError),
     #[error(transparent)]
     Bind(#[from] BindError),
+    #[error(transparent)]
+    Credential(#[from] AcquireError),
 }
 
 /// A proxy with its listeners bound, ready to serve.
 pub struct Proxy {
     server: Server,
+    connector: upstream::Connector,
     /// Background work (keys-file watcher, token refresher), stopped when serving ends.
     tasks: Vec<JoinHandle<()>>,
     pub token: Arc<TokenSource>,
@@ -53,6 +58,28 @@ pub struct Proxy {
 }
 
 impl Proxy {
+    /// Builds the proxy from its configuration: checks the credential's local material (a bad
+    /// certificate stops the start), binds the listeners and starts the token refresher. The first
+    /// token is acquired in the background; `/health` answers 503 until it is held.
+    pub async fn build(config: &Config) -> Result<Self, StartError> {
+        let credential = Arc::new(Credential::from_config(config)?);
+        let token = Arc::new(TokenSource::new());
+        let mut proxy = Self::with_token_source(config, token.clone()).await?;
+        tracing::info!(
+            credential = credential.kind(),
+            "using {}",
+            credential.describe()
+        );
+        let http = IdentityHttp::new(proxy.connector.clone());
+        proxy.tasks.push(tokio::spawn(credentials::refresh::run(
+            credential,
+            http,
+            token,
+            proxy.metrics.clone(),
+        )));
+        Ok(proxy)
+    }
+
     /// Builds the proxy around an existing token source (tests, benchmarks), without a refresher.
     pub async fn with_token_source(
         config: &Config,
@@ -77,7 +104,7 @@ impl Proxy {
         };
         let forwarder = Arc::new(Forwarder {
             upstream: config.upstream.clone(),
-            client: upstream::client(connector, config.limits.pool_idle_timeout),
+            client: upstream::client(connector.clone(), config.limits.pool_idle_timeout),
             token: token.clone(),
             auth,
             metrics: metrics.clone(),
@@ -95,6 +122,7 @@ impl Proxy {
         warn_about_exposure(config);
         Ok(Self {
             server,
+            connector,
             tasks,
             token,
             metrics,

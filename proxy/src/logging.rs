@@ -1,5 +1,7 @@
 //! Log output: human-readable text by default, JSON lines when `AOAI_PROXY_LOG_FORMAT=json`.
 
+use std::io::IsTerminal;
+
 use tracing_subscriber::EnvFilter;
 
 use crate::config::{ConfigError, LogFormat};
@@ -13,6 +15,7 @@ pub fn init(level: &str, format: LogFormat) -> Result<(), ConfigError> {
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_target(false)
+        .with_ansi(std::io::stdout().is_terminal())
         .with_writer(std::io::stdout);
     // A second initialisation (tests running several proxies in one process) keeps the first.
     let _ = match format {

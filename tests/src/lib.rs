@@ -5,5 +5,8 @@
 
 pub mod ca;
 pub mod client;
+pub mod entra;
+pub mod managed_identity;
 pub mod openai;
 pub mod server;
+pub mod tokens;

@@ -21,6 +21,7 @@ use http_body_util::BodyExt;
 use hyper::body::Incoming;
 
 use crate::server::{MockBody, MockServer, channel_body, full, handler, json};
+use crate::tokens::TokenLedger;
 
 /// One request as the mock received it.
 #[derive(Debug, Clone)]
@@ -37,6 +38,9 @@ pub struct Recorded {
 struct State {
     requests: Mutex<Vec<Recorded>>,
     streams_finished: AtomicUsize,
+    /// When set, a request whose bearer token this ledger does not hold as valid gets 401.
+    ledger: Option<Arc<TokenLedger>>,
+    invalid_tokens: AtomicUsize,
 }
 
 /// The running mock.
@@ -54,6 +58,22 @@ impl MockOpenAi {
         let state = Arc::new(State::default());
         let server = MockServer::http(Self::handler(state.clone())).await;
         Self { server, state }
+    }
+
+    /// Over plain HTTP, answering 401 (as Azure does) to any token `ledger` does not hold as valid
+    /// at the moment the request arrives.
+    pub async fn start_checking(ledger: Arc<TokenLedger>) -> Self {
+        let state = Arc::new(State {
+            ledger: Some(ledger),
+            ..State::default()
+        });
+        let server = MockServer::http(Self::handler(state.clone())).await;
+        Self { server, state }
+    }
+
+    /// Requests refused because their token was not valid at that moment.
+    pub fn invalid_tokens(&self) -> usize {
+        self.state.invalid_tokens.load(Ordering::SeqCst)
     }
 
     /// Over HTTPS with a certificate from `tls` (ALPN h2 and http/1.1).
@@ -94,6 +114,7 @@ async fn respond(
     request: Request<Incoming>,
     peer: SocketAddr,
 ) -> Response<MockBody> {
+    let arrived = std::time::Instant::now();
     let (parts, body) = request.into_parts();
     let body = body
         .collect()
@@ -113,6 +134,21 @@ async fn respond(
         peer,
     };
     state.requests.lock().unwrap().push(recorded);
+    if let Some(ledger) = &state.ledger {
+        let token = parts
+            .headers
+            .get("authorization")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .unwrap_or_default();
+        if !ledger.valid_at(token, arrived) {
+            state.invalid_tokens.fetch_add(1, Ordering::SeqCst);
+            return json(
+                401,
+                &serde_json::json!({"error": {"code": "401", "message": "Unauthorized. Access token is missing, invalid, audience is incorrect, or have expired."}}),
+            );
+        }
+    }
 
     if let Some(delay) = header_number(&parts.headers, "x-mock-delay-ms") {
         tokio::time::sleep(Duration::from_millis(delay)).await;

@@ -95,15 +95,29 @@ impl MockServer {
         Self::start(handler, Some(TlsAcceptor::from(Arc::new(tls)))).await
     }
 
+    /// Serves `handler` on a given address (to restart a stopped mock where it was).
+    pub async fn start_on(
+        addr: SocketAddr,
+        handler: Handler,
+        tls: Option<rustls::ServerConfig>,
+    ) -> Self {
+        Self::bind(addr, handler, tls.map(|t| TlsAcceptor::from(Arc::new(t)))).await
+    }
+
     async fn start(handler: Handler, tls: Option<TlsAcceptor>) -> Self {
-        let listener = TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind 127.0.0.1:0");
+        Self::bind("127.0.0.1:0".parse().unwrap(), handler, tls).await
+    }
+
+    async fn bind(addr: SocketAddr, handler: Handler, tls: Option<TlsAcceptor>) -> Self {
+        let listener = TcpListener::bind(addr).await.expect("bind on 127.0.0.1");
         let addr = listener.local_addr().expect("local addr");
         let scheme = if tls.is_some() { "https" } else { "http" };
         let (stop, mut stopped) = oneshot::channel::<()>();
         tokio::spawn(async move {
+            // Connections live in this set: stopping the server cuts them too, as a crash would.
+            let mut connections = tokio::task::JoinSet::new();
             loop {
+                while connections.try_join_next().is_some() {}
                 let (stream, peer) = tokio::select! {
                     _ = &mut stopped => return,
                     accepted = listener.accept() => match accepted {
@@ -114,7 +128,7 @@ impl MockServer {
                 let _ = stream.set_nodelay(true);
                 let handler = handler.clone();
                 let tls = tls.clone();
-                tokio::spawn(async move {
+                connections.spawn(async move {
                     let service = service_fn(move |request| {
                         let response = handler(request, peer);
                         async move { Ok::<_, Infallible>(response.await) }

@@ -1,5 +1,7 @@
-//! Runs the proxy in-process on 127.0.0.1 with ephemeral ports.
+//! Runs the proxy in-process on 127.0.0.1 with ephemeral ports, or as a process (see `process`).
 #![allow(dead_code)]
+
+pub mod process;
 
 use std::collections::HashMap;
 use std::sync::Arc;

@@ -1,0 +1,672 @@
+//! Entra ID credentials: client certificate, client secret, workload identity, managed identity.
+//!
+//! The token protocols are small (one form POST to the Entra ID token endpoint, or one GET to a
+//! managed-identity endpoint), and they are spoken here over our own hyper + rustls transport
+//! rather than through `azure_identity`. That crate's credentials keep a private cache refreshed only
+//! within five minutes of expiry with no way to force a refresh (needed after an upstream 401), do not
+//! expose `refresh_in`, and its managed-identity endpoint is fixed to 169.254.169.254, which tests
+//! must never contact. See the README's "Credentials" section.
+//!
+//! Files (certificate, secret, federated token) are read at every acquisition, so that a rotated
+//! Kubernetes Secret or projected token is used by the next refresh without a restart.
+
+pub mod assertion;
+pub mod certificate;
+pub mod refresh;
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{Method, Request, StatusCode};
+use http_body_util::{BodyExt, Full};
+use hyper_util::client::legacy::Client;
+use ring::digest::{SHA256, digest};
+use serde::Deserialize;
+
+use crate::config::{self, Config, ManagedIdentityEndpoint, SecretSource, UserAssignedId};
+use crate::forward::error_chain;
+use crate::upstream::Connector;
+use certificate::{CertificateError, ClientCertificate, unix_now};
+
+/// How long one identity call may take.
+pub const IDENTITY_TIMEOUT: Duration = Duration::from_secs(30);
+const JWT_BEARER: &str = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer";
+
+/// A token as an identity endpoint returned it.
+pub struct Acquired {
+    pub access_token: String,
+    pub lifetime: Duration,
+    /// When the endpoint advises refreshing (`refresh_in`), if it does.
+    pub refresh_in: Option<Duration>,
+}
+
+/// Why a token could not be obtained. Displays as one line, never with a secret.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum AcquireError {
+    /// Local material is unusable: retrying cannot fix it.
+    #[error("{variable}: {path}: {message}")]
+    Local {
+        variable: &'static str,
+        path: String,
+        message: String,
+    },
+    /// The endpoint could not be reached or did not answer in time.
+    #[error("cannot reach {endpoint}: {message}")]
+    Transport { endpoint: String, message: String },
+    /// The endpoint answered with an error.
+    #[error("{endpoint} answered HTTP {status} {error}: {description}")]
+    Rejected {
+        endpoint: String,
+        status: u16,
+        error: String,
+        description: String,
+    },
+    /// The endpoint answered 2xx with something that is not a usable token.
+    #[error("{endpoint} answered with an unusable token response: {message}")]
+    Malformed { endpoint: String, message: String },
+}
+
+impl std::fmt::Debug for Acquired {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Acquired")
+            .field("lifetime", &self.lifetime)
+            .field("refresh_in", &self.refresh_in)
+            .finish_non_exhaustive()
+    }
+}
+
+impl AcquireError {
+    /// True for errors that a retry cannot fix (checked at start, where they stop the program).
+    pub fn is_local(&self) -> bool {
+        matches!(self, AcquireError::Local { .. })
+    }
+}
+
+/// The HTTP client for identity calls (same TLS trust as the upstream).
+#[derive(Clone)]
+pub struct IdentityHttp {
+    client: Client<Connector, Full<Bytes>>,
+}
+
+impl IdentityHttp {
+    pub fn new(connector: Connector) -> Self {
+        Self {
+            client: crate::upstream::client(connector, Duration::from_secs(90)),
+        }
+    }
+
+    async fn send(
+        &self,
+        request: Request<Full<Bytes>>,
+        endpoint: &str,
+    ) -> Result<(StatusCode, Bytes), AcquireError> {
+        let transport = |message: String| AcquireError::Transport {
+            endpoint: endpoint.to_string(),
+            message,
+        };
+        let response = tokio::time::timeout(IDENTITY_TIMEOUT, async {
+            let response = self
+                .client
+                .request(request)
+                .await
+                .map_err(|e| error_chain(&e))?;
+            let status = response.status();
+            let body = response
+                .into_body()
+                .collect()
+                .await
+                .map_err(|e| error_chain(&e))?
+                .to_bytes();
+            Ok::<_, String>((status, body))
+        })
+        .await
+        .map_err(|_| transport(format!("no answer within {}s", IDENTITY_TIMEOUT.as_secs())))?;
+        response.map_err(transport)
+    }
+}
+
+/// Deserializes a number that some endpoints send as a string (IMDS, App Service).
+fn number<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<i64>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum NumberOrString {
+        Number(i64),
+        Text(String),
+    }
+    Ok(match Option::<NumberOrString>::deserialize(d)? {
+        Some(NumberOrString::Number(n)) => Some(n),
+        Some(NumberOrString::Text(s)) => s.trim().parse().ok(),
+        None => None,
+    })
+}
+
+#[derive(Deserialize)]
+struct TokenResponse {
+    access_token: Option<String>,
+    #[serde(default, deserialize_with = "number")]
+    expires_in: Option<i64>,
+    #[serde(default, deserialize_with = "number")]
+    expires_on: Option<i64>,
+    #[serde(default, deserialize_with = "number")]
+    refresh_in: Option<i64>,
+}
+
+#[derive(Deserialize, Default)]
+struct ErrorResponse {
+    error: Option<serde_json::Value>,
+    error_description: Option<String>,
+    message: Option<String>,
+}
+
+/// Turns an identity endpoint's answer into a token or an error naming Azure's code.
+fn parse_token_answer(
+    endpoint: &str,
+    status: StatusCode,
+    body: &[u8],
+) -> Result<Acquired, AcquireError> {
+    if !status.is_success() {
+        let parsed: ErrorResponse = serde_json::from_slice(body).unwrap_or_default();
+        let error = match parsed.error {
+            Some(serde_json::Value::String(code)) => code,
+            Some(serde_json::Value::Object(object)) => object
+                .get("code")
+                .and_then(|c| c.as_str())
+                .unwrap_or("error")
+                .to_string(),
+            _ => status.canonical_reason().unwrap_or("error").to_string(),
+        };
+        // Entra ID appends trace and correlation ids on further lines; the first line says it all.
+        let description = parsed
+            .error_description
+            .or(parsed.message)
+            .unwrap_or_else(|| String::from_utf8_lossy(&body[..body.len().min(200)]).into_owned());
+        let description = description
+            .lines()
+            .next()
+            .unwrap_or_default()
+            .trim()
+            .to_string();
+        return Err(AcquireError::Rejected {
+            endpoint: endpoint.to_string(),
+            status: status.as_u16(),
+            error,
+            description,
+        });
+    }
+    let malformed = |message: &str| AcquireError::Malformed {
+        endpoint: endpoint.to_string(),
+        message: message.to_string(),
+    };
+    let parsed: TokenResponse = serde_json::from_slice(body).map_err(|_| malformed("not JSON"))?;
+    let access_token = parsed
+        .access_token
+        .filter(|t| !t.is_empty())
+        .ok_or_else(|| malformed("no access_token"))?;
+    let lifetime = match (parsed.expires_in, parsed.expires_on) {
+        (Some(seconds), _) => seconds,
+        (None, Some(on)) => on - unix_now(),
+        (None, None) => return Err(malformed("neither expires_in nor expires_on")),
+    };
+    if lifetime <= 0 {
+        return Err(malformed(&format!(
+            "the token expires immediately (lifetime {lifetime}s)"
+        )));
+    }
+    let refresh_in = parsed
+        .refresh_in
+        .filter(|r| *r > 0 && *r < lifetime)
+        .map(|r| Duration::from_secs(r as u64));
+    Ok(Acquired {
+        access_token,
+        lifetime: Duration::from_secs(lifetime as u64),
+        refresh_in,
+    })
+}
+
+fn read_file(variable: &'static str, path: &Path) -> Result<Vec<u8>, AcquireError> {
+    std::fs::read(path).map_err(|e| AcquireError::Local {
+        variable,
+        path: path.display().to_string(),
+        message: format!("cannot read the file: {e}"),
+    })
+}
+
+fn read_trimmed(variable: &'static str, path: &Path) -> Result<String, AcquireError> {
+    let content = read_file(variable, path)?;
+    let text = String::from_utf8(content)
+        .map_err(|_| AcquireError::Local {
+            variable,
+            path: path.display().to_string(),
+            message: "the file is not UTF-8 text".into(),
+        })?
+        .trim()
+        .to_string();
+    if text.is_empty() {
+        return Err(AcquireError::Local {
+            variable,
+            path: path.display().to_string(),
+            message: "the file is empty".into(),
+        });
+    }
+    Ok(text)
+}
+
+/// The certificate file, re-read at each acquisition; keeps the last good one if a new one is bad.
+struct CertificateFile {
+    variable: &'static str,
+    path: PathBuf,
+    password: Option<config::Secret>,
+    loaded: Mutex<(Vec<u8>, Arc<ClientCertificate>)>,
+}
+
+impl CertificateFile {
+    /// Loads and fully checks the certificate (parse, key match, validity period).
+    fn load(
+        variable: &'static str,
+        path: &Path,
+        password: Option<&config::Secret>,
+    ) -> Result<(Vec<u8>, ClientCertificate), AcquireError> {
+        let content = read_file(variable, path)?;
+        let local = |e: CertificateError| AcquireError::Local {
+            variable,
+            path: path.display().to_string(),
+            message: format!("the certificate file {e}"),
+        };
+        let certificate =
+            ClientCertificate::parse(&content, password.map(|p| p.expose())).map_err(local)?;
+        certificate.check_validity(unix_now()).map_err(local)?;
+        Ok((digest(&SHA256, &content).as_ref().to_vec(), certificate))
+    }
+
+    fn current(&self) -> Arc<ClientCertificate> {
+        let content_hash = std::fs::read(&self.path)
+            .ok()
+            .map(|c| digest(&SHA256, &c).as_ref().to_vec());
+        let mut loaded = self.loaded.lock().unwrap_or_else(|e| e.into_inner());
+        if content_hash.as_ref() != Some(&loaded.0) {
+            match Self::load(self.variable, &self.path, self.password.as_ref()) {
+                Ok((hash, certificate)) => {
+                    tracing::info!(
+                        thumbprint = %certificate.thumbprint_sha1_hex(),
+                        not_after = %certificate.not_after,
+                        "client certificate file changed; using the new certificate"
+                    );
+                    *loaded = (hash, Arc::new(certificate));
+                }
+                Err(e) => tracing::warn!("{e}; keeping the certificate loaded before"),
+            }
+        }
+        loaded.1.clone()
+    }
+}
+
+/// How the token is obtained.
+enum Source {
+    Certificate {
+        file: CertificateFile,
+        send_chain: bool,
+    },
+    Secret(SecretSource),
+    WorkloadIdentity(PathBuf),
+    ManagedIdentity {
+        endpoint: ManagedIdentityEndpoint,
+        id: Option<UserAssignedId>,
+    },
+}
+
+/// A configured credential, ready to acquire tokens.
+pub struct Credential {
+    method: Source,
+    tenant_id: String,
+    client_id: String,
+    token_endpoint: String,
+    scope: String,
+    kind: &'static str,
+}
+
+impl Credential {
+    /// Builds the credential and checks its local material: a certificate that is unreadable,
+    /// invalid, expired or whose key does not match, or a missing secret or token file, is an
+    /// error here, at start, rather than an endless retry.
+    pub fn from_config(config: &Config) -> Result<Self, AcquireError> {
+        let token_endpoint =
+            |tenant: &str| format!("{}/{tenant}/oauth2/v2.0/token", config.authority_host);
+        let (method, tenant_id, client_id) = match &config.credential {
+            config::Credential::Certificate {
+                tenant_id,
+                client_id,
+                path_variable,
+                path,
+                password,
+                send_chain,
+            } => {
+                let (hash, certificate) =
+                    CertificateFile::load(path_variable, path, password.as_ref())?;
+                let file = CertificateFile {
+                    variable: path_variable,
+                    path: path.clone(),
+                    password: password.clone(),
+                    loaded: Mutex::new((hash, Arc::new(certificate))),
+                };
+                (
+                    Source::Certificate {
+                        file,
+                        send_chain: *send_chain,
+                    },
+                    tenant_id.clone(),
+                    client_id.clone(),
+                )
+            }
+            config::Credential::Secret {
+                tenant_id,
+                client_id,
+                secret,
+            } => {
+                if let SecretSource::File(path) = secret {
+                    read_trimmed("AOAI_PROXY_CLIENT_SECRET_FILE", path)?;
+                }
+                (
+                    Source::Secret(secret.clone()),
+                    tenant_id.clone(),
+                    client_id.clone(),
+                )
+            }
+            config::Credential::WorkloadIdentity {
+                tenant_id,
+                client_id,
+                token_file,
+            } => {
+                read_trimmed("AZURE_FEDERATED_TOKEN_FILE", token_file)?;
+                (
+                    Source::WorkloadIdentity(token_file.clone()),
+                    tenant_id.clone(),
+                    client_id.clone(),
+                )
+            }
+            config::Credential::ManagedIdentity { endpoint, id } => (
+                Source::ManagedIdentity {
+                    endpoint: endpoint.clone(),
+                    id: id.clone(),
+                },
+                String::new(),
+                String::new(),
+            ),
+        };
+        Ok(Self {
+            method,
+            token_endpoint: token_endpoint(&tenant_id),
+            tenant_id,
+            client_id,
+            scope: config.scope.clone(),
+            kind: config.credential.kind(),
+        })
+    }
+
+    /// `certificate`, `secret`, `workload-identity` or `managed-identity`.
+    pub fn kind(&self) -> &'static str {
+        self.kind
+    }
+
+    /// One line describing the credential for the start-up log, without secrets.
+    pub fn describe(&self) -> String {
+        match &self.method {
+            Source::Certificate { file, send_chain } => {
+                let certificate = file.current();
+                format!(
+                    "client certificate {} (thumbprint {}, subject {}, expires {}{}) for client {} in tenant {}",
+                    file.path.display(),
+                    certificate.thumbprint_sha1_hex(),
+                    certificate.subject,
+                    certificate.not_after,
+                    if *send_chain { ", sending x5c" } else { "" },
+                    self.client_id,
+                    self.tenant_id
+                )
+            }
+            Source::Secret(SecretSource::Inline(_)) => format!(
+                "client secret from AZURE_CLIENT_SECRET for client {} in tenant {}",
+                self.client_id, self.tenant_id
+            ),
+            Source::Secret(SecretSource::File(path)) => format!(
+                "client secret from {} for client {} in tenant {}",
+                path.display(),
+                self.client_id,
+                self.tenant_id
+            ),
+            Source::WorkloadIdentity(path) => format!(
+                "workload identity (federated token {}) for client {} in tenant {}",
+                path.display(),
+                self.client_id,
+                self.tenant_id
+            ),
+            Source::ManagedIdentity { endpoint, id } => {
+                let which = match id {
+                    None => "system-assigned".to_string(),
+                    Some(UserAssignedId::ClientId(v)) => format!("user-assigned, client id {v}"),
+                    Some(UserAssignedId::ObjectId(v)) => format!("user-assigned, object id {v}"),
+                    Some(UserAssignedId::ResourceId(v)) => {
+                        format!("user-assigned, resource id {v}")
+                    }
+                };
+                let from = match endpoint {
+                    ManagedIdentityEndpoint::Imds { base } => format!("IMDS at {base}"),
+                    ManagedIdentityEndpoint::AppService { endpoint, .. } => {
+                        format!("IDENTITY_ENDPOINT {endpoint}")
+                    }
+                };
+                format!("managed identity ({which}) from {from}")
+            }
+        }
+    }
+
+    /// Expiry of the client certificate (Unix seconds), for certificate credentials.
+    pub fn certificate_not_after(&self) -> Option<i64> {
+        match &self.method {
+            Source::Certificate { file, .. } => Some(file.current().not_after_unix),
+            _ => None,
+        }
+    }
+
+    /// Obtains a new token.
+    pub async fn acquire(&self, http: &IdentityHttp) -> Result<Acquired, AcquireError> {
+        match &self.method {
+            Source::Certificate { file, send_chain } => {
+                let certificate = file.current();
+                let assertion = assertion::client_assertion(
+                    &certificate,
+                    &self.client_id,
+                    &self.token_endpoint,
+                    *send_chain,
+                    unix_now(),
+                )
+                .map_err(|_| AcquireError::Local {
+                    variable: file.variable,
+                    path: file.path.display().to_string(),
+                    message: "signing the client assertion failed".into(),
+                })?;
+                self.exchange(
+                    http,
+                    &[
+                        ("client_assertion_type", JWT_BEARER),
+                        ("client_assertion", &assertion),
+                    ],
+                )
+                .await
+            }
+            Source::Secret(source) => {
+                let secret = match source {
+                    SecretSource::Inline(secret) => secret.expose().to_string(),
+                    SecretSource::File(path) => {
+                        read_trimmed("AOAI_PROXY_CLIENT_SECRET_FILE", path)?
+                    }
+                };
+                self.exchange(http, &[("client_secret", &secret)]).await
+            }
+            Source::WorkloadIdentity(path) => {
+                let federated = read_trimmed("AZURE_FEDERATED_TOKEN_FILE", path)?;
+                self.exchange(
+                    http,
+                    &[
+                        ("client_assertion_type", JWT_BEARER),
+                        ("client_assertion", &federated),
+                    ],
+                )
+                .await
+            }
+            Source::ManagedIdentity { endpoint, id } => {
+                self.managed_identity(http, endpoint, id.as_ref()).await
+            }
+        }
+    }
+
+    /// The client-credentials grant at the Entra ID token endpoint.
+    async fn exchange(
+        &self,
+        http: &IdentityHttp,
+        credential: &[(&str, &str)],
+    ) -> Result<Acquired, AcquireError> {
+        let form = {
+            let mut form = form_urlencoded::Serializer::new(String::new());
+            form.append_pair("grant_type", "client_credentials")
+                .append_pair("client_id", &self.client_id)
+                .append_pair("scope", &self.scope);
+            for (name, value) in credential {
+                form.append_pair(name, value);
+            }
+            form.finish()
+        };
+        let request = Request::builder()
+            .method(Method::POST)
+            .uri(&self.token_endpoint)
+            .header("content-type", "application/x-www-form-urlencoded")
+            .header("accept", "application/json")
+            .body(Full::new(Bytes::from(form)))
+            .map_err(|e| AcquireError::Transport {
+                endpoint: self.token_endpoint.clone(),
+                message: e.to_string(),
+            })?;
+        let (status, body) = http.send(request, &self.token_endpoint).await?;
+        parse_token_answer(&self.token_endpoint, status, &body)
+    }
+
+    async fn managed_identity(
+        &self,
+        http: &IdentityHttp,
+        endpoint: &ManagedIdentityEndpoint,
+        id: Option<&UserAssignedId>,
+    ) -> Result<Acquired, AcquireError> {
+        let resource = self.scope.strip_suffix("/.default").unwrap_or(&self.scope);
+        let (base, api_version, resource_id_name) = match endpoint {
+            ManagedIdentityEndpoint::Imds { base } => (
+                format!("{base}/metadata/identity/oauth2/token"),
+                "2018-02-01",
+                "msi_res_id",
+            ),
+            ManagedIdentityEndpoint::AppService { endpoint, .. } => {
+                (endpoint.clone(), "2019-08-01", "mi_res_id")
+            }
+        };
+        let query = {
+            let mut query = form_urlencoded::Serializer::new(String::new());
+            query
+                .append_pair("api-version", api_version)
+                .append_pair("resource", resource);
+            match id {
+                Some(UserAssignedId::ClientId(v)) => query.append_pair("client_id", v),
+                Some(UserAssignedId::ObjectId(v)) => query.append_pair("object_id", v),
+                Some(UserAssignedId::ResourceId(v)) => query.append_pair(resource_id_name, v),
+                None => &mut query,
+            };
+            query.finish()
+        };
+        let url = format!("{base}?{query}");
+        let mut request = Request::builder().method(Method::GET).uri(&url);
+        request = match endpoint {
+            ManagedIdentityEndpoint::Imds { .. } => request.header("metadata", "true"),
+            ManagedIdentityEndpoint::AppService { header, .. } => {
+                request.header("x-identity-header", header.expose())
+            }
+        };
+        let request =
+            request
+                .body(Full::new(Bytes::new()))
+                .map_err(|e| AcquireError::Transport {
+                    endpoint: base.clone(),
+                    message: e.to_string(),
+                })?;
+        let (status, body) = http.send(request, &base).await?;
+        parse_token_answer(&base, status, &body)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const EP: &str = "https://login.example/t/oauth2/v2.0/token";
+
+    #[test]
+    fn entra_success_with_refresh_in() {
+        let body = br#"{"token_type":"Bearer","expires_in":3599,"ext_expires_in":3599,"refresh_in":1799,"access_token":"eyJ0"}"#;
+        let acquired = parse_token_answer(EP, StatusCode::OK, body).unwrap();
+        assert_eq!(acquired.access_token, "eyJ0");
+        assert_eq!(acquired.lifetime, Duration::from_secs(3599));
+        assert_eq!(acquired.refresh_in, Some(Duration::from_secs(1799)));
+    }
+
+    #[test]
+    fn imds_strings_and_expires_on() {
+        let body = br#"{"access_token":"x","expires_in":"86399","expires_on":"1","resource":"r","token_type":"Bearer"}"#;
+        assert_eq!(
+            parse_token_answer(EP, StatusCode::OK, body)
+                .unwrap()
+                .lifetime,
+            Duration::from_secs(86399)
+        );
+        let on = unix_now() + 600;
+        let body = format!(r#"{{"access_token":"x","expires_on":"{on}"}}"#);
+        let lifetime = parse_token_answer(EP, StatusCode::OK, body.as_bytes())
+            .unwrap()
+            .lifetime;
+        assert!((598..=600).contains(&lifetime.as_secs()));
+    }
+
+    #[test]
+    fn entra_error_keeps_code_and_first_line_only() {
+        let body = br#"{"error":"invalid_client","error_description":"AADSTS7000215: Invalid client secret provided.\r\nTrace ID: abc\r\nCorrelation ID: def","error_codes":[7000215]}"#;
+        let e = parse_token_answer(EP, StatusCode::UNAUTHORIZED, body).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            format!(
+                "{EP} answered HTTP 401 invalid_client: AADSTS7000215: Invalid client secret provided."
+            )
+        );
+        assert!(!e.is_local());
+    }
+
+    #[test]
+    fn unusable_answers() {
+        for (status, body, fragment) in [
+            (StatusCode::OK, &b"<html>"[..], "not JSON"),
+            (StatusCode::OK, br#"{"expires_in":10}"#, "no access_token"),
+            (
+                StatusCode::OK,
+                br#"{"access_token":"x"}"#,
+                "neither expires_in",
+            ),
+            (
+                StatusCode::OK,
+                br#"{"access_token":"x","expires_in":0}"#,
+                "expires immediately",
+            ),
+            (StatusCode::INTERNAL_SERVER_ERROR, b"oops", "HTTP 500"),
+        ] {
+            let e = parse_token_answer(EP, status, body)
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains(fragment), "{e}");
+        }
+    }
+}
