@@ -1,5 +1,9 @@
 //! `aoai-operator`: controller + webhook (`run`), CRD printer (`crdgen`), offline injection (`inject`).
+use std::process::ExitCode;
+
+use aoai_operator::crd::AzureOpenAIProxy;
 use clap::{Parser, Subcommand};
+use kube::CustomResourceExt;
 
 #[derive(Parser)]
 #[command(version, about)]
@@ -10,20 +14,18 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Run the controller and the admission webhook.
-    Run,
     /// Print the AzureOpenAIProxy CustomResourceDefinition as YAML.
     Crdgen,
-    /// Inject the sidecar into the pod templates of Kubernetes manifests.
-    Inject,
 }
 
-fn main() {
-    let cli = Cli::parse();
-    match cli.command {
-        Command::Run | Command::Crdgen | Command::Inject => {
-            eprintln!("aoai-operator: not implemented yet");
-            std::process::exit(2);
+fn main() -> ExitCode {
+    match Cli::parse().command {
+        Command::Crdgen => {
+            print!(
+                "{}",
+                serde_saphyr::to_string(&AzureOpenAIProxy::crd()).expect("the CRD serializes")
+            );
+            ExitCode::SUCCESS
         }
     }
 }

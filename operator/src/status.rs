@@ -1,0 +1,781 @@
+//! Spec → status: what the controller concludes about one `AzureOpenAIProxy` from its spec, the
+//! Secrets it references and the pods injected with it. Pure: no I/O, the clock is an argument.
+//!
+//! Messages name Secrets and keys, never their content.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use aoai_proxy::credentials::certificate::ClientCertificate;
+use k8s_openapi::api::core::v1::{Pod, Secret};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+use k8s_openapi::jiff::Timestamp;
+
+use crate::annotations;
+use crate::crd::{AzureOpenAIProxy, AzureOpenAIProxyStatus, CredentialKind, config_hash};
+
+/// Condition types.
+pub const READY: &str = "Ready";
+pub const CREDENTIALS_VALID: &str = "CredentialsValid";
+pub const INBOUND_KEYS_VALID: &str = "InboundKeysValid";
+pub const CERTIFICATE_EXPIRING: &str = "CertificateExpiring";
+
+/// How long to wait before looking again when nothing is due sooner (Secrets and pods trigger
+/// reconciles on their own; this only bounds drift).
+pub const RESYNC: Duration = Duration::from_secs(3600);
+
+/// What the controller needs beyond the objects.
+#[derive(Clone, Debug)]
+pub struct Options {
+    /// Image injected when the spec names none; part of the config hash.
+    pub default_image: String,
+    /// `CertificateExpiring` turns True this long before the certificate's notAfter.
+    pub expiry_window: Duration,
+}
+
+/// The outcome of one check.
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct Check {
+    ok: bool,
+    reason: &'static str,
+    message: String,
+}
+
+impl Check {
+    fn pass(reason: &'static str, message: impl Into<String>) -> Self {
+        Self {
+            ok: true,
+            reason,
+            message: message.into(),
+        }
+    }
+    fn fail(reason: &'static str, message: impl Into<String>) -> Self {
+        Self {
+            ok: false,
+            reason,
+            message: message.into(),
+        }
+    }
+}
+
+/// A status transition worth an Event on the `AzureOpenAIProxy`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Transition {
+    pub warning: bool,
+    /// CamelCase, as Kubernetes Event reasons are.
+    pub reason: &'static str,
+    pub message: String,
+}
+
+/// The status to apply, the Events to emit and when to look again.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Assessment {
+    pub status: AzureOpenAIProxyStatus,
+    pub transitions: Vec<Transition>,
+    pub requeue_after: Duration,
+}
+
+/// Assesses `proxy` at `now`. `secret` looks a Secret up by name in the proxy's namespace; `pods`
+/// are the pods labelled with the proxy's name.
+pub fn assess<'a>(
+    proxy: &AzureOpenAIProxy,
+    secret: impl Fn(&str) -> Option<&'a Secret>,
+    pods: &[&Pod],
+    now: Timestamp,
+    options: &Options,
+) -> Assessment {
+    let spec = &proxy.spec;
+    let previous = proxy.status.clone().unwrap_or_default();
+    let hash = config_hash(spec, &options.default_image);
+    let mut requeue_after = RESYNC;
+    let mut certificate_not_after = None;
+    let mut expiring = None;
+
+    let credentials = match spec.credential.kind() {
+        None => Check::fail(
+            "InvalidSpec",
+            "set exactly one credential: clientCertificate, clientSecret, workloadIdentity or managedIdentity",
+        ),
+        Some(CredentialKind::ClientCertificate) => {
+            let cert = spec
+                .credential
+                .client_certificate
+                .as_ref()
+                .expect("kind checked");
+            match certificate_from(
+                &secret,
+                &cert.secret_name,
+                &cert.certificate_key,
+                &cert.private_key_key,
+            ) {
+                Err(check) => check,
+                Ok(certificate) => {
+                    let now_unix = now.as_second();
+                    certificate_not_after = Some(certificate.not_after.clone());
+                    let window = options.expiry_window.as_secs() as i64;
+                    let expiring_from = certificate.not_after_unix - window;
+                    let check = match certificate.check_validity(now_unix) {
+                        Err(e) => Check::fail(
+                            "CertificateInvalid",
+                            format!("Secret {}: certificate {e}", cert.secret_name),
+                        ),
+                        Ok(()) => Check::pass(
+                            "CertificateValid",
+                            format!(
+                                "Secret {} holds a certificate ({}) and its matching key, valid until {}",
+                                cert.secret_name, certificate.subject, certificate.not_after
+                            ),
+                        ),
+                    };
+                    if now_unix >= certificate.not_after_unix {
+                        expiring = Some(Check::pass(
+                            "Expired",
+                            format!(
+                                "the client certificate expired at {}",
+                                certificate.not_after
+                            ),
+                        ));
+                    } else if now_unix >= expiring_from {
+                        expiring = Some(Check::pass(
+                            "ExpiresSoon",
+                            format!(
+                                "the client certificate expires at {} (in {} days): renew Secret {}",
+                                certificate.not_after,
+                                (certificate.not_after_unix - now_unix) / 86_400,
+                                cert.secret_name
+                            ),
+                        ));
+                        requeue_after =
+                            requeue_after.min(secs(certificate.not_after_unix - now_unix));
+                    } else {
+                        expiring = Some(Check::fail(
+                            "NotExpiring",
+                            format!(
+                                "the client certificate expires at {}",
+                                certificate.not_after
+                            ),
+                        ));
+                        requeue_after = requeue_after.min(secs(expiring_from - now_unix));
+                    }
+                    check
+                }
+            }
+        }
+        Some(CredentialKind::ClientSecret) => {
+            let s = spec
+                .credential
+                .client_secret
+                .as_ref()
+                .expect("kind checked");
+            match secret_value(&secret, &s.secret_name, &s.key) {
+                Err(check) => check,
+                Ok(value) if value.iter().all(u8::is_ascii_whitespace) => Check::fail(
+                    "SecretKeyEmpty",
+                    format!("Secret {} key {} is empty", s.secret_name, s.key),
+                ),
+                Ok(_) => Check::pass(
+                    "SecretPresent",
+                    format!("Secret {} holds key {}", s.secret_name, s.key),
+                ),
+            }
+        }
+        Some(CredentialKind::WorkloadIdentity) => Check::pass(
+            "WorkloadIdentity",
+            "pods exchange their projected service-account token; the federated credential is checked by Entra ID at the first exchange",
+        ),
+        Some(CredentialKind::ManagedIdentity) => Check::pass(
+            "ManagedIdentity",
+            "pods use the node's or pod's managed identity; it is checked by Entra ID at the first token request",
+        ),
+    };
+
+    let inbound = spec.inbound_keys.as_ref().map(|keys| {
+        let accepted = match secret_value(&secret, &keys.secret_name, &keys.key) {
+            Err(check) => return check,
+            Ok(value) => key_lines(value),
+        };
+        if accepted == 0 {
+            return Check::fail(
+                "SecretKeyEmpty",
+                format!("Secret {} key {} holds no key", keys.secret_name, keys.key),
+            );
+        }
+        let client_key = keys.client_key.as_deref().unwrap_or(&keys.key);
+        let client_lines = match secret_value(&secret, &keys.secret_name, client_key) {
+            Err(check) => return check,
+            Ok(value) => key_lines(value),
+        };
+        if client_lines != 1 {
+            return Check::fail(
+                "ClientKeyNotSingle",
+                format!(
+                    "Secret {} key {client_key} must hold exactly one key for application containers (it holds {client_lines}); set inboundKeys.clientKey during a rotation",
+                    keys.secret_name
+                ),
+            );
+        }
+        Check::pass(
+            "KeysPresent",
+            format!("Secret {} holds {accepted} accepted key(s)", keys.secret_name),
+        )
+    });
+
+    let ready = if !credentials.ok {
+        Check::fail(credentials.reason, credentials.message.clone())
+    } else if let Some(inbound) = inbound.as_ref().filter(|c| !c.ok) {
+        Check::fail(inbound.reason, inbound.message.clone())
+    } else {
+        Check::pass(
+            "Ready",
+            "the configuration is valid; pods annotated with it get the sidecar",
+        )
+    };
+
+    let generation = proxy.metadata.generation;
+    let mut conditions = vec![
+        condition(&previous, READY, &ready, generation, now),
+        condition(&previous, CREDENTIALS_VALID, &credentials, generation, now),
+    ];
+    if let Some(inbound) = &inbound {
+        conditions.push(condition(
+            &previous,
+            INBOUND_KEYS_VALID,
+            inbound,
+            generation,
+            now,
+        ));
+    }
+    if let Some(expiring) = &expiring {
+        conditions.push(condition(
+            &previous,
+            CERTIFICATE_EXPIRING,
+            expiring,
+            generation,
+            now,
+        ));
+    }
+
+    let live: Vec<&&Pod> = pods.iter().filter(|p| !is_finished(p)).collect();
+    let current = live
+        .iter()
+        .filter(|p| pod_config_hash(p) == Some(hash.as_str()))
+        .count();
+
+    let status = AzureOpenAIProxyStatus {
+        observed_generation: generation,
+        conditions,
+        credential: spec.credential.kind().map(|k| k.as_str().to_string()),
+        certificate_not_after,
+        config_hash: Some(hash),
+        injected_pods: Some(live.len() as i32),
+        current_pods: Some(current as i32),
+        rolled_out_hash: previous.rolled_out_hash.clone(),
+    };
+    let transitions = transitions(&previous, &status);
+    Assessment {
+        status,
+        transitions,
+        requeue_after,
+    }
+}
+
+fn secs(seconds: i64) -> Duration {
+    Duration::from_secs(seconds.max(1) as u64)
+}
+
+/// The bytes of `key` in Secret `name`, or the failed check that says what is missing.
+fn secret_value<'a>(
+    secret: &impl Fn(&str) -> Option<&'a Secret>,
+    name: &str,
+    key: &str,
+) -> Result<&'a [u8], Check> {
+    let found = secret(name).ok_or_else(|| {
+        Check::fail(
+            "SecretNotFound",
+            format!("Secret {name} does not exist in this namespace"),
+        )
+    })?;
+    found
+        .data
+        .as_ref()
+        .and_then(|data| data.get(key))
+        .map(|v| v.0.as_slice())
+        .ok_or_else(|| {
+            let mut keys: Vec<&str> = found
+                .data
+                .iter()
+                .flat_map(|d| d.keys().map(String::as_str))
+                .collect();
+            keys.sort_unstable();
+            Check::fail(
+                "SecretKeyMissing",
+                format!(
+                    "Secret {name} has no key {key} (it has: {})",
+                    keys.join(", ")
+                ),
+            )
+        })
+}
+
+/// The certificate and key from the Secret, checked as the sidecar checks them.
+fn certificate_from<'a>(
+    secret: &impl Fn(&str) -> Option<&'a Secret>,
+    name: &str,
+    certificate_key: &str,
+    private_key_key: &str,
+) -> Result<ClientCertificate, Check> {
+    let mut pem = secret_value(secret, name, certificate_key)?.to_vec();
+    if private_key_key != certificate_key {
+        pem.push(b'\n');
+        pem.extend_from_slice(secret_value(secret, name, private_key_key)?);
+    }
+    ClientCertificate::parse(&pem, None).map_err(|e| {
+        Check::fail(
+            "CertificateInvalid",
+            format!("Secret {name} keys {certificate_key}/{private_key_key}: {e}"),
+        )
+    })
+}
+
+fn key_lines(value: &[u8]) -> usize {
+    String::from_utf8_lossy(value)
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .count()
+}
+
+/// A condition that keeps its lastTransitionTime while its status does not change.
+fn condition(
+    previous: &AzureOpenAIProxyStatus,
+    type_: &str,
+    check: &Check,
+    generation: Option<i64>,
+    now: Timestamp,
+) -> Condition {
+    let status = if check.ok { "True" } else { "False" };
+    let last_transition_time = previous
+        .conditions
+        .iter()
+        .find(|c| c.type_ == type_ && c.status == status)
+        .map(|c| c.last_transition_time.clone())
+        .unwrap_or(Time(now));
+    Condition {
+        type_: type_.to_string(),
+        status: status.to_string(),
+        reason: check.reason.to_string(),
+        message: check.message.clone(),
+        observed_generation: generation,
+        last_transition_time,
+    }
+}
+
+fn condition_status<'a>(status: &'a AzureOpenAIProxyStatus, type_: &str) -> Option<&'a Condition> {
+    status.conditions.iter().find(|c| c.type_ == type_)
+}
+
+/// Events for the transitions users care about: became ready, credential invalid, certificate
+/// expiring.
+fn transitions(
+    previous: &AzureOpenAIProxyStatus,
+    next: &AzureOpenAIProxyStatus,
+) -> Vec<Transition> {
+    let changed_to = |type_: &str, value: &str| -> Option<&Condition> {
+        let now = condition_status(next, type_).filter(|c| c.status == value)?;
+        match condition_status(previous, type_) {
+            Some(before) if before.status == value && before.reason == now.reason => None,
+            _ => Some(now),
+        }
+    };
+    let mut events = Vec::new();
+    if let Some(c) = changed_to(READY, "True") {
+        events.push(Transition {
+            warning: false,
+            reason: "Ready",
+            message: c.message.clone(),
+        });
+    }
+    if let Some(c) = changed_to(CREDENTIALS_VALID, "False") {
+        events.push(Transition {
+            warning: true,
+            reason: "CredentialInvalid",
+            message: c.message.clone(),
+        });
+    }
+    if let Some(c) = changed_to(INBOUND_KEYS_VALID, "False") {
+        events.push(Transition {
+            warning: true,
+            reason: "InboundKeysInvalid",
+            message: c.message.clone(),
+        });
+    }
+    if let Some(c) = changed_to(CERTIFICATE_EXPIRING, "True") {
+        events.push(Transition {
+            warning: true,
+            reason: "CertificateExpiring",
+            message: c.message.clone(),
+        });
+    }
+    events
+}
+
+/// The config hash an injected pod carries.
+pub fn pod_config_hash(pod: &Pod) -> Option<&str> {
+    pod.metadata
+        .annotations
+        .as_ref()?
+        .get(annotations::CONFIG_HASH)
+        .map(String::as_str)
+}
+
+fn is_finished(pod: &Pod) -> bool {
+    matches!(
+        pod.status.as_ref().and_then(|s| s.phase.as_deref()),
+        Some("Succeeded" | "Failed")
+    )
+}
+
+/// Workloads to restart for `spec.rollout: Restart`: the owners of running pods whose config hash
+/// is not `current`, as (kind, name), deduplicated. A ReplicaSet stands for its Deployment, which
+/// the controller resolves.
+pub fn stale_owners(pods: &[&Pod], current: &str) -> Vec<(String, String)> {
+    let mut owners = BTreeMap::new();
+    for pod in pods.iter().filter(|p| !is_finished(p)) {
+        if pod_config_hash(pod) == Some(current) {
+            continue;
+        }
+        for owner in pod.metadata.owner_references.iter().flatten() {
+            if owner.controller == Some(true)
+                && matches!(
+                    owner.kind.as_str(),
+                    "ReplicaSet" | "StatefulSet" | "DaemonSet"
+                )
+            {
+                owners.insert((owner.kind.clone(), owner.name.clone()), ());
+            }
+        }
+    }
+    owners.into_keys().collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use aoai_e2e::ca::{fixture_key_pem, self_signed_client_cert};
+    use k8s_openapi::ByteString;
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+    use serde_json::json;
+
+    use super::*;
+
+    const DAY: i64 = 86_400;
+    const NOW: i64 = 1_800_000_000;
+
+    fn now() -> Timestamp {
+        Timestamp::from_second(NOW).unwrap()
+    }
+
+    fn options() -> Options {
+        Options {
+            default_image: "aoai-proxy:1".into(),
+            expiry_window: Duration::from_secs(30 * DAY as u64),
+        }
+    }
+
+    fn proxy(credential: serde_json::Value) -> AzureOpenAIProxy {
+        let mut proxy: AzureOpenAIProxy = serde_json::from_value(json!({
+            "apiVersion": "aoai-proxy.io/v1alpha1",
+            "kind": "AzureOpenAIProxy",
+            "metadata": {"name": "p", "namespace": "ns", "generation": 3},
+            "spec": {
+                "endpoint": "https://r.openai.azure.com",
+                "tenantId": "contoso.onmicrosoft.com",
+                "clientId": "11111111-2222-3333-4444-555555555555",
+                "credential": credential,
+            }
+        }))
+        .unwrap();
+        proxy.status = None;
+        proxy
+    }
+
+    fn secret(name: &str, data: &[(&str, &str)]) -> Secret {
+        Secret {
+            metadata: ObjectMeta {
+                name: Some(name.into()),
+                ..Default::default()
+            },
+            data: Some(
+                data.iter()
+                    .map(|(k, v)| (k.to_string(), ByteString(v.as_bytes().to_vec())))
+                    .collect::<BTreeMap<_, _>>(),
+            ),
+            ..Default::default()
+        }
+    }
+
+    fn run(proxy: &AzureOpenAIProxy, secrets: &[Secret], pods: &[Pod]) -> Assessment {
+        let pods: Vec<&Pod> = pods.iter().collect();
+        assess(
+            proxy,
+            |name| {
+                secrets
+                    .iter()
+                    .find(|s| s.metadata.name.as_deref() == Some(name))
+            },
+            &pods,
+            now(),
+            &options(),
+        )
+    }
+
+    fn condition<'a>(a: &'a Assessment, type_: &str) -> &'a Condition {
+        a.status
+            .conditions
+            .iter()
+            .find(|c| c.type_ == type_)
+            .unwrap_or_else(|| panic!("no {type_} condition"))
+    }
+
+    fn tls_secret(key: &str, not_after: i64) -> Secret {
+        let key_pem = fixture_key_pem(key);
+        let cert = self_signed_client_cert(&fixture_key_pem("client-a"), NOW - DAY, not_after);
+        secret("cert", &[("tls.crt", &cert), ("tls.key", &key_pem)])
+    }
+
+    fn cert_proxy() -> AzureOpenAIProxy {
+        proxy(json!({"clientCertificate": {"secretName": "cert"}}))
+    }
+
+    #[test]
+    fn a_valid_certificate_is_ready_with_its_expiry_and_requeues_before_the_window() {
+        let a = run(
+            &cert_proxy(),
+            &[tls_secret("client-a", NOW + 90 * DAY)],
+            &[],
+        );
+        assert_eq!(condition(&a, READY).status, "True");
+        assert_eq!(condition(&a, CREDENTIALS_VALID).reason, "CertificateValid");
+        assert_eq!(condition(&a, CERTIFICATE_EXPIRING).status, "False");
+        assert_eq!(a.status.observed_generation, Some(3));
+        assert_eq!(a.status.credential.as_deref(), Some("ClientCertificate"));
+        let not_after = a.status.certificate_not_after.clone().unwrap();
+        assert_eq!(not_after, "2027-04-15T08:00:00Z");
+        // Crossing into the 30-day window is 60 days away; the resync is shorter.
+        assert_eq!(a.requeue_after, RESYNC);
+        assert_eq!(a.transitions[0].reason, "Ready");
+        assert!(!a.transitions[0].warning);
+    }
+
+    #[test]
+    fn requeues_when_the_certificate_enters_the_window() {
+        let a = run(
+            &cert_proxy(),
+            &[tls_secret("client-a", NOW + 30 * DAY + 600)],
+            &[],
+        );
+        assert_eq!(a.requeue_after, Duration::from_secs(600));
+    }
+
+    #[test]
+    fn a_certificate_near_expiry_is_ready_but_expiring() {
+        let a = run(
+            &cert_proxy(),
+            &[tls_secret("client-a", NOW + 10 * DAY)],
+            &[],
+        );
+        assert_eq!(condition(&a, READY).status, "True");
+        let expiring = condition(&a, CERTIFICATE_EXPIRING);
+        assert_eq!(
+            (expiring.status.as_str(), expiring.reason.as_str()),
+            ("True", "ExpiresSoon")
+        );
+        assert!(
+            expiring.message.contains("in 10 days"),
+            "{}",
+            expiring.message
+        );
+        assert!(
+            a.transitions
+                .iter()
+                .any(|t| t.reason == "CertificateExpiring" && t.warning)
+        );
+        assert_eq!(a.requeue_after, RESYNC);
+    }
+
+    #[test]
+    fn an_expired_certificate_is_not_ready() {
+        let a = run(&cert_proxy(), &[tls_secret("client-a", NOW - 60)], &[]);
+        assert_eq!(condition(&a, READY).status, "False");
+        let valid = condition(&a, CREDENTIALS_VALID);
+        assert_eq!(
+            (valid.status.as_str(), valid.reason.as_str()),
+            ("False", "CertificateInvalid")
+        );
+        assert!(valid.message.contains("expired"), "{}", valid.message);
+        assert_eq!(condition(&a, CERTIFICATE_EXPIRING).reason, "Expired");
+        assert!(
+            a.transitions
+                .iter()
+                .any(|t| t.reason == "CredentialInvalid")
+        );
+    }
+
+    #[test]
+    fn a_key_that_does_not_match_is_reported_without_key_material() {
+        let s = tls_secret("client-b", NOW + 90 * DAY);
+        let a = run(&cert_proxy(), &[s.clone()], &[]);
+        let valid = condition(&a, CREDENTIALS_VALID);
+        assert_eq!(valid.status, "False");
+        assert!(valid.message.contains("matches none"), "{}", valid.message);
+        let status = serde_json::to_string(&a.status).unwrap();
+        for value in s.data.unwrap().values() {
+            let text = String::from_utf8_lossy(&value.0).to_string();
+            let body = text.lines().nth(1).unwrap();
+            assert!(!status.contains(body), "status leaks secret material");
+        }
+    }
+
+    #[test]
+    fn garbage_missing_secrets_and_missing_keys_say_what_is_wrong() {
+        let garbage = secret("cert", &[("tls.crt", "not a pem"), ("tls.key", "nope")]);
+        let a = run(&cert_proxy(), &[garbage], &[]);
+        assert_eq!(
+            condition(&a, CREDENTIALS_VALID).reason,
+            "CertificateInvalid"
+        );
+
+        let a = run(&cert_proxy(), &[], &[]);
+        let c = condition(&a, CREDENTIALS_VALID);
+        assert_eq!(c.reason, "SecretNotFound");
+        assert_eq!(c.message, "Secret cert does not exist in this namespace");
+        assert_eq!(condition(&a, READY).reason, "SecretNotFound");
+
+        let a = run(&cert_proxy(), &[secret("cert", &[("cert.pem", "x")])], &[]);
+        let c = condition(&a, CREDENTIALS_VALID);
+        assert_eq!(c.reason, "SecretKeyMissing");
+        assert_eq!(
+            c.message,
+            "Secret cert has no key tls.crt (it has: cert.pem)"
+        );
+    }
+
+    #[test]
+    fn a_combined_pem_under_one_key_is_accepted() {
+        let key = fixture_key_pem("client-a");
+        let cert = self_signed_client_cert(&key, NOW - DAY, NOW + 90 * DAY);
+        let combined = format!("{cert}\n{key}");
+        let p = proxy(json!({"clientCertificate": {
+            "secretName": "cert", "certificateKey": "cert.pem", "privateKeyKey": "cert.pem"}}));
+        let a = run(&p, &[secret("cert", &[("cert.pem", &combined)])], &[]);
+        assert_eq!(condition(&a, CREDENTIALS_VALID).status, "True");
+    }
+
+    #[test]
+    fn client_secret_and_inbound_keys() {
+        let mut p = proxy(json!({"clientSecret": {"secretName": "s"}}));
+        let a = run(&p, &[secret("s", &[("client-secret", "  ")])], &[]);
+        assert_eq!(condition(&a, CREDENTIALS_VALID).reason, "SecretKeyEmpty");
+        let a = run(&p, &[secret("s", &[("client-secret", "hunter2")])], &[]);
+        assert_eq!(condition(&a, READY).status, "True");
+        assert!(
+            !serde_json::to_string(&a.status)
+                .unwrap()
+                .contains("hunter2")
+        );
+
+        p.spec.inbound_keys = serde_json::from_value(json!({"secretName": "keys"})).unwrap();
+        let good = secret("s", &[("client-secret", "hunter2")]);
+        let a = run(&p, &[good.clone()], &[]);
+        assert_eq!(condition(&a, INBOUND_KEYS_VALID).reason, "SecretNotFound");
+        assert_eq!(condition(&a, READY).status, "False");
+        let a = run(
+            &p,
+            &[good.clone(), secret("keys", &[("api-key", "k1\nk2\n")])],
+            &[],
+        );
+        assert_eq!(
+            condition(&a, INBOUND_KEYS_VALID).reason,
+            "ClientKeyNotSingle"
+        );
+        p.spec.inbound_keys.as_mut().unwrap().client_key = Some("current".into());
+        let keys = secret("keys", &[("api-key", "k1\nk2\n"), ("current", "k2")]);
+        let a = run(&p, &[good, keys], &[]);
+        assert_eq!(condition(&a, INBOUND_KEYS_VALID).status, "True");
+        assert_eq!(condition(&a, READY).status, "True");
+    }
+
+    #[test]
+    fn identities_without_secrets_are_ready() {
+        for credential in [
+            json!({"workloadIdentity": {}}),
+            json!({"managedIdentity": {}}),
+        ] {
+            let a = run(&proxy(credential), &[], &[]);
+            assert_eq!(condition(&a, READY).status, "True");
+            assert!(a.status.certificate_not_after.is_none());
+        }
+    }
+
+    fn pod(hash: &str, owner: (&str, &str), phase: &str) -> Pod {
+        serde_json::from_value(json!({
+            "metadata": {
+                "name": format!("pod-{hash}-{}", owner.1),
+                "annotations": {annotations::CONFIG_HASH: hash},
+                "ownerReferences": [{"apiVersion": "apps/v1", "kind": owner.0, "name": owner.1,
+                                     "uid": "u", "controller": true}],
+            },
+            "status": {"phase": phase},
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn counts_injected_and_current_pods_and_finds_stale_owners() {
+        let p = proxy(json!({"managedIdentity": {}}));
+        let current = config_hash(&p.spec, &options().default_image);
+        let pods = [
+            pod(&current, ("ReplicaSet", "web-1"), "Running"),
+            pod("old", ("ReplicaSet", "web-0"), "Running"),
+            pod("old", ("ReplicaSet", "web-0"), "Pending"),
+            pod("old", ("StatefulSet", "db"), "Running"),
+            pod("old", ("Job", "batch"), "Running"),
+            pod("old", ("ReplicaSet", "done"), "Succeeded"),
+        ];
+        let a = run(&p, &[], &pods);
+        assert_eq!(a.status.injected_pods, Some(5));
+        assert_eq!(a.status.current_pods, Some(1));
+        assert_eq!(a.status.config_hash.as_deref(), Some(current.as_str()));
+        let refs: Vec<&Pod> = pods.iter().collect();
+        assert_eq!(
+            stale_owners(&refs, &current),
+            [
+                ("ReplicaSet".to_string(), "web-0".to_string()),
+                ("StatefulSet".to_string(), "db".to_string())
+            ]
+        );
+    }
+
+    #[test]
+    fn transition_times_and_events_are_kept_while_nothing_changes() {
+        let mut p = cert_proxy();
+        let secrets = [tls_secret("client-a", NOW + 90 * DAY)];
+        let first = run(&p, &secrets, &[]);
+        p.status = Some(first.status.clone());
+        let pods: Vec<&Pod> = Vec::new();
+        let later = Timestamp::from_second(NOW + 60).unwrap();
+        let second = assess(
+            &p,
+            |name| {
+                secrets
+                    .iter()
+                    .find(|s| s.metadata.name.as_deref() == Some(name))
+            },
+            &pods,
+            later,
+            &options(),
+        );
+        assert_eq!(second.status, first.status);
+        assert!(second.transitions.is_empty());
+    }
+}
