@@ -533,10 +533,15 @@ impl AzureOpenAIProxySpec {
     }
 }
 
-/// Hash of everything an injected sidecar depends on: the spec and the default image. Secret
-/// contents are not part of it, since the sidecar re-reads them without a restart.
+/// Hash of everything an injected pod depends on: the spec (but `rollout`, which only tells the
+/// controller what to do) and the default image. Secret contents are not part of it, since the
+/// sidecar re-reads them without a restart.
 pub fn config_hash(spec: &AzureOpenAIProxySpec, default_image: &str) -> String {
-    let mut input = serde_json::to_vec(spec).unwrap_or_default();
+    let spec = AzureOpenAIProxySpec {
+        rollout: RolloutPolicy::default(),
+        ..spec.clone()
+    };
+    let mut input = serde_json::to_vec(&spec).unwrap_or_default();
     input.push(0);
     input.extend_from_slice(default_image.as_bytes());
     let digest = ring::digest::digest(&ring::digest::SHA256, &input);
@@ -609,6 +614,10 @@ mod tests {
         let mut changed = base.clone();
         changed.sidecar.port = 15090;
         assert_ne!(hash, config_hash(&changed, "img:1"));
+        // The rollout policy does not change what pods run.
+        let mut restart = base.clone();
+        restart.rollout = RolloutPolicy::Restart;
+        assert_eq!(hash, config_hash(&restart, "img:1"));
         // Pinned: a change here means every injected pod looks stale after an upgrade.
         assert_eq!(hash, config_hash(&base, "img:1"));
     }

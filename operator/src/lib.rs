@@ -1,6 +1,10 @@
 //! aoai-operator: the `AzureOpenAIProxy` CRD, its controller, the mutating webhook that injects the
 //! aoai-proxy sidecar, and the offline `inject` command.
 
+pub mod admin;
 pub mod annotations;
+pub mod controller;
 pub mod crd;
+pub mod lease;
+pub mod metrics;
 pub mod status;

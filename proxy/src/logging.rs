@@ -6,10 +6,11 @@ use tracing_subscriber::EnvFilter;
 
 use crate::config::{ConfigError, LogFormat};
 
-/// Installs the global subscriber writing to stdout. Fails on a malformed level or filter.
-pub fn init(level: &str, format: LogFormat) -> Result<(), ConfigError> {
+/// Installs the global subscriber writing to stdout. Fails on a malformed level or filter, naming
+/// `variable` (where the level came from).
+pub fn init(variable: &'static str, level: &str, format: LogFormat) -> Result<(), ConfigError> {
     let filter = EnvFilter::try_new(level).map_err(|e| ConfigError {
-        variable: "AOAI_PROXY_LOG_LEVEL",
+        variable,
         message: format!("{level:?} is not a log level or filter: {e}"),
     })?;
     let builder = tracing_subscriber::fmt()

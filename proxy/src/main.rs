@@ -38,7 +38,7 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    if let Err(e) = logging::init(&config.log_level, config.log_format) {
+    if let Err(e) = logging::init("AOAI_PROXY_LOG_LEVEL", &config.log_level, config.log_format) {
         eprintln!("aoai-proxy: configuration error: {e}");
         return ExitCode::from(2);
     }

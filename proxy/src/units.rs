@@ -1,6 +1,6 @@
 //! Parsing of the durations and byte sizes that environment variables carry.
 //!
-//! Durations: `250ms`, `30s`, `5m`, `1h`, or a bare number of seconds (`30`).
+//! Durations: `250ms`, `30s`, `5m`, `1h`, `30d`, or a bare number of seconds (`30`).
 //! Byte sizes: `1048576`, `512Ki`, `100Mi`, `1Gi` (binary units), or `10K`/`10M`/`10G` (decimal).
 
 use std::time::Duration;
@@ -20,9 +20,10 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
         "ms" => Duration::from_millis(number),
         "m" => Duration::from_secs(number.saturating_mul(60)),
         "h" => Duration::from_secs(number.saturating_mul(3600)),
+        "d" => Duration::from_secs(number.saturating_mul(86_400)),
         _ => {
             return Err(format!(
-                "{text:?} has an unknown unit {unit:?} (use ms, s, m or h)"
+                "{text:?} has an unknown unit {unit:?} (use ms, s, m, h or d)"
             ));
         }
     };
@@ -87,7 +88,8 @@ mod tests {
         assert!(parse_duration("s").is_err());
         assert!(parse_duration("-1s").is_err());
         assert!(parse_duration("1.5s").is_err());
-        assert!(parse_duration("10d").unwrap_err().contains("unknown unit"));
+        assert_eq!(parse_duration("30d"), Ok(Duration::from_secs(30 * 86_400)));
+        assert!(parse_duration("10w").unwrap_err().contains("unknown unit"));
         assert_eq!(
             parse_duration("99999999999999999999h").unwrap_err(),
             "\"99999999999999999999h\" is not a duration (examples: 30s, 250ms, 5m, 1h)"

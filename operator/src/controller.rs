@@ -1,0 +1,402 @@
+//! The controller: reconciles each `AzureOpenAIProxy`, re-run when it changes, when a Secret it
+//! references changes, and when a pod injected with it comes or goes.
+//!
+//! Secrets and pods are read from reflector caches (one watch each), never listed per reconcile.
+//! Reconcile is [`status::assess`] (pure) plus the writes it implies: the status by server-side
+//! apply, Events for transitions, and with `rollout: Restart` a restart of stale workloads.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use futures_util::StreamExt;
+use k8s_openapi::api::apps::v1::{DaemonSet, Deployment, ReplicaSet, StatefulSet};
+use k8s_openapi::api::core::v1::{Pod, Secret};
+use k8s_openapi::jiff::Timestamp;
+use kube::api::{Api, Patch, PatchParams};
+use kube::runtime::controller::{Action, Controller};
+use kube::runtime::events::{Event, EventType, Recorder, Reporter};
+use kube::runtime::reflector::{self, ObjectRef, Store};
+use kube::runtime::{WatchStreamExt, watcher};
+use kube::{Client, Resource, ResourceExt};
+use serde::de::DeserializeOwned;
+use serde_json::json;
+
+use crate::annotations;
+use crate::crd::{AzureOpenAIProxy, AzureOpenAIProxyStatus, RolloutPolicy};
+use crate::metrics::Metrics;
+use crate::status::{self, Options, stale_owners};
+
+/// The field manager of every write the controller makes.
+pub const FIELD_MANAGER: &str = "aoai-operator";
+
+/// Why a reconcile failed. Each variant is a metric label ([`Error::reason`]).
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("AzureOpenAIProxy has no namespace")]
+    NoNamespace,
+    #[error("cannot apply the status: {0}")]
+    StatusApply(#[source] kube::Error),
+    #[error("cannot restart {kind} {name}: {source}")]
+    Rollout {
+        kind: String,
+        name: String,
+        #[source]
+        source: kube::Error,
+    },
+}
+
+impl Error {
+    pub fn reason(&self) -> &'static str {
+        match self {
+            Error::NoNamespace => "no_namespace",
+            Error::StatusApply(_) => "status_apply",
+            Error::Rollout { .. } => "rollout",
+        }
+    }
+}
+
+/// What reconcile needs: the client, the caches and the options.
+pub struct Context {
+    pub client: Client,
+    pub secrets: Store<Secret>,
+    pub pods: Store<Pod>,
+    pub recorder: Recorder,
+    pub metrics: Arc<Metrics>,
+    pub options: Options,
+    /// Consecutive failures per object, for the error policy's backoff.
+    failures: Mutex<HashMap<ObjectRef<AzureOpenAIProxy>, u32>>,
+}
+
+impl Context {
+    pub fn new(
+        client: Client,
+        secrets: Store<Secret>,
+        pods: Store<Pod>,
+        metrics: Arc<Metrics>,
+        options: Options,
+    ) -> Self {
+        let reporter = Reporter {
+            controller: FIELD_MANAGER.into(),
+            instance: std::env::var("POD_NAME").ok(),
+        };
+        Self {
+            recorder: Recorder::new(client.clone(), reporter),
+            client,
+            secrets,
+            pods,
+            metrics,
+            options,
+            failures: Mutex::default(),
+        }
+    }
+}
+
+/// Names of the Secrets a proxy references.
+pub fn referenced_secrets(proxy: &AzureOpenAIProxy) -> Vec<&str> {
+    let credential = &proxy.spec.credential;
+    [
+        credential
+            .client_certificate
+            .as_ref()
+            .map(|c| c.secret_name.as_str()),
+        credential
+            .client_secret
+            .as_ref()
+            .map(|c| c.secret_name.as_str()),
+        proxy
+            .spec
+            .inbound_keys
+            .as_ref()
+            .map(|k| k.secret_name.as_str()),
+    ]
+    .into_iter()
+    .flatten()
+    .collect()
+}
+
+/// Pods injected with `name` in `namespace`, from the cache.
+fn injected_pods(store: &Store<Pod>, namespace: &str, name: &str) -> Vec<Arc<Pod>> {
+    store.state_filter(|pod| {
+        pod.metadata.namespace.as_deref() == Some(namespace)
+            && pod
+                .labels()
+                .get(annotations::PROXY_LABEL)
+                .map(String::as_str)
+                == Some(name)
+    })
+}
+
+pub async fn reconcile(proxy: Arc<AzureOpenAIProxy>, ctx: Arc<Context>) -> Result<Action, Error> {
+    let started = Instant::now();
+    let result = reconcile_inner(&proxy, &ctx).await;
+    ctx.metrics.reconciled(started.elapsed());
+    let key = ObjectRef::from_obj(proxy.as_ref());
+    if result.is_ok() {
+        ctx.failures.lock().expect("not poisoned").remove(&key);
+    }
+    result
+}
+
+async fn reconcile_inner(proxy: &AzureOpenAIProxy, ctx: &Context) -> Result<Action, Error> {
+    let namespace = proxy.namespace().ok_or(Error::NoNamespace)?;
+    let name = proxy.name_any();
+    // Before the caches hold every object, existing Secrets would look missing. The controller
+    // drives the cache watches while this waits.
+    let _ = ctx.secrets.wait_until_ready().await;
+    let _ = ctx.pods.wait_until_ready().await;
+    let secrets: Vec<Arc<Secret>> = referenced_secrets(proxy)
+        .into_iter()
+        .filter_map(|s| ctx.secrets.get(&ObjectRef::new(s).within(&namespace)))
+        .collect();
+    let pods = injected_pods(&ctx.pods, &namespace, &name);
+    let pod_refs: Vec<&Pod> = pods.iter().map(Arc::as_ref).collect();
+    let mut assessment = status::assess(
+        proxy,
+        |wanted| {
+            secrets
+                .iter()
+                .find(|s| s.metadata.name.as_deref() == Some(wanted))
+                .map(Arc::as_ref)
+        },
+        &pod_refs,
+        Timestamp::now(),
+        &ctx.options,
+    );
+
+    let hash = assessment.status.config_hash.clone().unwrap_or_default();
+    if proxy.spec.rollout == RolloutPolicy::Restart
+        && assessment.status.rolled_out_hash.as_deref() != Some(hash.as_str())
+    {
+        let restarted = restart_stale_workloads(ctx, &namespace, &pod_refs, &hash).await?;
+        if !restarted.is_empty() {
+            assessment.transitions.push(status::Transition {
+                warning: false,
+                reason: "RolloutRestarted",
+                message: format!(
+                    "restarted {} to pick up configuration {hash}",
+                    restarted.join(", ")
+                ),
+            });
+        }
+        assessment.status.rolled_out_hash = Some(hash);
+    }
+
+    if proxy.status.as_ref() != Some(&assessment.status) {
+        apply_status(&ctx.client, &namespace, &name, &assessment.status).await?;
+    }
+    let reference = proxy.object_ref(&());
+    for transition in &assessment.transitions {
+        let event = Event {
+            type_: if transition.warning {
+                EventType::Warning
+            } else {
+                EventType::Normal
+            },
+            reason: transition.reason.into(),
+            note: Some(transition.message.clone()),
+            action: "Reconcile".into(),
+            secondary: None,
+        };
+        // Events are best effort: a failure to record one must not fail the reconcile.
+        if let Err(e) = ctx.recorder.publish(&event, &reference).await {
+            tracing::warn!(%namespace, %name, reason = transition.reason, "cannot record event: {e}");
+        }
+    }
+    Ok(Action::requeue(assessment.requeue_after))
+}
+
+/// Applies `status` with the controller's field manager (server-side apply on the subresource).
+pub async fn apply_status(
+    client: &Client,
+    namespace: &str,
+    name: &str,
+    status: &AzureOpenAIProxyStatus,
+) -> Result<(), Error> {
+    let api: Api<AzureOpenAIProxy> = Api::namespaced(client.clone(), namespace);
+    let patch = json!({
+        "apiVersion": "aoai-proxy.io/v1alpha1",
+        "kind": "AzureOpenAIProxy",
+        "status": status,
+    });
+    api.patch_status(
+        name,
+        &PatchParams::apply(FIELD_MANAGER).force(),
+        &Patch::Apply(&patch),
+    )
+    .await
+    .map_err(Error::StatusApply)?;
+    Ok(())
+}
+
+/// Restarts (as `kubectl rollout restart`) the workloads whose pods run an older configuration.
+/// Returns "kind/name" of each restarted workload.
+async fn restart_stale_workloads(
+    ctx: &Context,
+    namespace: &str,
+    pods: &[&Pod],
+    hash: &str,
+) -> Result<Vec<String>, Error> {
+    let mut restarted = Vec::new();
+    for (kind, name) in stale_owners(pods, hash) {
+        let (kind, name) = if kind == "ReplicaSet" {
+            let replica_sets: Api<ReplicaSet> = Api::namespaced(ctx.client.clone(), namespace);
+            let owner = replica_sets
+                .get_opt(&name)
+                .await
+                .map_err(|source| Error::Rollout {
+                    kind: kind.clone(),
+                    name: name.clone(),
+                    source,
+                })?
+                .and_then(|rs| {
+                    rs.owner_references()
+                        .iter()
+                        .find(|o| o.controller == Some(true) && o.kind == "Deployment")
+                        .map(|o| o.name.clone())
+                });
+            match owner {
+                Some(deployment) => ("Deployment".to_string(), deployment),
+                // A bare ReplicaSet (or one already gone) has no template to restart.
+                None => continue,
+            }
+        } else {
+            (kind, name)
+        };
+        let label = format!("{}/{name}", kind.to_lowercase());
+        if restarted.contains(&label) {
+            continue;
+        }
+        let restart = |source| Error::Rollout {
+            kind: kind.clone(),
+            name: name.clone(),
+            source,
+        };
+        match kind.as_str() {
+            "Deployment" => patch_restart::<Deployment>(ctx, namespace, &name).await,
+            "StatefulSet" => patch_restart::<StatefulSet>(ctx, namespace, &name).await,
+            "DaemonSet" => patch_restart::<DaemonSet>(ctx, namespace, &name).await,
+            _ => continue,
+        }
+        .map_err(restart)?;
+        tracing::info!(%namespace, workload = %label, "restarted to pick up configuration {hash}");
+        restarted.push(label);
+    }
+    Ok(restarted)
+}
+
+async fn patch_restart<K>(ctx: &Context, namespace: &str, name: &str) -> Result<(), kube::Error>
+where
+    K: Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>
+        + Clone
+        + DeserializeOwned
+        + std::fmt::Debug,
+{
+    let api: Api<K> = Api::namespaced(ctx.client.clone(), namespace);
+    let patch = json!({"spec": {"template": {"metadata": {"annotations": {
+        annotations::RESTARTED_AT: Timestamp::now().to_string(),
+    }}}}});
+    api.patch(name, &PatchParams::default(), &Patch::Merge(&patch))
+        .await
+        .map(|_| ())
+}
+
+/// Retries a failed reconcile with exponential backoff per object: 5 s, 10 s ... up to 5 minutes.
+pub fn error_policy(proxy: Arc<AzureOpenAIProxy>, error: &Error, ctx: Arc<Context>) -> Action {
+    ctx.metrics.reconcile_failed(error.reason());
+    let key = ObjectRef::from_obj(proxy.as_ref());
+    let mut failures = ctx.failures.lock().expect("not poisoned");
+    let count = failures.entry(key).or_insert(0);
+    *count = count.saturating_add(1);
+    let delay = backoff(*count);
+    tracing::warn!(
+        namespace = proxy.namespace().unwrap_or_default(),
+        name = proxy.name_any(),
+        reason = error.reason(),
+        retry_in = ?delay,
+        "reconcile failed: {error}"
+    );
+    Action::requeue(delay)
+}
+
+pub fn backoff(failures: u32) -> Duration {
+    let exponent = failures.saturating_sub(1).min(10);
+    (Duration::from_secs(5) * 2u32.pow(exponent)).min(Duration::from_secs(300))
+}
+
+/// Runs the controller until `shutdown` resolves: watches AzureOpenAIProxies, Secrets (cached)
+/// and injected pods (cached, by label), and reconciles.
+pub async fn run(
+    client: Client,
+    metrics: Arc<Metrics>,
+    options: Options,
+    shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
+) {
+    let proxies: Api<AzureOpenAIProxy> = Api::all(client.clone());
+    let (secrets, secrets_writer) = reflector::store();
+    let (pods, pods_writer) = reflector::store();
+    // Only what reconcile reads is kept: managed fields are dropped to save memory.
+    let secret_stream = reflector::reflector(
+        secrets_writer,
+        watcher(
+            Api::<Secret>::all(client.clone()),
+            watcher::Config::default(),
+        )
+        .default_backoff()
+        .modify(|s: &mut Secret| s.managed_fields_mut().clear()),
+    )
+    .touched_objects();
+    let pod_stream = reflector::reflector(
+        pods_writer,
+        watcher(
+            Api::<Pod>::all(client.clone()),
+            watcher::Config::default().labels(annotations::PROXY_LABEL),
+        )
+        .default_backoff()
+        .modify(|p: &mut Pod| p.managed_fields_mut().clear()),
+    )
+    .touched_objects();
+
+    let controller = Controller::new(proxies, watcher::Config::default());
+    let proxy_store = controller.store();
+    let context = Arc::new(Context::new(
+        client,
+        secrets.clone(),
+        pods.clone(),
+        metrics,
+        options,
+    ));
+    let controller = controller
+        .watches_stream(secret_stream, move |secret: Secret| {
+            let namespace = secret.namespace();
+            let name = secret.name_any();
+            proxy_store
+                .state()
+                .into_iter()
+                .filter(|p| {
+                    p.namespace() == namespace && referenced_secrets(p).contains(&name.as_str())
+                })
+                .map(|p| ObjectRef::from_obj(p.as_ref()))
+                .collect::<Vec<_>>()
+        })
+        .watches_stream(pod_stream, |pod: Pod| {
+            let namespace = pod.namespace()?;
+            let name = pod.labels().get(annotations::PROXY_LABEL)?.clone();
+            Some(ObjectRef::new(&name).within(&namespace))
+        })
+        .graceful_shutdown_on(shutdown);
+
+    let caches = async {
+        let _ = secrets.wait_until_ready().await;
+        let _ = pods.wait_until_ready().await;
+        tracing::info!("caches synced");
+    };
+    let run = controller
+        .run(reconcile, error_policy, context)
+        .for_each(|result| async move {
+            if let Err(e) = result {
+                tracing::debug!("controller: {e}");
+            }
+        });
+    tokio::join!(caches, run);
+}
