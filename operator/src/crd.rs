@@ -10,6 +10,8 @@ use kube::{CustomResource, KubeSchema};
 use serde::{Deserialize, Serialize};
 
 /// Azure OpenAI through an aoai-proxy sidecar, authenticated with an Entra ID token.
+// Each printcolumn repeats `type_`: not a duplicate, whatever clippy thinks.
+#[allow(clippy::duplicated_attributes)]
 #[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[kube(
     group = "aoai-proxy.io",

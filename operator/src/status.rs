@@ -624,7 +624,7 @@ mod tests {
     #[test]
     fn a_key_that_does_not_match_is_reported_without_key_material() {
         let s = tls_secret("client-b", NOW + 90 * DAY);
-        let a = run(&cert_proxy(), &[s.clone()], &[]);
+        let a = run(&cert_proxy(), std::slice::from_ref(&s), &[]);
         let valid = condition(&a, CREDENTIALS_VALID);
         assert_eq!(valid.status, "False");
         assert!(valid.message.contains("matches none"), "{}", valid.message);
@@ -686,7 +686,7 @@ mod tests {
 
         p.spec.inbound_keys = serde_json::from_value(json!({"secretName": "keys"})).unwrap();
         let good = secret("s", &[("client-secret", "hunter2")]);
-        let a = run(&p, &[good.clone()], &[]);
+        let a = run(&p, std::slice::from_ref(&good), &[]);
         assert_eq!(condition(&a, INBOUND_KEYS_VALID).reason, "SecretNotFound");
         assert_eq!(condition(&a, READY).status, "False");
         let a = run(

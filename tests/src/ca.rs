@@ -65,6 +65,33 @@ impl TestCa {
         )
     }
 
+    /// A server certificate for 127.0.0.1 and localhost as PEM: (certificate, PKCS#8 key).
+    pub fn server_cert_pem(&self) -> (String, String) {
+        let key = KeyPair::generate().expect("generate server key");
+        let params = CertificateParams::new(vec!["127.0.0.1".to_string(), "localhost".to_string()])
+            .expect("server params");
+        let cert = params
+            .signed_by(&key, &self.issuer)
+            .expect("sign server cert");
+        (cert.pem(), key.serialize_pem())
+    }
+
+    /// A client certificate for TLS client authentication (Kubernetes reads the user from CN and
+    /// the groups from O) as PEM: (certificate, PKCS#8 key).
+    pub fn client_cert_pem(&self, common_name: &str, organization: &str) -> (String, String) {
+        let key = KeyPair::generate().expect("generate client key");
+        let mut params = CertificateParams::new(Vec::<String>::new()).expect("client params");
+        let mut name = DistinguishedName::new();
+        name.push(DnType::CommonName, common_name);
+        name.push(DnType::OrganizationName, organization);
+        params.distinguished_name = name;
+        params.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ClientAuth];
+        let cert = params
+            .signed_by(&key, &self.issuer)
+            .expect("sign client cert");
+        (cert.pem(), key.serialize_pem())
+    }
+
     /// A rustls server configuration for loopback, offering h2 and http/1.1.
     pub fn server_config(&self) -> rustls::ServerConfig {
         let (chain, key) = self.server_cert();

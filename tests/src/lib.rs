@@ -5,6 +5,7 @@
 
 pub mod ca;
 pub mod client;
+pub mod control_plane;
 pub mod entra;
 pub mod managed_identity;
 pub mod openai;

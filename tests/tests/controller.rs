@@ -1,0 +1,217 @@
+//! The controller against a real kube-apiserver (skipped unless `KUBEBUILDER_ASSETS` is set):
+//! the CRD from `crds/` is accepted, a valid AzureOpenAIProxy gets `Ready` and its certificate
+//! date, a broken Secret turns `CredentialsValid` False, and the schema rejects bad objects.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use aoai_e2e::ca::{fixture_key_pem, self_signed_client_cert};
+use aoai_e2e::control_plane::ControlPlane;
+use aoai_operator::controller;
+use aoai_operator::crd::AzureOpenAIProxy;
+use aoai_operator::metrics::Metrics;
+use aoai_operator::status::Options;
+use k8s_openapi::api::core::v1::{Namespace, Secret};
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use kube::api::{Api, Patch, PatchParams, PostParams};
+use kube::{Client, ResourceExt};
+use serde_json::{Value, json};
+
+const NS: &str = "aoai-e2e";
+const CRD_FILE: &str = concat!(
+    env!("CARGO_MANIFEST_DIR"),
+    "/../crds/aoai-proxy.io_azureopenaiproxies.yaml"
+);
+
+async fn install_crd(client: &Client) {
+    let crd: CustomResourceDefinition =
+        serde_saphyr::from_str(&std::fs::read_to_string(CRD_FILE).unwrap()).unwrap();
+    let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
+    crds.create(&PostParams::default(), &crd)
+        .await
+        .expect("the apiserver accepts crds/ (a structural schema with valid CEL)");
+    let established = kube::runtime::wait::await_condition(
+        crds,
+        "azureopenaiproxies.aoai-proxy.io",
+        kube::runtime::wait::conditions::is_crd_established(),
+    );
+    tokio::time::timeout(Duration::from_secs(30), established)
+        .await
+        .expect("the CRD is established in time")
+        .unwrap();
+}
+
+fn tls_secret(key: &str) -> Value {
+    let now = time::OffsetDateTime::now_utc().unix_timestamp();
+    let cert = self_signed_client_cert(&fixture_key_pem("client-a"), now - 3600, now + 90 * 86_400);
+    json!({
+        "apiVersion": "v1", "kind": "Secret",
+        "metadata": {"name": "cert", "namespace": NS},
+        "type": "kubernetes.io/tls",
+        "stringData": {"tls.crt": cert, "tls.key": fixture_key_pem(key)},
+    })
+}
+
+fn proxy(spec: Value) -> Value {
+    json!({
+        "apiVersion": "aoai-proxy.io/v1alpha1", "kind": "AzureOpenAIProxy",
+        "metadata": {"name": "p", "namespace": NS},
+        "spec": spec,
+    })
+}
+
+/// Polls the AzureOpenAIProxy until `check` accepts its status (or 30 s pass).
+async fn wait_status(
+    api: &Api<AzureOpenAIProxy>,
+    what: &str,
+    check: impl Fn(&Value) -> bool,
+) -> Value {
+    let mut last = Value::Null;
+    for _ in 0..120 {
+        if let Ok(object) = api.get("p").await {
+            last = serde_json::to_value(&object.status).unwrap();
+            if check(&last) {
+                return last;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    panic!("status never showed {what}; last status: {last:#}");
+}
+
+fn condition<'a>(status: &'a Value, type_: &str) -> Option<&'a Value> {
+    status["conditions"]
+        .as_array()?
+        .iter()
+        .find(|c| c["type"] == type_)
+}
+
+#[tokio::test]
+async fn the_controller_reports_ready_then_a_broken_secret_and_the_schema_rejects_bad_objects() {
+    let Some(plane) = ControlPlane::start(
+        "the_controller_reports_ready_then_a_broken_secret_and_the_schema_rejects_bad_objects",
+    )
+    .await
+    else {
+        return;
+    };
+    let client = plane.client();
+    install_crd(&client).await;
+    let namespaces: Api<Namespace> = Api::all(client.clone());
+    namespaces
+        .create(
+            &PostParams::default(),
+            &serde_json::from_value(json!({"metadata": {"name": NS}})).unwrap(),
+        )
+        .await
+        .unwrap();
+
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), NS);
+    let apply = PatchParams::apply("aoai-e2e").force();
+    secrets
+        .patch("cert", &apply, &Patch::Apply(tls_secret("client-a")))
+        .await
+        .unwrap();
+    let proxies: Api<AzureOpenAIProxy> = Api::namespaced(client.clone(), NS);
+    let spec = json!({
+        "endpoint": "https://r.openai.azure.com",
+        "tenantId": "contoso.onmicrosoft.com",
+        "clientId": "11111111-2222-3333-4444-555555555555",
+        "credential": {"clientCertificate": {"secretName": "cert"}},
+    });
+    proxies
+        .patch("p", &apply, &Patch::Apply(proxy(spec)))
+        .await
+        .unwrap();
+    let created = proxies.get("p").await.unwrap();
+    assert_eq!(
+        created.spec.sidecar.port, 15080,
+        "schema defaults are applied"
+    );
+
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let controller = tokio::spawn(controller::run(
+        client.clone(),
+        Arc::new(Metrics::new()),
+        Options {
+            default_image: "aoai-proxy:e2e".into(),
+            expiry_window: Duration::from_secs(30 * 86_400),
+        },
+        async {
+            let _ = stopped.await;
+        },
+    ));
+
+    let status = wait_status(&proxies, "Ready=True", |s| {
+        condition(s, "Ready").is_some_and(|c| c["status"] == "True")
+    })
+    .await;
+    assert!(
+        status["certificateNotAfter"]
+            .as_str()
+            .is_some_and(|d| d.ends_with('Z')),
+        "{status:#}"
+    );
+    assert_eq!(status["credential"], "ClientCertificate");
+    assert_eq!(
+        status["observedGeneration"],
+        created.metadata.generation.unwrap()
+    );
+    let object = proxies.get("p").await.unwrap();
+    assert!(
+        object
+            .managed_fields()
+            .iter()
+            .any(|f| f.manager.as_deref() == Some("aoai-operator")
+                && f.subresource.as_deref() == Some("status")),
+        "the status is owned by the controller's field manager"
+    );
+
+    // A key that does not match the certificate: the Secret watch triggers a reconcile.
+    secrets
+        .patch("cert", &apply, &Patch::Apply(tls_secret("client-b")))
+        .await
+        .unwrap();
+    let status = wait_status(&proxies, "CredentialsValid=False", |s| {
+        condition(s, "CredentialsValid").is_some_and(|c| c["status"] == "False")
+    })
+    .await;
+    let message = condition(&status, "CredentialsValid").unwrap()["message"]
+        .as_str()
+        .unwrap();
+    assert!(
+        message.contains("matches none of its certificates"),
+        "{message}"
+    );
+    assert!(!status.to_string().contains("PRIVATE KEY"));
+
+    // The schema rejects what the CEL rules forbid, with their messages.
+    for (spec, message) in [
+        (
+            json!({"endpoint": "https://r", "tenantId": "t.example", "clientId": "11111111-2222-3333-4444-555555555555",
+                   "credential": {"clientSecret": {"secretName": "s"}, "workloadIdentity": {}}}),
+            "set exactly one credential",
+        ),
+        (
+            json!({"endpoint": "http://r.openai.azure.com", "credential": {"managedIdentity": {}}}),
+            "endpoint must be an https:// URL",
+        ),
+    ] {
+        let mut bad = proxy(spec);
+        bad["metadata"]["name"] = json!("bad");
+        let error = proxies
+            .create(
+                &PostParams::default(),
+                &serde_json::from_value(bad).unwrap(),
+            )
+            .await
+            .expect_err("the apiserver rejects the object");
+        assert!(error.to_string().contains(message), "{error}");
+    }
+
+    let _ = stop.send(());
+    tokio::time::timeout(Duration::from_secs(10), controller)
+        .await
+        .expect("the controller stops on shutdown")
+        .unwrap();
+}
