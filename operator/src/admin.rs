@@ -75,3 +75,38 @@ pub async fn serve(listener: TcpListener, admin: Arc<Admin>) {
         });
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn get(admin: &Admin, path: &str) -> (StatusCode, String) {
+        let request = Request::get(path).body(()).unwrap();
+        let response = route(admin, &request);
+        let status = response.status();
+        let body = futures_util::FutureExt::now_or_never(http_body_util::BodyExt::collect(
+            response.into_body(),
+        ))
+        .unwrap()
+        .unwrap()
+        .to_bytes();
+        (status, String::from_utf8(body.to_vec()).unwrap())
+    }
+
+    #[test]
+    fn probes_follow_readiness_and_metrics_are_prometheus_text() {
+        let admin = Admin {
+            metrics: Arc::new(Metrics::new()),
+            ready: AtomicBool::new(false),
+        };
+        assert_eq!(get(&admin, "/healthz").0, StatusCode::OK);
+        assert_eq!(get(&admin, "/readyz").0, StatusCode::SERVICE_UNAVAILABLE);
+        admin.ready.store(true, Ordering::Relaxed);
+        assert_eq!(get(&admin, "/readyz").0, StatusCode::OK);
+        let (status, text) = get(&admin, "/metrics");
+        assert_eq!(status, StatusCode::OK);
+        assert!(text.contains("aoai_operator_build_info{version="), "{text}");
+        assert!(text.contains("aoai_operator_leader 0"), "{text}");
+        assert_eq!(get(&admin, "/nope").0, StatusCode::NOT_FOUND);
+    }
+}

@@ -246,3 +246,73 @@ fn cel_rules_reject_bad_objects_with_their_message() {
         );
     }
 }
+
+/// The README's CRD reference: one row per spec field with its type, default and description,
+/// generated from the schema. `UPDATE_README=1` rewrites it.
+fn field_rows(node: &Value, path: &str, rows: &mut String) {
+    let Some(properties) = node.get("properties").and_then(Value::as_object) else {
+        return;
+    };
+    for (name, schema) in properties {
+        let field = format!("{path}.{name}");
+        let ty = match (schema["type"].as_str(), schema.get("enum")) {
+            (_, Some(values)) => values
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|v| format!("`{}`", v.as_str().unwrap_or_default()))
+                .collect::<Vec<_>>()
+                .join(" \\| "),
+            (Some("array"), _) => {
+                format!("[]{}", schema["items"]["type"].as_str().unwrap_or("object"))
+            }
+            (Some(ty), _) => ty.to_string(),
+            (None, _) => "object".to_string(),
+        };
+        let default = match schema.get("default") {
+            Some(Value::Object(_)) | None => "—".to_string(),
+            Some(value) => format!("`{}`", value.to_string().trim_matches('"')),
+        };
+        let description = schema["description"]
+            .as_str()
+            .unwrap_or_default()
+            .split_whitespace()
+            .collect::<Vec<_>>()
+            .join(" ")
+            .replace('|', "\\|");
+        rows.push_str(&format!(
+            "| `{field}` | {ty} | {default} | {description} |\n"
+        ));
+        // Resource requirements are Kubernetes' own type: documented there.
+        if name != "resources" {
+            field_rows(schema, &field, rows);
+        }
+    }
+}
+
+#[test]
+fn readme_documents_every_spec_field() {
+    let mut table = String::from("| field | type | default | meaning |\n|---|---|---|---|\n");
+    field_rows(&schema()["properties"]["spec"], "spec", &mut table);
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../README.md");
+    let readme = std::fs::read_to_string(path).unwrap();
+    let start = readme
+        .find("<!-- crd-table:")
+        .expect("README has the crd-table marker");
+    let body_start = start + readme[start..].find('\n').unwrap() + 1;
+    let end = readme
+        .find("<!-- /crd-table -->")
+        .expect("README has the crd-table end marker");
+    if std::env::var_os("UPDATE_README").is_some() {
+        std::fs::write(
+            path,
+            format!("{}{}{}", &readme[..body_start], table, &readme[end..]),
+        )
+        .unwrap();
+        return;
+    }
+    assert!(
+        readme[body_start..end] == table,
+        "README's CRD reference is stale: run UPDATE_README=1 cargo test -p aoai-operator --test crd"
+    );
+}
