@@ -93,6 +93,11 @@ pub const ENV_VARS: &[EnvVar] = &[
         "Azure SDK name for the certificate file: PEM, or PKCS#12 when AZURE_CLIENT_CERTIFICATE_PASSWORD is set.",
     ),
     var(
+        "AOAI_PROXY_CERTIFICATE_KEY_PATH",
+        None,
+        "PEM private key file, when the certificate file holds only the certificate (tls.key of a kubernetes.io/tls Secret).",
+    ),
+    var(
         "AZURE_CLIENT_CERTIFICATE_PASSWORD",
         None,
         "Password of a PKCS#12 certificate file.",
@@ -383,6 +388,8 @@ pub enum Credential {
         /// Which variable named the file, for messages.
         path_variable: &'static str,
         path: PathBuf,
+        /// The private key's own PEM file, when `path` holds only the certificate.
+        key_path: Option<PathBuf>,
         password: Option<Secret>,
         send_chain: bool,
     },
@@ -842,6 +849,9 @@ fn credential_from<F: Fn(&str) -> Option<String>>(env: &Env<F>) -> Result<Creden
                 client_id,
                 path_variable,
                 path: PathBuf::from(path),
+                key_path: env
+                    .get("AOAI_PROXY_CERTIFICATE_KEY_PATH")
+                    .map(PathBuf::from),
                 password: env
                     .get("AZURE_CLIENT_CERTIFICATE_PASSWORD")
                     .map(Secret::new),

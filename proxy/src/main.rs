@@ -15,7 +15,22 @@ use clap::Parser;
     after_help = environment_help(),
     term_width = 0,
 )]
-struct Cli {}
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(clap::Subcommand)]
+enum Command {
+    /// Wait until the proxy on this host answers /health with 200 on its admin port
+    /// (AOAI_PROXY_ADMIN_PORT), then exit 0; exit 1 after the timeout. A regular (non-native)
+    /// sidecar runs this as its postStart hook so that the application starts after the proxy.
+    WaitReady {
+        /// How long to wait.
+        #[arg(long, default_value = "120s", value_parser = aoai_proxy::units::parse_duration)]
+        timeout: std::time::Duration,
+    },
+}
 
 fn environment_help() -> String {
     let mut text = String::from("Environment variables (an empty value counts as unset):\n");
@@ -30,7 +45,9 @@ fn environment_help() -> String {
 }
 
 fn main() -> ExitCode {
-    Cli::parse();
+    if let Some(Command::WaitReady { timeout }) = Cli::parse().command {
+        return wait_ready(timeout);
+    }
     let config = match Config::from_process_env() {
         Ok(config) => config,
         Err(e) => {
@@ -73,5 +90,34 @@ async fn shutdown_signal() {
     tokio::select! {
         _ = terminate.recv() => tracing::info!("SIGTERM received"),
         _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT received"),
+    }
+}
+
+/// Polls `GET /health` on the local admin port with a bare HTTP/1.0 request (no runtime needed).
+fn wait_ready(timeout: std::time::Duration) -> ExitCode {
+    use std::io::{Read, Write};
+    let port = std::env::var("AOAI_PROXY_ADMIN_PORT")
+        .ok()
+        .filter(|p| !p.is_empty())
+        .unwrap_or_else(|| "8081".into());
+    let address = format!("127.0.0.1:{port}");
+    let deadline = std::time::Instant::now() + timeout;
+    loop {
+        let healthy = std::net::TcpStream::connect(&address).is_ok_and(|mut stream| {
+            let _ = stream.set_read_timeout(Some(std::time::Duration::from_secs(2)));
+            let mut answer = [0u8; 12];
+            stream
+                .write_all(b"GET /health HTTP/1.0\r\nHost: localhost\r\n\r\n")
+                .and_then(|()| stream.read_exact(&mut answer))
+                .is_ok_and(|()| answer.ends_with(b" 200"))
+        });
+        if healthy {
+            return ExitCode::SUCCESS;
+        }
+        if std::time::Instant::now() >= deadline {
+            eprintln!("aoai-proxy: {address}/health did not answer 200 within {timeout:?}");
+            return ExitCode::FAILURE;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(200));
     }
 }

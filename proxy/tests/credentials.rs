@@ -164,6 +164,9 @@ async fn certificate_credential_in_every_file_format() {
         "a-key-first.pem",
         &format!("{}{}", fixture_key_pem("client-a-pkcs1"), world.cert_a),
     );
+    // A kubernetes.io/tls Secret mounted as files: tls.crt and tls.key.
+    let crt_only = world.write("tls.crt", &world.cert_a);
+    let key_only = world.write("tls.key", &fixture_key_pem("client-a"));
     let p12 = fixtures_dir().join("keys/client-a.p12");
     // The PKCS#12 fixture carries its own certificate: register it too.
     let p12_cert = {
@@ -187,6 +190,13 @@ async fn certificate_credential_in_every_file_format() {
         world.env(&[
             ("AZURE_CLIENT_CERTIFICATE_PATH", key_first.to_str().unwrap()),
             ("AZURE_CLIENT_SEND_CERTIFICATE_CHAIN", "true"),
+        ]),
+        world.env(&[
+            ("AZURE_CERTIFICATE_PATH", crt_only.to_str().unwrap()),
+            (
+                "AOAI_PROXY_CERTIFICATE_KEY_PATH",
+                key_only.to_str().unwrap(),
+            ),
         ]),
         world.env(&[
             ("AZURE_CLIENT_CERTIFICATE_PATH", p12.to_str().unwrap()),
@@ -684,6 +694,9 @@ async fn bad_configurations_stop_the_start_with_one_clear_line() {
             world.cert_a
         ),
     );
+    // A kubernetes.io/tls Secret mounted as files: tls.crt and tls.key.
+    let crt_only = world.write("tls.crt", &world.cert_a);
+    let key_only = world.write("tls.key", &fixture_key_pem("client-a"));
     let p12 = fixtures_dir().join("keys/client-a.p12");
     let empty = world.write("empty-token", "");
     let ca = world.ca.root_pem_path();
@@ -778,4 +791,46 @@ async fn bad_configurations_stop_the_start_with_one_clear_line() {
         );
         assert_no_secrets(&output, &world.secrets());
     }
+}
+
+/// `aoai-proxy wait-ready`, the regular sidecar's postStart hook: exit 0 once the proxy holds a
+/// token, exit 1 when nothing answers within the timeout.
+#[tokio::test]
+async fn wait_ready_exits_once_the_proxy_holds_a_token() {
+    let wait_ready = |admin_port: &str, timeout: &str| {
+        let admin_port = admin_port.to_string();
+        let timeout = timeout.to_string();
+        tokio::task::spawn_blocking(move || {
+            std::process::Command::new(env!("CARGO_BIN_EXE_aoai-proxy"))
+                .args(["wait-ready", "--timeout", &timeout])
+                .env_clear()
+                .env("AOAI_PROXY_ADMIN_PORT", admin_port)
+                .output()
+                .unwrap()
+        })
+    };
+    let closed = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let refused = wait_ready(&closed.to_string(), "500ms").await.unwrap();
+    assert_eq!(refused.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("did not answer 200"));
+
+    let world = World::new(|_| {}, Duration::from_secs(3600)).await;
+    world
+        .entra
+        .update_app(|app| app.certificates = vec![der(&world.cert_a)]);
+    let pem = world.write(
+        "a.pem",
+        &format!("{}{}", world.cert_a, fixture_key_pem("client-a")),
+    );
+    let mut proxy = ProxyProcess::spawn(&vars(
+        &world.env(&[("AZURE_CERTIFICATE_PATH", pem.to_str().unwrap())]),
+    ));
+    let admin_port = proxy.admin_url.rsplit(':').next().unwrap().to_string();
+    let ready = wait_ready(&admin_port, "15s");
+    proxy.wait_healthy(Duration::from_secs(15)).await;
+    assert!(ready.await.unwrap().status.success(), "{}", proxy.output());
 }

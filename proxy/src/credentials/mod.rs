@@ -253,10 +253,26 @@ fn read_trimmed(variable: &'static str, path: &Path) -> Result<String, AcquireEr
     Ok(text)
 }
 
+/// The certificate file's content, followed by the key file's when the key has its own file.
+fn read_material(
+    variable: &'static str,
+    path: &Path,
+    key_path: Option<&Path>,
+) -> Result<Vec<u8>, AcquireError> {
+    let mut content = read_file(variable, path)?;
+    if let Some(key_path) = key_path {
+        content.push(b'\n');
+        content.extend(read_file("AOAI_PROXY_CERTIFICATE_KEY_PATH", key_path)?);
+    }
+    Ok(content)
+}
+
 /// The certificate file, re-read at each acquisition; keeps the last good one if a new one is bad.
 struct CertificateFile {
     variable: &'static str,
     path: PathBuf,
+    /// The private key's own file, when `path` holds only the certificate.
+    key_path: Option<PathBuf>,
     password: Option<config::Secret>,
     loaded: Mutex<(Vec<u8>, Arc<ClientCertificate>)>,
 }
@@ -266,9 +282,10 @@ impl CertificateFile {
     fn load(
         variable: &'static str,
         path: &Path,
+        key_path: Option<&Path>,
         password: Option<&config::Secret>,
     ) -> Result<(Vec<u8>, ClientCertificate), AcquireError> {
-        let content = read_file(variable, path)?;
+        let content = read_material(variable, path, key_path)?;
         let local = |e: CertificateError| AcquireError::Local {
             variable,
             path: path.display().to_string(),
@@ -281,12 +298,17 @@ impl CertificateFile {
     }
 
     fn current(&self) -> Arc<ClientCertificate> {
-        let content_hash = std::fs::read(&self.path)
+        let content_hash = read_material(self.variable, &self.path, self.key_path.as_deref())
             .ok()
             .map(|c| digest(&SHA256, &c).as_ref().to_vec());
         let mut loaded = self.loaded.lock().unwrap_or_else(|e| e.into_inner());
         if content_hash.as_ref() != Some(&loaded.0) {
-            match Self::load(self.variable, &self.path, self.password.as_ref()) {
+            match Self::load(
+                self.variable,
+                &self.path,
+                self.key_path.as_deref(),
+                self.password.as_ref(),
+            ) {
                 Ok((hash, certificate)) => {
                     tracing::info!(
                         thumbprint = %certificate.thumbprint_sha1_hex(),
@@ -339,14 +361,20 @@ impl Credential {
                 client_id,
                 path_variable,
                 path,
+                key_path,
                 password,
                 send_chain,
             } => {
-                let (hash, certificate) =
-                    CertificateFile::load(path_variable, path, password.as_ref())?;
+                let (hash, certificate) = CertificateFile::load(
+                    path_variable,
+                    path,
+                    key_path.as_deref(),
+                    password.as_ref(),
+                )?;
                 let file = CertificateFile {
                     variable: path_variable,
                     path: path.clone(),
+                    key_path: key_path.clone(),
                     password: password.clone(),
                     loaded: Mutex::new((hash, Arc::new(certificate))),
                 };
