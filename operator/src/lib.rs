@@ -3,8 +3,12 @@
 
 pub mod admin;
 pub mod annotations;
+pub mod certs;
 pub mod controller;
 pub mod crd;
+pub mod inject;
 pub mod lease;
 pub mod metrics;
+pub mod mutate;
 pub mod status;
+pub mod webhook;

@@ -16,12 +16,20 @@ struct ReasonLabels {
     reason: &'static str,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct AdmissionLabels {
+    result: &'static str,
+    reason: &'static str,
+}
+
 pub struct Metrics {
     registry: Registry,
     reconciles: Counter,
     reconcile_errors: Family<ReasonLabels, Counter>,
     reconcile_duration: Histogram,
     pub leader: Gauge,
+    admissions: Family<AdmissionLabels, Counter>,
+    admission_duration: Histogram,
 }
 
 impl Default for Metrics {
@@ -62,7 +70,22 @@ impl Metrics {
             "1 while this replica holds the leader lease and runs the controller",
             leader.clone(),
         );
+        let admissions = Family::<AdmissionLabels, Counter>::default();
+        registry.register(
+            "admissions",
+            "Admission requests by result (injected, skipped, denied, invalid) and reason",
+            admissions.clone(),
+        );
+        let admission_duration =
+            Histogram::new([0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.05]);
+        registry.register(
+            "admission_duration_seconds",
+            "Time to answer one admission request, from body read to response",
+            admission_duration.clone(),
+        );
         Self {
+            admissions,
+            admission_duration,
             registry,
             reconciles,
             reconcile_errors,
@@ -80,6 +103,13 @@ impl Metrics {
         self.reconcile_errors
             .get_or_create(&ReasonLabels { reason })
             .inc();
+    }
+
+    pub fn admitted(&self, result: &'static str, reason: &'static str, took: Duration) {
+        self.admissions
+            .get_or_create(&AdmissionLabels { result, reason })
+            .inc();
+        self.admission_duration.observe(took.as_secs_f64());
     }
 
     pub fn encode(&self) -> String {

@@ -694,9 +694,7 @@ async fn bad_configurations_stop_the_start_with_one_clear_line() {
             world.cert_a
         ),
     );
-    // A kubernetes.io/tls Secret mounted as files: tls.crt and tls.key.
     let crt_only = world.write("tls.crt", &world.cert_a);
-    let key_only = world.write("tls.key", &fixture_key_pem("client-a"));
     let p12 = fixtures_dir().join("keys/client-a.p12");
     let empty = world.write("empty-token", "");
     let ca = world.ca.root_pem_path();
@@ -711,6 +709,13 @@ async fn bad_configurations_stop_the_start_with_one_clear_line() {
         ),
         (cert(&garbage), "neither a PEM file"),
         (cert(&no_key), "holds no private key"),
+        (
+            world.env(&[
+                ("AZURE_CERTIFICATE_PATH", crt_only.to_str().unwrap()),
+                ("AOAI_PROXY_CERTIFICATE_KEY_PATH", "/nonexistent/tls.key"),
+            ]),
+            "AOAI_PROXY_CERTIFICATE_KEY_PATH: /nonexistent/tls.key: cannot read the file",
+        ),
         (cert(&encrypted), "encrypted PEM private key"),
         (cert(&mismatch), "matches none of its certificates"),
         (cert(&expired), "expired at"),
