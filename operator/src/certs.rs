@@ -192,7 +192,14 @@ pub fn plan(
                     && dns_names.iter().all(|n| names.contains(n))
             });
     if serving_good {
-        return None;
+        // Drop CAs that have expired from the bundle; otherwise nothing to do.
+        let pruned = still_valid(&ca_bundle, now);
+        if pruned.as_bytes() == ca_bundle.as_slice() {
+            return None;
+        }
+        let mut data = data.cloned().unwrap_or_default();
+        data.insert(CA_CERT.to_string(), ByteString(pruned.into_bytes()));
+        return Some(data);
     }
     let (ca_key, bundle) = match ca {
         Some((key, _)) => (key, String::from_utf8_lossy(&ca_bundle).to_string()),
@@ -201,14 +208,8 @@ pub fn plan(
             let cert = ca_params(now - 300)
                 .self_signed(&key)
                 .expect("self-sign the CA");
-            // Keep still-valid older CAs: pods of the API server may still trust only those.
-            let mut bundle = cert.pem();
-            for old in CertificateDer::pem_slice_iter(&ca_bundle).flatten() {
-                if inspect(pem_of(&old).as_bytes()).is_some_and(|(not_after, _)| not_after > now) {
-                    bundle.push_str(&pem_of(&old));
-                }
-            }
-            (key, bundle)
+            // Keep still-valid older CAs: the API server may hold a caBundle with only those.
+            (key, cert.pem() + &still_valid(&ca_bundle, now))
         }
     };
     let issuer = Issuer::new(ca_params(now - 300), &ca_key);
@@ -236,6 +237,22 @@ pub fn plan(
         (TLS_CERT.to_string(), bytes(serving.pem())),
         (TLS_KEY.to_string(), bytes(serving_key.serialize_pem())),
     ]))
+}
+
+/// The certificates of a PEM bundle that have not expired at `now`, as PEM. Returns the bundle
+/// as it was when all are valid.
+fn still_valid(bundle: &[u8], now: i64) -> String {
+    let certs: Vec<CertificateDer<'static>> =
+        CertificateDer::pem_slice_iter(bundle).flatten().collect();
+    let valid: Vec<String> = certs
+        .iter()
+        .map(pem_of)
+        .filter(|pem| inspect(pem.as_bytes()).is_some_and(|(not_after, _)| not_after > now))
+        .collect();
+    if valid.len() == certs.len() {
+        return String::from_utf8_lossy(bundle).to_string();
+    }
+    valid.concat()
 }
 
 fn pem_of(der: &CertificateDer<'_>) -> String {

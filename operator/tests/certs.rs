@@ -1,0 +1,297 @@
+//! The webhook's self-managed certificate: issuing, rotation decisions, a real TLS handshake with
+//! what was issued, and the leader's writes against a mocked API server (Secret, caBundle).
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use aoai_operator::certs::{
+    self, CA_CERT, CA_KEY, SelfManaged, ServingCert, TLS_CERT, TLS_KEY, plan,
+};
+use base64::Engine;
+use http::{Method, Request, Response};
+use k8s_openapi::ByteString;
+use kube::Client;
+use kube::client::Body;
+use rustls_pki_types::CertificateDer;
+use rustls_pki_types::pem::PemObject;
+use serde_json::{Value, json};
+use tokio::net::TcpStream;
+use tower_test::mock::{self, Handle, SendResponse};
+
+const DAY: i64 = 86_400;
+const NOW: i64 = 1_800_000_000;
+
+fn config() -> SelfManaged {
+    SelfManaged {
+        namespace: "aoai-system".into(),
+        secret_name: "aoai-operator-webhook-tls".into(),
+        service_name: "aoai-operator-webhook".into(),
+        webhook_configuration: "aoai-operator".into(),
+    }
+}
+
+fn text(data: &BTreeMap<String, ByteString>, key: &str) -> String {
+    String::from_utf8(data[key].0.clone()).unwrap()
+}
+
+fn not_after(pem: &str) -> i64 {
+    let der = CertificateDer::pem_slice_iter(pem.as_bytes())
+        .next()
+        .unwrap()
+        .unwrap();
+    let (_, cert) = x509_parser::parse_x509_certificate(&der).unwrap();
+    cert.validity().not_after.timestamp()
+}
+
+/// A TLS handshake to a server presenting the issued certificate, by a client that trusts only
+/// `bundle` and asks for `server_name`.
+async fn handshake(
+    data: &BTreeMap<String, ByteString>,
+    bundle: &str,
+    server_name: &str,
+) -> Result<(), String> {
+    let serving = Arc::new(ServingCert::default());
+    serving.set(&text(data, TLS_CERT), &text(data, TLS_KEY))?;
+    let acceptor = tokio_rustls::TlsAcceptor::from(certs::server_config(serving));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    tokio::spawn(async move {
+        let (stream, _) = listener.accept().await.unwrap();
+        let _ = acceptor.accept(stream).await;
+    });
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in CertificateDer::pem_slice_iter(bundle.as_bytes()) {
+        roots.add(cert.unwrap()).unwrap();
+    }
+    let client = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    let tcp = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+    tokio_rustls::TlsConnector::from(Arc::new(client))
+        .connect(server_name.to_string().try_into().unwrap(), tcp)
+        .await
+        .map(|_| ())
+        .map_err(|e| e.to_string())
+}
+
+#[tokio::test]
+async fn a_fresh_issue_is_trusted_through_the_ca_bundle_for_the_service_names() {
+    let names = config().dns_names();
+    let data = plan(None, &names, NOW).expect("nothing there: issue");
+    for key in [CA_CERT, CA_KEY, TLS_CERT, TLS_KEY] {
+        assert!(data.contains_key(key), "{key}");
+    }
+    let now = time::OffsetDateTime::now_utc().unix_timestamp();
+    let data = plan(None, &names, now).unwrap();
+    let bundle = text(&data, CA_CERT);
+    handshake(&data, &bundle, "aoai-operator-webhook.aoai-system.svc")
+        .await
+        .unwrap();
+    let wrong = handshake(&data, &bundle, "elsewhere.example")
+        .await
+        .unwrap_err();
+    assert!(wrong.contains("not valid for name"), "{wrong}");
+    let other_ca = plan(None, &names, now).unwrap();
+    assert!(
+        handshake(
+            &data,
+            &text(&other_ca, CA_CERT),
+            "aoai-operator-webhook.aoai-system.svc"
+        )
+        .await
+        .is_err()
+    );
+}
+
+#[test]
+fn good_material_is_kept_and_the_serving_certificate_rotates_30_days_before_expiry() {
+    let names = config().dns_names();
+    let data = plan(None, &names, NOW).unwrap();
+    assert_eq!(plan(Some(&data), &names, NOW + 300 * DAY), None);
+    let serving_expiry = not_after(&text(&data, TLS_CERT));
+    assert_eq!(serving_expiry, NOW + 365 * DAY);
+
+    let rotated = plan(Some(&data), &names, serving_expiry - 29 * DAY).expect("rotate");
+    assert_eq!(rotated[CA_KEY], data[CA_KEY], "the CA stays");
+    assert_eq!(rotated[CA_CERT], data[CA_CERT]);
+    assert_ne!(rotated[TLS_CERT], data[TLS_CERT]);
+    assert!(not_after(&text(&rotated, TLS_CERT)) > serving_expiry);
+
+    // A new Service name needs a certificate that names it.
+    let mut renamed = names.clone();
+    renamed.push("other.aoai-system.svc".into());
+    assert!(plan(Some(&data), &renamed, NOW + DAY).is_some());
+}
+
+#[test]
+fn a_ca_near_expiry_is_replaced_and_the_old_one_stays_in_the_bundle_until_it_expires() {
+    let names = config().dns_names();
+    let data = plan(None, &names, NOW).unwrap();
+    let ca_expiry = not_after(&text(&data, CA_CERT));
+    let later = ca_expiry - 300 * DAY;
+    let rotated = plan(Some(&data), &names, later).expect("new CA");
+    assert_ne!(rotated[CA_KEY], data[CA_KEY]);
+    let bundle = text(&rotated, CA_CERT);
+    assert_eq!(
+        bundle.matches("BEGIN CERTIFICATE").count(),
+        2,
+        "new CA first, old CA kept"
+    );
+    assert!(bundle.ends_with(&text(&data, CA_CERT)));
+    // Once the old CA has expired it leaves the bundle.
+    let after_expiry = plan(Some(&rotated), &names, ca_expiry + DAY);
+    let bundle = after_expiry.map(|d| text(&d, CA_CERT)).unwrap_or(bundle);
+    assert!(
+        !bundle.contains(text(&data, CA_CERT).trim()),
+        "expired CA still bundled"
+    );
+}
+
+#[test]
+fn garbage_in_the_secret_is_replaced() {
+    let names = config().dns_names();
+    let garbage = BTreeMap::from([
+        (CA_CERT.to_string(), ByteString(b"nope".to_vec())),
+        (CA_KEY.to_string(), ByteString(b"nope".to_vec())),
+    ]);
+    assert!(plan(Some(&garbage), &names, NOW).is_some());
+}
+
+type ApiHandle = Handle<Request<Body>, Response<Body>>;
+
+async fn next(handle: &mut ApiHandle) -> (Method, String, Value, SendResponse<Response<Body>>) {
+    let (request, send) = tokio::time::timeout(Duration::from_secs(5), handle.next_request())
+        .await
+        .expect("a request in time")
+        .expect("client alive");
+    let (parts, body) = request.into_parts();
+    let bytes = body.collect_bytes().await.unwrap();
+    let value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+    (parts.method, parts.uri.path().to_string(), value, send)
+}
+
+fn respond(send: SendResponse<Response<Body>>, status: u16, body: &Value) {
+    send.send_response(
+        Response::builder()
+            .status(status)
+            .body(Body::from(serde_json::to_vec(body).unwrap()))
+            .unwrap(),
+    );
+}
+
+const SECRET: &str = "/api/v1/namespaces/aoai-system/secrets/aoai-operator-webhook-tls";
+const WEBHOOK: &str =
+    "/apis/admissionregistration.k8s.io/v1/mutatingwebhookconfigurations/aoai-operator";
+
+fn webhook_configuration(ca_bundle: Option<&str>) -> Value {
+    let client_config = match ca_bundle {
+        Some(bundle) => {
+            json!({"service": {"name": "aoai-operator-webhook", "namespace": "aoai-system"}, "caBundle": bundle})
+        }
+        None => json!({"service": {"name": "aoai-operator-webhook", "namespace": "aoai-system"}}),
+    };
+    json!({
+        "apiVersion": "admissionregistration.k8s.io/v1", "kind": "MutatingWebhookConfiguration",
+        "metadata": {"name": "aoai-operator", "resourceVersion": "3"},
+        "webhooks": [
+            {"name": "pods.aoai-proxy.io", "clientConfig": client_config, "admissionReviewVersions": ["v1"], "sideEffects": "None"},
+            {"name": "pods-dry-run.aoai-proxy.io", "clientConfig": client_config, "admissionReviewVersions": ["v1"], "sideEffects": "None"},
+        ],
+    })
+}
+
+#[tokio::test]
+async fn the_leader_creates_the_secret_then_patches_every_ca_bundle() {
+    let (service, mut handle) = mock::pair::<Request<Body>, Response<Body>>();
+    let client = Client::new(service, "default");
+    let ensure = tokio::spawn(async move { certs::ensure(&client, &config(), NOW).await });
+
+    let (method, path, _, send) = next(&mut handle).await;
+    assert_eq!((method, path.as_str()), (Method::GET, SECRET));
+    respond(
+        send,
+        404,
+        &json!({"kind": "Status", "apiVersion": "v1", "status": "Failure", "reason": "NotFound", "code": 404}),
+    );
+    let (method, path, secret, send) = next(&mut handle).await;
+    assert_eq!(
+        (method, path.as_str()),
+        (Method::POST, "/api/v1/namespaces/aoai-system/secrets")
+    );
+    assert_eq!(secret["type"], "kubernetes.io/tls");
+    assert_eq!(secret["metadata"]["name"], "aoai-operator-webhook-tls");
+    for key in [CA_CERT, CA_KEY, TLS_CERT, TLS_KEY] {
+        assert!(secret["data"][key].is_string(), "{key}");
+    }
+    let ca_bundle = secret["data"][CA_CERT].as_str().unwrap().to_string();
+    respond(send, 201, &secret);
+
+    let (method, path, _, send) = next(&mut handle).await;
+    assert_eq!((method, path.as_str()), (Method::GET, WEBHOOK));
+    respond(send, 200, &webhook_configuration(None));
+    let (method, path, patch, send) = next(&mut handle).await;
+    assert_eq!((method, path.as_str()), (Method::PATCH, WEBHOOK));
+    assert_eq!(
+        patch,
+        json!([
+            {"op": "add", "path": "/webhooks/0/clientConfig/caBundle", "value": ca_bundle},
+            {"op": "add", "path": "/webhooks/1/clientConfig/caBundle", "value": ca_bundle},
+        ])
+    );
+    respond(send, 200, &webhook_configuration(Some(&ca_bundle)));
+    let data = ensure.await.unwrap().unwrap();
+    let decoded = base64::engine::general_purpose::STANDARD
+        .decode(&ca_bundle)
+        .unwrap();
+    assert_eq!(data[CA_CERT].0, decoded);
+}
+
+#[tokio::test]
+async fn current_material_makes_no_write_and_a_stale_one_is_replaced_with_its_version() {
+    let names = config().dns_names();
+    let data = plan(None, &names, NOW).unwrap();
+    let encoded: BTreeMap<&str, String> = data
+        .iter()
+        .map(|(k, v)| {
+            (
+                k.as_str(),
+                base64::engine::general_purpose::STANDARD.encode(&v.0),
+            )
+        })
+        .collect();
+    let secret = json!({"apiVersion": "v1", "kind": "Secret", "type": "kubernetes.io/tls",
+                        "metadata": {"name": "aoai-operator-webhook-tls", "namespace": "aoai-system", "resourceVersion": "41"},
+                        "data": encoded});
+    for (now, rotates) in [(NOW + DAY, false), (NOW + 340 * DAY, true)] {
+        let (service, mut handle) = mock::pair::<Request<Body>, Response<Body>>();
+        let client = Client::new(service, "default");
+        let ensure = tokio::spawn(async move { certs::ensure(&client, &config(), now).await });
+        let (_, path, _, send) = next(&mut handle).await;
+        assert_eq!(path, SECRET);
+        respond(send, 200, &secret);
+        let mut bundle = encoded[CA_CERT].clone();
+        if rotates {
+            let (method, path, replaced, send) = next(&mut handle).await;
+            assert_eq!((method, path.as_str()), (Method::PUT, SECRET));
+            assert_eq!(replaced["metadata"]["resourceVersion"], "41");
+            assert_ne!(replaced["data"][TLS_CERT], secret["data"][TLS_CERT]);
+            assert_eq!(replaced["data"][CA_CERT], secret["data"][CA_CERT]);
+            bundle = replaced["data"][CA_CERT].as_str().unwrap().to_string();
+            respond(send, 200, &replaced);
+        }
+        let (method, path, _, send) = next(&mut handle).await;
+        assert_eq!((method, path.as_str()), (Method::GET, WEBHOOK));
+        respond(send, 200, &webhook_configuration(Some(&bundle)));
+        ensure.await.unwrap().unwrap();
+        let more = tokio::time::timeout(Duration::from_millis(100), handle.next_request()).await;
+        assert!(
+            !matches!(more, Ok(Some(_))),
+            "no write when the caBundle is current"
+        );
+    }
+}
