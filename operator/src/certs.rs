@@ -158,6 +158,13 @@ fn inspect(pem: &[u8]) -> Option<(i64, Vec<String>)> {
                 .iter()
                 .filter_map(|n| match n {
                     x509_parser::extensions::GeneralName::DNSName(d) => Some(d.to_string()),
+                    x509_parser::extensions::GeneralName::IPAddress(ip) => match ip.len() {
+                        4 => Some(std::net::Ipv4Addr::new(ip[0], ip[1], ip[2], ip[3]).to_string()),
+                        16 => <[u8; 16]>::try_from(*ip)
+                            .ok()
+                            .map(|b| std::net::Ipv6Addr::from(b).to_string()),
+                        _ => None,
+                    },
                     _ => None,
                 })
                 .collect()
@@ -275,17 +282,22 @@ pub struct SelfManaged {
     pub service_name: String,
     /// The MutatingWebhookConfiguration whose caBundle the leader keeps current.
     pub webhook_configuration: String,
+    /// More names (or IP addresses) the certificate is valid for, for a webhook reached by URL
+    /// (an operator run outside the cluster, the end-to-end tests).
+    pub extra_names: Vec<String>,
 }
 
 impl SelfManaged {
     pub fn dns_names(&self) -> Vec<String> {
         let (service, namespace) = (&self.service_name, &self.namespace);
-        vec![
+        let mut names = vec![
             format!("{service}.{namespace}.svc"),
             format!("{service}.{namespace}.svc.cluster.local"),
             format!("{service}.{namespace}"),
             service.clone(),
-        ]
+        ];
+        names.extend(self.extra_names.iter().cloned());
+        names
     }
 }
 

@@ -147,6 +147,10 @@ struct RunArgs {
         default_value = "aoai-operator-webhook"
     )]
     webhook_service: String,
+    /// More DNS names or IP addresses for the self-managed certificate (comma-separated), for a
+    /// webhook reached by URL rather than through its Service.
+    #[arg(long, env = "AOAI_OPERATOR_WEBHOOK_EXTRA_NAMES", value_delimiter = ',')]
+    webhook_extra_names: Vec<String>,
     /// The MutatingWebhookConfiguration whose caBundle the self-managed mode keeps current.
     #[arg(
         long,
@@ -428,6 +432,7 @@ async fn start_webhook(
                 secret_name: args.webhook_secret.clone(),
                 service_name: args.webhook_service.clone(),
                 webhook_configuration: args.webhook_configuration.clone(),
+                extra_names: args.webhook_extra_names.clone(),
             };
             let leading = leading.clone();
             tokio::spawn(certs::run_self_managed(

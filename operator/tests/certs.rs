@@ -28,6 +28,7 @@ fn config() -> SelfManaged {
         secret_name: "aoai-operator-webhook-tls".into(),
         service_name: "aoai-operator-webhook".into(),
         webhook_configuration: "aoai-operator".into(),
+        extra_names: vec!["127.0.0.1".into()],
     }
 }
 
@@ -92,6 +93,7 @@ async fn a_fresh_issue_is_trusted_through_the_ca_bundle_for_the_service_names() 
     handshake(&data, &bundle, "aoai-operator-webhook.aoai-system.svc")
         .await
         .unwrap();
+    handshake(&data, &bundle, "127.0.0.1").await.unwrap();
     let wrong = handshake(&data, &bundle, "elsewhere.example")
         .await
         .unwrap_err();
