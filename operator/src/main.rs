@@ -459,6 +459,13 @@ async fn start_webhook(
             native_sidecars_supported,
         },
         metrics: metrics.clone(),
+        events: Some(kube::runtime::events::Recorder::new(
+            client.clone(),
+            kube::runtime::events::Reporter {
+                controller: "aoai-operator-webhook".into(),
+                instance: args.identity.clone(),
+            },
+        )),
     });
     tokio::spawn(webhook::serve(
         listener,

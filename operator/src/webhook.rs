@@ -16,9 +16,11 @@ use http_body_util::{BodyExt, Full, Limited};
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
+use k8s_openapi::api::core::v1::ObjectReference;
 use k8s_openapi::api::core::v1::Pod;
 use kube::core::DynamicObject;
 use kube::core::admission::{AdmissionRequest, AdmissionResponse, AdmissionReview, Operation};
+use kube::runtime::events::{Event, EventType, Recorder};
 use kube::runtime::reflector::{ObjectRef, Store};
 use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
@@ -42,6 +44,42 @@ pub struct Webhook {
     pub proxies: Store<AzureOpenAIProxy>,
     pub options: InjectOptions,
     pub metrics: Arc<Metrics>,
+    /// Records an Event on the pod's owner (or the AzureOpenAIProxy) for each injection and
+    /// denial, as linkerd does; none for dry runs.
+    pub events: Option<Recorder>,
+}
+
+/// The object an admission Event is about: the pod's controller (ReplicaSet, Job, StatefulSet...),
+/// else the AzureOpenAIProxy it named. A bare pod does not exist yet, so it cannot be one.
+fn event_subject(pod: &Pod, namespace: &str) -> Option<ObjectReference> {
+    if let Some(owner) = pod
+        .metadata
+        .owner_references
+        .iter()
+        .flatten()
+        .find(|o| o.controller == Some(true))
+    {
+        return Some(ObjectReference {
+            api_version: Some(owner.api_version.clone()),
+            kind: Some(owner.kind.clone()),
+            name: Some(owner.name.clone()),
+            namespace: Some(namespace.to_string()),
+            uid: Some(owner.uid.clone()),
+            ..Default::default()
+        });
+    }
+    let name = pod
+        .metadata
+        .annotations
+        .as_ref()?
+        .get(crate::annotations::INJECT)?;
+    Some(ObjectReference {
+        api_version: Some("aoai-proxy.io/v1alpha1".into()),
+        kind: Some("AzureOpenAIProxy".into()),
+        name: Some(name.clone()),
+        namespace: Some(namespace.to_string()),
+        ..Default::default()
+    })
 }
 
 fn json(status: StatusCode, body: Vec<u8>) -> Response<Full<Bytes>> {
@@ -95,6 +133,9 @@ impl Webhook {
         };
         let (response, result, reason) = self.admit(&request);
         self.metrics.admitted(result, reason, started.elapsed());
+        if !request.dry_run && (result == result::INJECTED || result == result::DENIED) {
+            self.record(&request, &response, result, reason);
+        }
         if result == result::DENIED {
             tracing::info!(
                 namespace = request.namespace.as_deref().unwrap_or_default(),
@@ -105,6 +146,57 @@ impl Webhook {
             );
         }
         json(StatusCode::OK, encode_review(response))
+    }
+
+    /// Publishes the admission Event in the background: admission never waits for it.
+    fn record(
+        &self,
+        request: &AdmissionRequest<DynamicObject>,
+        response: &AdmissionResponse,
+        result: &'static str,
+        reason: &'static str,
+    ) {
+        let Some(recorder) = self.events.clone() else {
+            return;
+        };
+        let namespace = request.namespace.clone().unwrap_or_default();
+        let pod: Option<Pod> = request
+            .object
+            .as_ref()
+            .and_then(|o| serde_json::to_value(o).ok())
+            .and_then(|v| serde_json::from_value(v).ok());
+        let Some(pod) = pod else { return };
+        let Some(subject) = event_subject(&pod, &namespace) else {
+            return;
+        };
+        let pod_name = pod
+            .metadata
+            .name
+            .clone()
+            .or(pod.metadata.generate_name.clone().map(|g| format!("{g}*")))
+            .unwrap_or_default();
+        let event = if result == result::INJECTED {
+            Event {
+                type_: EventType::Normal,
+                reason: "Injected".into(),
+                note: Some(format!("aoai-proxy sidecar injected into pod {pod_name}")),
+                action: reason.into(),
+                secondary: None,
+            }
+        } else {
+            Event {
+                type_: EventType::Warning,
+                reason: "InjectionDenied".into(),
+                note: Some(format!("pod {pod_name}: {}", response.result.message)),
+                action: reason.into(),
+                secondary: None,
+            }
+        };
+        tokio::spawn(async move {
+            if let Err(e) = recorder.publish(&event, &subject).await {
+                tracing::debug!("cannot record the admission event: {e}");
+            }
+        });
     }
 
     fn admit(

@@ -79,6 +79,7 @@ async fn start(proxies: Vec<AzureOpenAIProxy>) -> Server {
             native_sidecars_supported: true,
         },
         metrics: metrics.clone(),
+        events: None,
     });
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let port = listener.local_addr().unwrap().port();
@@ -526,4 +527,109 @@ async fn bad_annotations_port_conflicts_and_host_network_are_denied_with_one_mes
                 .contains(&format!("reason=\"{reason}\""))
         );
     }
+}
+
+/// Injections and denials leave an Event on the pod's owner (dry runs do not), with the reason
+/// constant as the Event's action.
+#[tokio::test]
+async fn injections_and_denials_are_recorded_as_events_on_the_owner() {
+    use kube::client::Body;
+    use kube::runtime::events::{Recorder, Reporter};
+    let (service, mut handle) = tower_test::mock::pair::<Request<Body>, http::Response<Body>>();
+    let client = kube::Client::new(service, "default");
+    let (store, mut writer) = reflector::store();
+    writer.apply_watcher_event(&watcher::Event::Init);
+    writer.apply_watcher_event(&watcher::Event::InitApply(proxies().remove(0)));
+    writer.apply_watcher_event(&watcher::Event::InitDone);
+    let hook = Webhook {
+        proxies: store,
+        options: InjectOptions {
+            default_image: "aoai-proxy:test".into(),
+            native_sidecars_supported: true,
+        },
+        metrics: Arc::new(Metrics::new()),
+        events: Some(Recorder::new(
+            client,
+            Reporter {
+                controller: "aoai-operator-webhook".into(),
+                instance: None,
+            },
+        )),
+    };
+    let mut next_event = async || {
+        let (request, send) =
+            tokio::time::timeout(std::time::Duration::from_secs(5), handle.next_request())
+                .await
+                .expect("an event in time")
+                .unwrap();
+        let (parts, body) = request.into_parts();
+        let event: Value = serde_json::from_slice(&body.collect_bytes().await.unwrap()).unwrap();
+        assert_eq!(
+            parts.uri.path(),
+            "/apis/events.k8s.io/v1/namespaces/wh-test/events"
+        );
+        send.send_response(
+            http::Response::builder()
+                .status(201)
+                .body(Body::from(serde_json::to_vec(&event).unwrap()))
+                .unwrap(),
+        );
+        event
+    };
+
+    hook.review(&serde_json::to_vec(&fixture("pod-dry-run.json")).unwrap());
+    hook.review(&serde_json::to_vec(&fixture("deployment-replicaset-pod.json")).unwrap());
+    let event = next_event().await;
+    assert_eq!(
+        (
+            event["type"].as_str(),
+            event["reason"].as_str(),
+            event["action"].as_str()
+        ),
+        (Some("Normal"), Some("Injected"), Some("injected"))
+    );
+    assert_eq!(event["regarding"]["kind"], "ReplicaSet");
+    assert!(
+        event["regarding"]["name"]
+            .as_str()
+            .unwrap()
+            .starts_with("demo-")
+    );
+
+    let mut job = fixture("job-pod.json");
+    job["request"]["object"]["metadata"]["annotations"]["aoai-proxy.io/inject"] = json!("nope");
+    hook.review(&serde_json::to_vec(&job).unwrap());
+    let event = next_event().await;
+    assert_eq!(
+        (
+            event["type"].as_str(),
+            event["reason"].as_str(),
+            event["action"].as_str()
+        ),
+        (
+            Some("Warning"),
+            Some("InjectionDenied"),
+            Some("proxy_not_found")
+        )
+    );
+    assert_eq!(
+        (
+            event["regarding"]["kind"].as_str(),
+            event["regarding"]["name"].as_str()
+        ),
+        (Some("Job"), Some("batch"))
+    );
+    assert!(
+        event["note"]
+            .as_str()
+            .unwrap()
+            .contains("AzureOpenAIProxy \"nope\" does not exist"),
+        "{event}"
+    );
+    let more =
+        tokio::time::timeout(std::time::Duration::from_millis(100), handle.next_request()).await;
+    assert!(
+        !matches!(more, Ok(Some(_))),
+        "the dry run recorded an event"
+    );
 }

@@ -141,6 +141,7 @@ async fn an_annotated_pod_is_created_with_the_sidecar_and_a_bad_one_is_denied() 
             native_sidecars_supported: true,
         },
         metrics: Arc::new(Metrics::new()),
+        events: None,
     });
     tokio::spawn(webhook::serve(listener, certs::server_config(cert), hook));
 
