@@ -297,3 +297,87 @@ async fn current_material_makes_no_write_and_a_stale_one_is_replaced_with_its_ve
         );
     }
 }
+
+/// The leaf certificate a server presenting `serving` hands out, seen by a client that trusts
+/// `bundle` (`None` when the handshake fails).
+async fn presented(serving: Arc<ServingCert>, bundle: &str) -> Option<Vec<u8>> {
+    let acceptor = tokio_rustls::TlsAcceptor::from(certs::server_config(serving));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    tokio::spawn(async move {
+        let (stream, _) = listener.accept().await.unwrap();
+        let _ = acceptor.accept(stream).await;
+    });
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in CertificateDer::pem_slice_iter(bundle.as_bytes()) {
+        roots.add(cert.unwrap()).unwrap();
+    }
+    let client = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    let tcp = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+    let tls = tokio_rustls::TlsConnector::from(Arc::new(client))
+        .connect("127.0.0.1".try_into().unwrap(), tcp)
+        .await
+        .ok()?;
+    Some(tls.get_ref().1.peer_certificates()?[0].to_vec())
+}
+
+#[tokio::test]
+async fn certificate_files_are_reloaded_when_they_change_and_a_bad_pair_keeps_the_last_good_one() {
+    let now = time::OffsetDateTime::now_utc().unix_timestamp();
+    let names = config().dns_names();
+    let (first, second) = (
+        plan(None, &names, now).unwrap(),
+        plan(None, &names, now).unwrap(),
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let (crt, key) = (dir.path().join("tls.crt"), dir.path().join("tls.key"));
+    let write = |data: &BTreeMap<String, ByteString>| {
+        std::fs::write(&crt, &data[TLS_CERT].0).unwrap();
+        std::fs::write(&key, &data[TLS_KEY].0).unwrap();
+    };
+    write(&first);
+    let serving = Arc::new(ServingCert::default());
+    tokio::spawn(certs::watch_files(
+        serving.clone(),
+        crt.clone(),
+        key.clone(),
+        Duration::from_millis(20),
+    ));
+    let leaf = |data: &BTreeMap<String, ByteString>| {
+        CertificateDer::pem_slice_iter(&data[TLS_CERT].0)
+            .next()
+            .unwrap()
+            .unwrap()
+            .to_vec()
+    };
+    let until = |wanted: Vec<u8>, bundle: String| {
+        let serving = serving.clone();
+        async move {
+            for _ in 0..100 {
+                if serving.is_loaded()
+                    && presented(serving.clone(), &bundle).await == Some(wanted.clone())
+                {
+                    return;
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            panic!("the expected certificate was never served");
+        }
+    };
+    until(leaf(&first), text(&first, CA_CERT)).await;
+    write(&second);
+    until(leaf(&second), text(&second, CA_CERT)).await;
+    // A key that does not match: the last good pair stays.
+    std::fs::write(&key, &first[TLS_KEY].0).unwrap();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert_eq!(
+        presented(serving.clone(), &text(&second, CA_CERT)).await,
+        Some(leaf(&second))
+    );
+}
