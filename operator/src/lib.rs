@@ -10,5 +10,6 @@ pub mod inject;
 pub mod lease;
 pub mod metrics;
 pub mod mutate;
+pub mod rbac;
 pub mod status;
 pub mod webhook;

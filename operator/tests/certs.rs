@@ -172,6 +172,12 @@ async fn next(handle: &mut ApiHandle) -> (Method, String, Value, SendResponse<Re
         .expect("a request in time")
         .expect("client alive");
     let (parts, body) = request.into_parts();
+    assert!(
+        aoai_operator::rbac::allows(&parts.method, &parts.uri),
+        "the chart's RBAC does not allow {} {}",
+        parts.method,
+        parts.uri
+    );
     let bytes = body.collect_bytes().await.unwrap();
     let value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
     (parts.method, parts.uri.path().to_string(), value, send)

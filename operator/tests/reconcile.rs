@@ -103,6 +103,12 @@ async fn next(
         .expect("the controller sent a request in time")
         .expect("the client is alive");
     let (parts, body) = request.into_parts();
+    assert!(
+        aoai_operator::rbac::allows(&parts.method, &parts.uri),
+        "the chart's RBAC does not allow {} {}",
+        parts.method,
+        parts.uri
+    );
     let bytes = body.collect_bytes().await.unwrap();
     let value = if bytes.is_empty() {
         Value::Null

@@ -563,6 +563,11 @@ async fn injections_and_denials_are_recorded_as_events_on_the_owner() {
                 .expect("an event in time")
                 .unwrap();
         let (parts, body) = request.into_parts();
+        assert!(
+            aoai_operator::rbac::allows(&parts.method, &parts.uri),
+            "RBAC does not allow {}",
+            parts.uri
+        );
         let event: Value = serde_json::from_slice(&body.collect_bytes().await.unwrap()).unwrap();
         assert_eq!(
             parts.uri.path(),

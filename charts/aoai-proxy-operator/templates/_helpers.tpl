@@ -1,0 +1,58 @@
+{{- define "aoai.name" -}}
+{{- default .Chart.Name .Values.nameOverride | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{- define "aoai.fullname" -}}
+{{- if .Values.fullnameOverride }}
+{{- .Values.fullnameOverride | trunc 63 | trimSuffix "-" }}
+{{- else }}
+{{- $name := default .Chart.Name .Values.nameOverride }}
+{{- if contains $name .Release.Name }}
+{{- .Release.Name | trunc 63 | trimSuffix "-" }}
+{{- else }}
+{{- printf "%s-%s" .Release.Name $name | trunc 63 | trimSuffix "-" }}
+{{- end }}
+{{- end }}
+{{- end }}
+
+{{- define "aoai.selectorLabels" -}}
+app.kubernetes.io/name: {{ include "aoai.name" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+{{- end }}
+
+{{- define "aoai.labels" -}}
+helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" }}
+{{ include "aoai.selectorLabels" . }}
+app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+{{- with .Values.commonLabels }}
+{{ toYaml . }}
+{{- end }}
+{{- end }}
+
+{{- define "aoai.annotations" -}}
+{{- with .Values.commonAnnotations }}
+annotations:
+  {{- toYaml . | nindent 2 }}
+{{- end }}
+{{- end }}
+
+{{- define "aoai.serviceAccountName" -}}
+{{- if .Values.serviceAccount.create }}
+{{- default (include "aoai.fullname" .) .Values.serviceAccount.name }}
+{{- else }}
+{{- default "default" .Values.serviceAccount.name }}
+{{- end }}
+{{- end }}
+
+{{- define "aoai.webhookService" -}}
+{{- printf "%s-webhook" (include "aoai.fullname" .) | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{- define "aoai.webhookSecret" -}}
+{{- if eq .Values.webhook.certificates.mode "secret" }}
+{{- required "webhook.certificates.secretName is required with mode: secret" .Values.webhook.certificates.secretName }}
+{{- else }}
+{{- printf "%s-webhook-tls" (include "aoai.fullname" .) }}
+{{- end }}
+{{- end }}

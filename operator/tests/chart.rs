@@ -1,0 +1,119 @@
+//! The Helm chart agrees with the code: its CRD is `crds/`, its RBAC rules are exactly
+//! `rbac::PERMISSIONS` (and so is the README's table), and every value in values.yaml is
+//! documented. `UPDATE_CHART=1 cargo test -p aoai-operator --test chart` rewrites the generated
+//! parts. (`helm lint` and the values schema are checked by tests/python.)
+
+use std::path::PathBuf;
+
+use aoai_operator::rbac::{self, Scope};
+
+fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+fn chart() -> PathBuf {
+    root().join("charts/aoai-proxy-operator")
+}
+
+fn update() -> bool {
+    std::env::var_os("UPDATE_CHART").is_some()
+}
+
+/// Replaces what stands between `begin` and `end` in `path` by `body` (when updating) or checks
+/// that it is `body`.
+fn generated_block(path: PathBuf, begin: &str, end: &str, body: &str) {
+    let text = std::fs::read_to_string(&path).unwrap();
+    let start = text
+        .find(begin)
+        .unwrap_or_else(|| panic!("{} has no {begin:?}", path.display()));
+    let body_start = start + text[start..].find('\n').unwrap() + 1;
+    let stop = text
+        .find(end)
+        .unwrap_or_else(|| panic!("{} has no {end:?}", path.display()));
+    if update() {
+        std::fs::write(
+            &path,
+            format!("{}{}{}", &text[..body_start], body, &text[stop..]),
+        )
+        .unwrap();
+        return;
+    }
+    assert!(
+        text[body_start..stop] == *body,
+        "{} is stale between {begin:?} and {end:?}: run UPDATE_CHART=1 cargo test -p aoai-operator --test chart\nexpected:\n{body}",
+        path.display()
+    );
+}
+
+#[test]
+fn the_chart_installs_the_crd_from_crds() {
+    let name = "aoai-proxy.io_azureopenaiproxies.yaml";
+    let source = std::fs::read_to_string(root().join("crds").join(name)).unwrap();
+    let copy = chart().join("crds").join(name);
+    if update() {
+        std::fs::write(&copy, &source).unwrap();
+    }
+    assert!(
+        std::fs::read_to_string(copy).unwrap() == source,
+        "the chart's CRD differs from crds/"
+    );
+}
+
+#[test]
+fn the_chart_grants_exactly_the_operator_permissions() {
+    let own = "{{ include \"aoai.fullname\" . | quote }}";
+    let rbac_file = chart().join("templates/rbac.yaml");
+    generated_block(
+        rbac_file.clone(),
+        "# BEGIN generated cluster rules",
+        "# END generated cluster rules",
+        &rbac::chart_rules(Scope::Cluster, own),
+    );
+    generated_block(
+        rbac_file,
+        "# BEGIN generated namespace rules",
+        "# END generated namespace rules",
+        &rbac::chart_rules(Scope::OperatorNamespace, own),
+    );
+    generated_block(
+        root().join("README.md"),
+        "<!-- rbac-table:",
+        "<!-- /rbac-table -->",
+        &rbac::markdown_table(),
+    );
+}
+
+#[test]
+fn every_value_is_documented() {
+    let values = std::fs::read_to_string(chart().join("values.yaml")).unwrap();
+    let lines: Vec<&str> = values.lines().collect();
+    let mut undocumented = Vec::new();
+    // (indentation, documented) of the enclosing keys: a "# --" comment documents a key and
+    // everything nested under it.
+    let mut parents: Vec<(usize, bool)> = Vec::new();
+    for (index, line) in lines.iter().enumerate() {
+        let trimmed = line.trim_start();
+        if trimmed.starts_with('#') || trimmed.is_empty() || trimmed.starts_with('-') {
+            continue;
+        }
+        let Some((key, value)) = trimmed.split_once(':') else {
+            continue;
+        };
+        let indent = line.len() - trimmed.len();
+        parents.retain(|(i, _)| *i < indent);
+        let commented = lines[..index]
+            .iter()
+            .rev()
+            .take_while(|l| l.trim_start().starts_with('#'))
+            .any(|l| l.trim_start().starts_with("# --"));
+        let documented = commented || parents.iter().any(|(_, d)| *d);
+        if !value.trim().is_empty() && !documented {
+            undocumented.push(key.to_string());
+        }
+        parents.push((indent, documented));
+    }
+    assert!(
+        undocumented.is_empty(),
+        "values.yaml: undocumented values: {undocumented:?}"
+    );
+}
