@@ -205,6 +205,11 @@ pub const ENV_VARS: &[EnvVar] = &[
         "Timeout to connect to the upstream (TCP and TLS).",
     ),
     var(
+        "AOAI_PROXY_IDENTITY_TIMEOUT",
+        Some("30s"),
+        "Timeout of one call to the identity endpoint (Entra ID or managed identity); a hung endpoint is retried after it.",
+    ),
+    var(
         "AOAI_PROXY_UPSTREAM_TIMEOUT",
         Some("10m"),
         "Timeout for the upstream's response headers; a streamed body may last longer. Exceeded: 504.",
@@ -455,6 +460,7 @@ impl InboundAuthConfig {
 #[derive(Debug, Clone)]
 pub struct Limits {
     pub connect_timeout: Duration,
+    pub identity_timeout: Duration,
     pub upstream_timeout: Duration,
     pub pool_idle_timeout: Duration,
     pub header_read_timeout: Duration,
@@ -466,6 +472,7 @@ impl Default for Limits {
     fn default() -> Self {
         Self {
             connect_timeout: Duration::from_secs(10),
+            identity_timeout: Duration::from_secs(30),
             upstream_timeout: Duration::from_secs(600),
             pool_idle_timeout: Duration::from_secs(90),
             header_read_timeout: Duration::from_secs(10),
@@ -715,6 +722,8 @@ impl Config {
         let limits = Limits {
             connect_timeout: env
                 .duration("AOAI_PROXY_CONNECT_TIMEOUT", defaults.connect_timeout)?,
+            identity_timeout: env
+                .duration("AOAI_PROXY_IDENTITY_TIMEOUT", defaults.identity_timeout)?,
             upstream_timeout: env
                 .duration("AOAI_PROXY_UPSTREAM_TIMEOUT", defaults.upstream_timeout)?,
             pool_idle_timeout: env

@@ -70,7 +70,7 @@ impl Proxy {
             "using {}",
             credential.describe()
         );
-        let http = IdentityHttp::new(proxy.connector.clone());
+        let http = IdentityHttp::new(proxy.connector.clone(), config.limits.identity_timeout);
         proxy.tasks.push(tokio::spawn(credentials::refresh::run(
             credential,
             http,

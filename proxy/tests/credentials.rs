@@ -839,3 +839,72 @@ async fn wait_ready_exits_once_the_proxy_holds_a_token() {
     proxy.wait_healthy(Duration::from_secs(15)).await;
     assert!(ready.await.unwrap().status.success(), "{}", proxy.output());
 }
+
+/// Token endpoint faults (5xx, a hang, malformed JSON, `expires_in: 0`): while the cached token is
+/// valid every request succeeds, the refresher backs off and logs Azure's failure, and a new token
+/// comes as soon as the endpoint answers properly again.
+#[tokio::test]
+async fn token_endpoint_faults_never_fail_a_request_while_the_token_is_valid() {
+    use aoai_e2e::entra::Fault;
+    for fault in [
+        Fault::Status(500),
+        Fault::Hang,
+        Fault::MalformedJson,
+        Fault::ExpiresInZero,
+    ] {
+        let world = World::new(
+            |app| app.secret = Some(SECRET.into()),
+            Duration::from_secs(8),
+        )
+        .await;
+        let mut proxy = ProxyProcess::spawn(&vars(&world.env(&[
+            ("AZURE_CLIENT_SECRET", SECRET),
+            ("AOAI_PROXY_IDENTITY_TIMEOUT", "1s"),
+        ])));
+        proxy.wait_healthy(Duration::from_secs(15)).await;
+        world.entra.set_fault(fault.clone());
+        // The refresh is due after 4 s of the 8 s lifetime; keep calling through the failures.
+        let started = std::time::Instant::now();
+        let mut answered = 0;
+        while started.elapsed() < Duration::from_millis(6500) {
+            let answer = chat(&proxy.url).await;
+            assert_eq!(
+                answer.status,
+                StatusCode::OK,
+                "{fault:?}: {}\n{}",
+                answer.text(),
+                proxy.output()
+            );
+            answered += 1;
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        let output = proxy.output();
+        assert!(
+            output.contains("token acquisition failed"),
+            "{fault:?}: no failure logged:\n{output}"
+        );
+        assert!(
+            output.contains("serving_with_cached_token=true"),
+            "{fault:?}:\n{output}"
+        );
+        // Retries 1 s, 2 s ... apart (with jitter), not in a loop.
+        let attempts = output.matches("token acquisition failed").count();
+        assert!(
+            (1..=4).contains(&attempts),
+            "{fault:?}: {attempts} failed attempts in 2.5 s: no backoff?"
+        );
+
+        world.entra.set_fault(Fault::None);
+        proxy
+            .wait_for_output("identity endpoint answered again", Duration::from_secs(10))
+            .await;
+        assert_eq!(chat(&proxy.url).await.status, StatusCode::OK);
+        assert!(answered > 30);
+        assert_eq!(
+            world.upstream.invalid_tokens(),
+            0,
+            "{fault:?}: an expired token reached the upstream"
+        );
+        assert_no_secrets(&proxy.output(), &world.secrets());
+    }
+}

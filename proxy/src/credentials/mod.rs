@@ -30,8 +30,6 @@ use crate::forward::error_chain;
 use crate::upstream::Connector;
 use certificate::{CertificateError, ClientCertificate, unix_now};
 
-/// How long one identity call may take.
-pub const IDENTITY_TIMEOUT: Duration = Duration::from_secs(30);
 const JWT_BEARER: &str = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer";
 
 /// A token as an identity endpoint returned it.
@@ -88,12 +86,15 @@ impl AcquireError {
 #[derive(Clone)]
 pub struct IdentityHttp {
     client: Client<Connector, Full<Bytes>>,
+    /// How long one identity call may take.
+    timeout: Duration,
 }
 
 impl IdentityHttp {
-    pub fn new(connector: Connector) -> Self {
+    pub fn new(connector: Connector, timeout: Duration) -> Self {
         Self {
             client: crate::upstream::client(connector, Duration::from_secs(90)),
+            timeout,
         }
     }
 
@@ -106,7 +107,7 @@ impl IdentityHttp {
             endpoint: endpoint.to_string(),
             message,
         };
-        let response = tokio::time::timeout(IDENTITY_TIMEOUT, async {
+        let response = tokio::time::timeout(self.timeout, async {
             let response = self
                 .client
                 .request(request)
@@ -122,7 +123,7 @@ impl IdentityHttp {
             Ok::<_, String>((status, body))
         })
         .await
-        .map_err(|_| transport(format!("no answer within {}s", IDENTITY_TIMEOUT.as_secs())))?;
+        .map_err(|_| transport(format!("no answer within {:?}", self.timeout)))?;
         response.map_err(transport)
     }
 }
