@@ -638,3 +638,50 @@ async fn injections_and_denials_are_recorded_as_events_on_the_owner() {
         "the dry run recorded an event"
     );
 }
+
+/// A burst of 1,000 admissions on 1,000 parallel connections all get their patch; a body over the
+/// limit gets 400, never a panic.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_burst_of_a_thousand_admissions_all_answer_and_a_huge_body_is_refused() {
+    let server = Arc::new(start(proxies()).await);
+    let review = Arc::new(serde_json::to_vec(&fixture("pod-annotated.json")).unwrap());
+    let mut tasks = Vec::new();
+    for _ in 0..1000 {
+        let (server, review) = (server.clone(), review.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut connection = Connection::open(&server).await;
+            let (status, answer) = connection.post("/mutate", review.to_vec()).await;
+            (status, answer["response"]["patch"].is_string())
+        }));
+    }
+    for task in tasks {
+        assert_eq!(task.await.unwrap(), (StatusCode::OK, true));
+    }
+    let metrics = server.metrics.encode();
+    assert!(
+        metrics.contains(
+            r#"aoai_operator_admissions_total{result="injected",reason="injected"} 1000"#
+        ),
+        "{metrics}"
+    );
+
+    let mut connection = Connection::open(&server).await;
+    let mut huge = fixture("pod-annotated.json");
+    huge["request"]["object"]["metadata"]["labels"]["padding"] =
+        json!("x".repeat(webhook::MAX_BODY));
+    let (status, answer) = connection
+        .post("/mutate", serde_json::to_vec(&huge).unwrap())
+        .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert!(
+        answer["error"]
+            .as_str()
+            .unwrap()
+            .contains("at most 3145728 bytes"),
+        "{answer}"
+    );
+    // Still serving.
+    let mut connection = Connection::open(&server).await;
+    let (status, _) = connection.post("/mutate", review.to_vec()).await;
+    assert_eq!(status, StatusCode::OK);
+}
