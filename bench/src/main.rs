@@ -1,0 +1,540 @@
+//! `aoai-bench`: measures aoai-proxy against a direct call and a plain nginx hop on 127.0.0.1, and
+//! the webhook's `/mutate`. Run it through `scripts/bench`, which installs wrk and nginx and builds
+//! in release mode. Everything it starts, it stops; nothing leaves 127.0.0.1.
+//!
+//! `aoai-bench [--duration 10] [--concurrency 1,16,64]` runs the whole suite;
+//! `aoai-bench upstream` runs only the mock upstream (the suite starts it as its own process).
+
+mod upstream;
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use aoai_e2e::ca::TestCa;
+use aoai_e2e::entra::{App, MockEntra};
+use bytes::Bytes;
+use http::Request;
+use http_body_util::{BodyExt, Full};
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
+
+const PATH: &str = "/openai/deployments/gpt-4o/chat/completions?api-version=2024-10-21";
+const BODY: &str =
+    r#"{"messages":[{"role":"user","content":"What is the capital of France?"}],"max_tokens":150}"#;
+
+/// A process the harness started; killed when dropped.
+struct Process(Child);
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// `taskset -c CORE program args...` where several cores exist, else the program alone.
+fn pinned(core: Option<usize>, program: &Path) -> Command {
+    match core {
+        Some(core) => {
+            let mut command = Command::new("taskset");
+            command.arg("-c").arg(core.to_string()).arg(program);
+            command
+        }
+        None => Command::new(program),
+    }
+}
+
+/// (VmRSS, VmHWM) in MiB and CPU seconds (user + system) of a process.
+fn proc_stats(pid: u32) -> (f64, f64, f64) {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    let kib = |key: &str| {
+        status
+            .lines()
+            .find(|l| l.starts_with(key))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|v| v.parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // Fields after the command name (which may hold spaces): utime and stime are the 12th and
+    // 13th after ") ", in clock ticks (100 per second on Linux).
+    let after = stat
+        .rsplit_once(") ")
+        .map(|(_, rest)| rest)
+        .unwrap_or_default();
+    let fields: Vec<&str> = after.split_whitespace().collect();
+    let ticks = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|v| v.parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
+    (
+        kib("VmRSS:") / 1024.0,
+        kib("VmHWM:") / 1024.0,
+        (ticks(11) + ticks(12)) / 100.0,
+    )
+}
+
+struct Target {
+    name: &'static str,
+    url: String,
+    pid: Option<u32>,
+}
+
+#[derive(Default, Clone)]
+struct WrkResult {
+    rps: f64,
+    p50_us: f64,
+    p99_us: f64,
+}
+
+fn parse_latency(text: &str) -> Option<f64> {
+    let text = text.trim();
+    let (number, factor) = if let Some(n) = text.strip_suffix("us") {
+        (n, 1.0)
+    } else if let Some(n) = text.strip_suffix("ms") {
+        (n, 1_000.0)
+    } else if let Some(n) = text.strip_suffix('s') {
+        (n, 1_000_000.0)
+    } else {
+        (text, 1.0)
+    };
+    number.parse::<f64>().ok().map(|n| n * factor)
+}
+
+fn wrk(
+    url: &str,
+    concurrency: usize,
+    duration: u64,
+    core: Option<usize>,
+    script: &Path,
+) -> WrkResult {
+    let output = pinned(core, Path::new("wrk"))
+        .args([
+            "-t1",
+            &format!("-c{concurrency}"),
+            &format!("-d{duration}s"),
+            "--latency",
+            "-s",
+        ])
+        .arg(script)
+        .arg(format!("{url}{PATH}"))
+        .stderr(Stdio::inherit())
+        .output()
+        .expect("run wrk (scripts/bench installs it)");
+    let text = String::from_utf8_lossy(&output.stdout);
+    let mut result = WrkResult::default();
+    for line in text.lines() {
+        let words: Vec<&str> = line.split_whitespace().collect();
+        match words.as_slice() {
+            ["Requests/sec:", rps] => result.rps = rps.parse().unwrap_or(0.0),
+            ["50%", value] => result.p50_us = parse_latency(value).unwrap_or(0.0),
+            ["99%", value] => result.p99_us = parse_latency(value).unwrap_or(0.0),
+            _ => {}
+        }
+    }
+    if text.contains("Non-2xx") || text.contains("Socket errors") {
+        eprintln!("warning: wrk reported errors against {url}:\n{text}");
+    }
+    result
+}
+
+fn median(values: &mut [f64]) -> f64 {
+    values.sort_by(|a, b| a.total_cmp(b));
+    values.get(values.len() / 2).copied().unwrap_or(0.0)
+}
+
+fn percentile(values: &mut [f64], p: f64) -> f64 {
+    values.sort_by(|a, b| a.total_cmp(b));
+    let index = ((values.len() as f64 - 1.0) * p).round() as usize;
+    values.get(index).copied().unwrap_or(0.0)
+}
+
+/// Time to the first and to the last SSE chunk (ms) of a 20-chunk stream, 5 ms apart.
+async fn sse_timing(
+    client: &Client<HttpConnector, Full<Bytes>>,
+    url: &str,
+    runs: usize,
+) -> (f64, f64, bool) {
+    let (mut first, mut last) = (Vec::new(), Vec::new());
+    let mut streamed = true;
+    for _ in 0..runs {
+        let request = Request::post(format!("{url}{PATH}"))
+            .header("content-type", "application/json")
+            .header("api-key", "client-key")
+            .header("x-bench-sse", "20,5")
+            .body(Full::new(Bytes::from_static(BODY.as_bytes())))
+            .unwrap();
+        let started = Instant::now();
+        let mut response = client.request(request).await.expect("an SSE response");
+        let mut arrivals = Vec::new();
+        while let Some(frame) = response.body_mut().frame().await {
+            if frame.expect("a chunk").data_ref().is_some() {
+                arrivals.push(started.elapsed().as_secs_f64() * 1000.0);
+            }
+        }
+        // Unbuffered: the chunks arrive spread over the ~100 ms the upstream takes.
+        streamed &= arrivals.len() >= 20 && arrivals[arrivals.len() - 1] - arrivals[0] > 80.0;
+        first.push(arrivals[0]);
+        last.push(arrivals[arrivals.len() - 1]);
+    }
+    (median(&mut first), median(&mut last), streamed)
+}
+
+/// Proxy memory (MiB) while `streams` SSE streams are open through it at once.
+async fn memory_with_open_streams(url: &str, pid: u32, streams: usize) -> (f64, usize) {
+    let mut connector = HttpConnector::new();
+    connector.set_nodelay(true);
+    let client: Client<HttpConnector, Full<Bytes>> =
+        Client::builder(TokioExecutor::new()).build(connector);
+    let mut tasks = Vec::new();
+    for _ in 0..streams {
+        let client = client.clone();
+        let url = url.to_string();
+        tasks.push(tokio::spawn(async move {
+            let request = Request::post(format!("{url}{PATH}"))
+                .header("x-bench-sse", "20,150")
+                .body(Full::new(Bytes::from_static(BODY.as_bytes())))
+                .unwrap();
+            match client.request(request).await {
+                Ok(response) => response.into_body().collect().await.is_ok(),
+                Err(_) => false,
+            }
+        }));
+    }
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let (rss, _, _) = proc_stats(pid);
+    let mut completed = 0;
+    for task in tasks {
+        completed += usize::from(task.await.unwrap_or(false));
+    }
+    (rss, completed)
+}
+
+fn nginx_config(dir: &Path, port: u16, upstream: u16) -> PathBuf {
+    let config = format!(
+        r#"# One process (no master) so that its CPU time and memory are those measured.
+master_process off;
+worker_processes 1;
+pid {dir}/nginx.pid;
+error_log {dir}/error.log warn;
+events {{ worker_connections 4096; }}
+http {{
+    access_log off;
+    upstream backend {{ server 127.0.0.1:{upstream}; keepalive 128; }}
+    server {{
+        listen 127.0.0.1:{port};
+        client_body_temp_path {dir}/body;
+        proxy_temp_path {dir}/proxy;
+        location / {{
+            proxy_pass http://backend;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+            proxy_set_header Authorization "Bearer fixed-benchmark-token";
+            proxy_set_header api-key "";
+            proxy_buffering off;
+            proxy_request_buffering off;
+        }}
+    }}
+}}
+"#,
+        dir = dir.display()
+    );
+    let path = dir.join("nginx.conf");
+    std::fs::write(&path, config).unwrap();
+    path
+}
+
+async fn wait_for(url: &str) {
+    let client: Client<HttpConnector, Full<Bytes>> =
+        Client::builder(TokioExecutor::new()).build(HttpConnector::new());
+    for _ in 0..200 {
+        if let Ok(response) = client.get(url.parse().unwrap()).await
+            && response.status().is_success()
+        {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("{url} did not come up");
+}
+
+mod webhook_bench;
+
+struct Options {
+    duration: u64,
+    concurrency: Vec<usize>,
+}
+
+fn options() -> Options {
+    let args: Vec<String> = std::env::args().collect();
+    let value = |flag: &str| {
+        args.iter()
+            .position(|a| a == flag)
+            .and_then(|i| args.get(i + 1))
+            .cloned()
+    };
+    Options {
+        duration: value("--duration")
+            .and_then(|d| d.parse().ok())
+            .unwrap_or(10),
+        concurrency: value("--concurrency")
+            .map(|c| c.split(',').filter_map(|n| n.parse().ok()).collect())
+            .unwrap_or_else(|| vec![1, 16, 64]),
+    }
+}
+
+fn main() {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    if std::env::args().nth(1).as_deref() == Some("upstream") {
+        runtime.block_on(async {
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+            println!("{}", listener.local_addr().unwrap().port());
+            upstream::serve(listener).await;
+        });
+        return;
+    }
+    runtime.block_on(run(options()));
+}
+
+async fn run(options: Options) {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let cores = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1);
+    // The load generator and the mock upstream on core 0, the server under test on core 1.
+    let (client_core, server_core) = if cores >= 2 {
+        (Some(0), Some(1))
+    } else {
+        (None, None)
+    };
+    let exe = std::env::current_exe().unwrap();
+    let bin_dir = exe.parent().unwrap().to_path_buf();
+    let scratch = std::env::temp_dir().join(format!("aoai-bench-{}", std::process::id()));
+    std::fs::create_dir_all(&scratch).unwrap();
+
+    let mut upstream_child = pinned(client_core, &exe)
+        .arg("upstream")
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut port_line = String::new();
+    {
+        use std::io::BufRead;
+        let stdout = upstream_child.stdout.take().unwrap();
+        std::io::BufReader::new(stdout)
+            .read_line(&mut port_line)
+            .unwrap();
+    }
+    let _upstream = Process(upstream_child);
+    let upstream_url = format!("http://127.0.0.1:{}", port_line.trim());
+
+    // A mock Entra ID so that aoai-proxy runs exactly as deployed: a client secret credential.
+    let ca = TestCa::new();
+    let entra = MockEntra::start(
+        App {
+            tenant_id: "00000000-0000-0000-0000-000000000001".into(),
+            client_id: "00000000-0000-0000-0000-000000000002".into(),
+            secret: Some("bench-secret".into()),
+            ..App::default()
+        },
+        ca.server_config(),
+        Duration::from_secs(3600),
+        aoai_e2e::tokens::TokenLedger::new(),
+    )
+    .await;
+    let proxy_port = free_port();
+    let admin_port = free_port();
+    let proxy_child = pinned(server_core, &bin_dir.join("aoai-proxy"))
+        .env_clear()
+        .envs([
+            ("API_BASE_URL", upstream_url.clone()),
+            ("HOST", "127.0.0.1".into()),
+            ("PORT", proxy_port.to_string()),
+            ("AOAI_PROXY_ADMIN_HOST", "127.0.0.1".into()),
+            ("AOAI_PROXY_ADMIN_PORT", admin_port.to_string()),
+            (
+                "AZURE_TENANT_ID",
+                "00000000-0000-0000-0000-000000000001".into(),
+            ),
+            (
+                "AZURE_CLIENT_ID",
+                "00000000-0000-0000-0000-000000000002".into(),
+            ),
+            ("AZURE_CLIENT_SECRET", "bench-secret".into()),
+            ("AZURE_AUTHORITY_HOST", entra.authority()),
+            ("SSL_CERT_FILE", ca.root_pem_path().display().to_string()),
+        ])
+        .envs(
+            std::env::var("AOAI_PROXY_LOG_LEVEL")
+                .ok()
+                .map(|l| ("AOAI_PROXY_LOG_LEVEL", l)),
+        )
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start aoai-proxy (build it with: cargo build --release -p aoai-proxy)");
+    let proxy_pid = proxy_child.id();
+    let _proxy = Process(proxy_child);
+    wait_for(&format!("http://127.0.0.1:{admin_port}/health")).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let (idle_rss, _, _) = proc_stats(proxy_pid);
+
+    let nginx = which("nginx").map(|nginx| {
+        let port = free_port();
+        let config = nginx_config(&scratch, port, port_line.trim().parse().unwrap());
+        let child = pinned(server_core, &nginx)
+            .args(["-e", &scratch.join("error.log").display().to_string(), "-c"])
+            .arg(&config)
+            .args(["-g", "daemon off;"])
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start nginx");
+        (port, Process(child))
+    });
+    let mut targets = vec![
+        Target {
+            name: "direct",
+            url: upstream_url.clone(),
+            pid: None,
+        },
+        Target {
+            name: "aoai-proxy",
+            url: format!("http://127.0.0.1:{proxy_port}"),
+            pid: Some(proxy_pid),
+        },
+    ];
+    if let Some((port, process)) = &nginx {
+        wait_for(&format!("http://127.0.0.1:{port}/openai/models")).await;
+        targets.push(Target {
+            name: "nginx",
+            url: format!("http://127.0.0.1:{port}"),
+            pid: Some(process.0.id()),
+        });
+    } else {
+        eprintln!(
+            "nginx is not installed: the nginx column is left out (scripts/bench installs it)"
+        );
+    }
+
+    let script = scratch.join("post.lua");
+    std::fs::write(
+        &script,
+        format!(
+            "wrk.method = \"POST\"\nwrk.body = '{BODY}'\nwrk.headers[\"Content-Type\"] = \"application/json\"\nwrk.headers[\"api-key\"] = \"client-key-the-proxy-removes\"\n"
+        ),
+    )
+    .unwrap();
+
+    println!(
+        "aoai-bench: {cores} cores; load generator and mock upstream on core {client_core:?}, server under test on core {server_core:?}; wrk -t1, {} s per run; POST {PATH}, ~1 KB JSON answer",
+        options.duration
+    );
+    println!();
+    println!(
+        "| target | concurrency | requests/s | p50 µs | p99 µs | added p50 µs | added p99 µs | rps vs nginx | peak RSS MiB | CPU s |"
+    );
+    println!("|---|---|---|---|---|---|---|---|---|---|");
+    for &concurrency in &options.concurrency {
+        let mut results: Vec<(&str, WrkResult, Option<(f64, f64)>)> = Vec::new();
+        for target in &targets {
+            let before = target.pid.map(proc_stats);
+            let result = wrk(
+                &target.url,
+                concurrency,
+                options.duration,
+                client_core,
+                &script,
+            );
+            let usage = target.pid.zip(before).map(|(pid, (_, _, cpu_before))| {
+                let (_, hwm, cpu_after) = proc_stats(pid);
+                (hwm, cpu_after - cpu_before)
+            });
+            results.push((target.name, result, usage));
+        }
+        let direct = results[0].1.clone();
+        let nginx_rps = results.iter().find(|r| r.0 == "nginx").map(|r| r.1.rps);
+        for (name, result, usage) in &results {
+            let added = |value: f64, base: f64| {
+                if *name == "direct" {
+                    "—".to_string()
+                } else {
+                    format!("{:.0}", value - base)
+                }
+            };
+            println!(
+                "| {name} | {concurrency} | {:.0} | {:.0} | {:.0} | {} | {} | {} | {} | {} |",
+                result.rps,
+                result.p50_us,
+                result.p99_us,
+                added(result.p50_us, direct.p50_us),
+                added(result.p99_us, direct.p99_us),
+                nginx_rps
+                    .filter(|_| *name != "direct")
+                    .map_or("—".into(), |n| format!("{:.2}", result.rps / n)),
+                usage.map_or("—".into(), |u| format!("{:.1}", u.0)),
+                usage.map_or("—".into(), |u| format!("{:.1}", u.1)),
+            );
+        }
+    }
+
+    println!();
+    println!("SSE, 20 chunks 5 ms apart (median of 30 streams, ms from request sent):");
+    println!();
+    println!(
+        "| target | first chunk | last chunk | first over direct | last over direct | chunk by chunk |"
+    );
+    println!("|---|---|---|---|---|---|");
+    let mut connector = HttpConnector::new();
+    connector.set_nodelay(true);
+    let client: Client<HttpConnector, Full<Bytes>> =
+        Client::builder(TokioExecutor::new()).build(connector);
+    let mut direct_sse = (0.0, 0.0);
+    for target in &targets {
+        let (first, last, streamed) = sse_timing(&client, &target.url, 30).await;
+        if target.name == "direct" {
+            direct_sse = (first, last);
+        }
+        println!(
+            "| {} | {first:.2} | {last:.2} | {:+.2} | {:+.2} | {} |",
+            target.name,
+            first - direct_sse.0,
+            last - direct_sse.1,
+            if streamed { "yes" } else { "NO (buffered)" }
+        );
+    }
+
+    let (rss, completed) = memory_with_open_streams(&targets[1].url, proxy_pid, 1000).await;
+    let (_, peak, _) = proc_stats(proxy_pid);
+    println!();
+    println!(
+        "aoai-proxy memory: idle {idle_rss:.1} MiB; with 1,000 SSE streams open {rss:.1} MiB ({completed} of 1,000 completed); peak over the whole run {peak:.1} MiB"
+    );
+
+    println!();
+    webhook_bench::run(client_core).await;
+    let _ = std::fs::remove_dir_all(&scratch);
+}
+
+fn which(program: &str) -> Option<PathBuf> {
+    std::env::var_os("PATH")?
+        .to_str()?
+        .split(':')
+        .chain(["/usr/sbin", "/sbin"])
+        .map(|dir| Path::new(dir).join(program))
+        .find(|path| path.is_file())
+}
