@@ -12,6 +12,7 @@ use aoai_operator::metrics::Metrics;
 use aoai_operator::mutate::InjectOptions;
 use aoai_operator::{certs, controller, status, webhook};
 use aoai_proxy::config::LogFormat;
+use aoai_proxy::server::shutdown_signal;
 use aoai_proxy::units::parse_duration;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use kube::CustomResourceExt;
@@ -488,14 +489,4 @@ fn hostname() -> String {
     std::fs::read_to_string("/proc/sys/kernel/hostname")
         .map(|h| h.trim().to_string())
         .unwrap_or_else(|_| format!("aoai-operator-{}", std::process::id()))
-}
-
-/// Resolves on SIGTERM (Kubernetes) or SIGINT (Ctrl-C).
-async fn shutdown_signal() {
-    use tokio::signal::unix::{SignalKind, signal};
-    let mut terminate = signal(SignalKind::terminate()).expect("install SIGTERM handler");
-    tokio::select! {
-        _ = terminate.recv() => tracing::info!("SIGTERM received"),
-        _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT received"),
-    }
 }

@@ -5,19 +5,19 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
+mod common;
+
 use aoai_operator::certs::{
     self, CA_CERT, CA_KEY, SelfManaged, ServingCert, TLS_CERT, TLS_KEY, plan,
 };
 use base64::Engine;
-use http::{Method, Request, Response};
+use common::{api_server, next, respond};
+use http::Method;
 use k8s_openapi::ByteString;
-use kube::Client;
-use kube::client::Body;
 use rustls_pki_types::CertificateDer;
 use rustls_pki_types::pem::PemObject;
 use serde_json::{Value, json};
 use tokio::net::TcpStream;
-use tower_test::mock::{self, Handle, SendResponse};
 
 const DAY: i64 = 86_400;
 const NOW: i64 = 1_800_000_000;
@@ -45,15 +45,13 @@ fn not_after(pem: &str) -> i64 {
     cert.validity().not_after.timestamp()
 }
 
-/// A TLS handshake to a server presenting the issued certificate, by a client that trusts only
-/// `bundle` and asks for `server_name`.
-async fn handshake(
-    data: &BTreeMap<String, ByteString>,
+/// A TLS handshake to a server presenting `serving`, by a client that trusts only `bundle` and
+/// asks for `server_name`: the leaf certificate the server presented, or the handshake's error.
+async fn presented_to(
+    serving: Arc<ServingCert>,
     bundle: &str,
     server_name: &str,
-) -> Result<(), String> {
-    let serving = Arc::new(ServingCert::default());
-    serving.set(&text(data, TLS_CERT), &text(data, TLS_KEY))?;
+) -> Result<Vec<u8>, String> {
     let acceptor = tokio_rustls::TlsAcceptor::from(certs::server_config(serving));
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let port = listener.local_addr().unwrap().port();
@@ -73,11 +71,27 @@ async fn handshake(
     .with_root_certificates(roots)
     .with_no_client_auth();
     let tcp = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
-    tokio_rustls::TlsConnector::from(Arc::new(client))
+    let tls = tokio_rustls::TlsConnector::from(Arc::new(client))
         .connect(server_name.to_string().try_into().unwrap(), tcp)
         .await
-        .map(|_| ())
-        .map_err(|e| e.to_string())
+        .map_err(|e| e.to_string())?;
+    Ok(tls
+        .get_ref()
+        .1
+        .peer_certificates()
+        .ok_or("no certificate")?[0]
+        .to_vec())
+}
+
+/// The handshake with a server presenting the issued certificate in `data`.
+async fn handshake(
+    data: &BTreeMap<String, ByteString>,
+    bundle: &str,
+    server_name: &str,
+) -> Result<(), String> {
+    let serving = Arc::new(ServingCert::default());
+    serving.set(&text(data, TLS_CERT), &text(data, TLS_KEY))?;
+    presented_to(serving, bundle, server_name).await.map(|_| ())
 }
 
 #[tokio::test]
@@ -164,34 +178,6 @@ fn garbage_in_the_secret_is_replaced() {
     assert!(plan(Some(&garbage), &names, NOW).is_some());
 }
 
-type ApiHandle = Handle<Request<Body>, Response<Body>>;
-
-async fn next(handle: &mut ApiHandle) -> (Method, String, Value, SendResponse<Response<Body>>) {
-    let (request, send) = tokio::time::timeout(Duration::from_secs(5), handle.next_request())
-        .await
-        .expect("a request in time")
-        .expect("client alive");
-    let (parts, body) = request.into_parts();
-    assert!(
-        aoai_operator::rbac::allows(&parts.method, &parts.uri),
-        "the chart's RBAC does not allow {} {}",
-        parts.method,
-        parts.uri
-    );
-    let bytes = body.collect_bytes().await.unwrap();
-    let value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
-    (parts.method, parts.uri.path().to_string(), value, send)
-}
-
-fn respond(send: SendResponse<Response<Body>>, status: u16, body: &Value) {
-    send.send_response(
-        Response::builder()
-            .status(status)
-            .body(Body::from(serde_json::to_vec(body).unwrap()))
-            .unwrap(),
-    );
-}
-
 const SECRET: &str = "/api/v1/namespaces/aoai-system/secrets/aoai-operator-webhook-tls";
 const WEBHOOK: &str =
     "/apis/admissionregistration.k8s.io/v1/mutatingwebhookconfigurations/aoai-operator";
@@ -215,18 +201,19 @@ fn webhook_configuration(ca_bundle: Option<&str>) -> Value {
 
 #[tokio::test]
 async fn the_leader_creates_the_secret_then_patches_every_ca_bundle() {
-    let (service, mut handle) = mock::pair::<Request<Body>, Response<Body>>();
-    let client = Client::new(service, "default");
+    let (client, mut handle) = api_server();
     let ensure = tokio::spawn(async move { certs::ensure(&client, &config(), NOW).await });
 
-    let (method, path, _, send) = next(&mut handle).await;
+    let (parts, _, send) = next(&mut handle).await;
+    let (method, path) = (parts.method, parts.uri.path().to_string());
     assert_eq!((method, path.as_str()), (Method::GET, SECRET));
     respond(
         send,
         404,
         &json!({"kind": "Status", "apiVersion": "v1", "status": "Failure", "reason": "NotFound", "code": 404}),
     );
-    let (method, path, secret, send) = next(&mut handle).await;
+    let (parts, secret, send) = next(&mut handle).await;
+    let (method, path) = (parts.method, parts.uri.path().to_string());
     assert_eq!(
         (method, path.as_str()),
         (Method::POST, "/api/v1/namespaces/aoai-system/secrets")
@@ -239,10 +226,12 @@ async fn the_leader_creates_the_secret_then_patches_every_ca_bundle() {
     let ca_bundle = secret["data"][CA_CERT].as_str().unwrap().to_string();
     respond(send, 201, &secret);
 
-    let (method, path, _, send) = next(&mut handle).await;
+    let (parts, _, send) = next(&mut handle).await;
+    let (method, path) = (parts.method, parts.uri.path().to_string());
     assert_eq!((method, path.as_str()), (Method::GET, WEBHOOK));
     respond(send, 200, &webhook_configuration(None));
-    let (method, path, patch, send) = next(&mut handle).await;
+    let (parts, patch, send) = next(&mut handle).await;
+    let (method, path) = (parts.method, parts.uri.path().to_string());
     assert_eq!((method, path.as_str()), (Method::PATCH, WEBHOOK));
     assert_eq!(
         patch,
@@ -276,15 +265,16 @@ async fn current_material_makes_no_write_and_a_stale_one_is_replaced_with_its_ve
                         "metadata": {"name": "aoai-operator-webhook-tls", "namespace": "aoai-system", "resourceVersion": "41"},
                         "data": encoded});
     for (now, rotates) in [(NOW + DAY, false), (NOW + 340 * DAY, true)] {
-        let (service, mut handle) = mock::pair::<Request<Body>, Response<Body>>();
-        let client = Client::new(service, "default");
+        let (client, mut handle) = api_server();
         let ensure = tokio::spawn(async move { certs::ensure(&client, &config(), now).await });
-        let (_, path, _, send) = next(&mut handle).await;
+        let (parts, _, send) = next(&mut handle).await;
+        let path = parts.uri.path().to_string();
         assert_eq!(path, SECRET);
         respond(send, 200, &secret);
         let mut bundle = encoded[CA_CERT].clone();
         if rotates {
-            let (method, path, replaced, send) = next(&mut handle).await;
+            let (parts, replaced, send) = next(&mut handle).await;
+            let (method, path) = (parts.method, parts.uri.path().to_string());
             assert_eq!((method, path.as_str()), (Method::PUT, SECRET));
             assert_eq!(replaced["metadata"]["resourceVersion"], "41");
             assert_ne!(replaced["data"][TLS_CERT], secret["data"][TLS_CERT]);
@@ -292,7 +282,8 @@ async fn current_material_makes_no_write_and_a_stale_one_is_replaced_with_its_ve
             bundle = replaced["data"][CA_CERT].as_str().unwrap().to_string();
             respond(send, 200, &replaced);
         }
-        let (method, path, _, send) = next(&mut handle).await;
+        let (parts, _, send) = next(&mut handle).await;
+        let (method, path) = (parts.method, parts.uri.path().to_string());
         assert_eq!((method, path.as_str()), (Method::GET, WEBHOOK));
         respond(send, 200, &webhook_configuration(Some(&bundle)));
         ensure.await.unwrap().unwrap();
@@ -304,33 +295,8 @@ async fn current_material_makes_no_write_and_a_stale_one_is_replaced_with_its_ve
     }
 }
 
-/// The leaf certificate a server presenting `serving` hands out, seen by a client that trusts
-/// `bundle` (`None` when the handshake fails).
 async fn presented(serving: Arc<ServingCert>, bundle: &str) -> Option<Vec<u8>> {
-    let acceptor = tokio_rustls::TlsAcceptor::from(certs::server_config(serving));
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let port = listener.local_addr().unwrap().port();
-    tokio::spawn(async move {
-        let (stream, _) = listener.accept().await.unwrap();
-        let _ = acceptor.accept(stream).await;
-    });
-    let mut roots = rustls::RootCertStore::empty();
-    for cert in CertificateDer::pem_slice_iter(bundle.as_bytes()) {
-        roots.add(cert.unwrap()).unwrap();
-    }
-    let client = rustls::ClientConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .unwrap()
-    .with_root_certificates(roots)
-    .with_no_client_auth();
-    let tcp = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
-    let tls = tokio_rustls::TlsConnector::from(Arc::new(client))
-        .connect("127.0.0.1".try_into().unwrap(), tcp)
-        .await
-        .ok()?;
-    Some(tls.get_ref().1.peer_certificates()?[0].to_vec())
+    presented_to(serving, bundle, "127.0.0.1").await.ok()
 }
 
 #[tokio::test]

@@ -19,30 +19,8 @@ fn update() -> bool {
     std::env::var_os("UPDATE_CHART").is_some()
 }
 
-/// Replaces what stands between `begin` and `end` in `path` by `body` (when updating) or checks
-/// that it is `body`.
 fn generated_block(path: PathBuf, begin: &str, end: &str, body: &str) {
-    let text = std::fs::read_to_string(&path).unwrap();
-    let start = text
-        .find(begin)
-        .unwrap_or_else(|| panic!("{} has no {begin:?}", path.display()));
-    let body_start = start + text[start..].find('\n').unwrap() + 1;
-    let stop = text
-        .find(end)
-        .unwrap_or_else(|| panic!("{} has no {end:?}", path.display()));
-    if update() {
-        std::fs::write(
-            &path,
-            format!("{}{}{}", &text[..body_start], body, &text[stop..]),
-        )
-        .unwrap();
-        return;
-    }
-    assert!(
-        text[body_start..stop] == *body,
-        "{} is stale between {begin:?} and {end:?}: run UPDATE_CHART=1 cargo test -p aoai-operator --test chart\nexpected:\n{body}",
-        path.display()
-    );
+    aoai_e2e::generated::check_block(&path, begin, end, body, "UPDATE_CHART");
 }
 
 #[test]

@@ -294,25 +294,11 @@ fn field_rows(node: &Value, path: &str, rows: &mut String) {
 fn readme_documents_every_spec_field() {
     let mut table = String::from("| field | type | default | meaning |\n|---|---|---|---|\n");
     field_rows(&schema()["properties"]["spec"], "spec", &mut table);
-    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../README.md");
-    let readme = std::fs::read_to_string(path).unwrap();
-    let start = readme
-        .find("<!-- crd-table:")
-        .expect("README has the crd-table marker");
-    let body_start = start + readme[start..].find('\n').unwrap() + 1;
-    let end = readme
-        .find("<!-- /crd-table -->")
-        .expect("README has the crd-table end marker");
-    if std::env::var_os("UPDATE_README").is_some() {
-        std::fs::write(
-            path,
-            format!("{}{}{}", &readme[..body_start], table, &readme[end..]),
-        )
-        .unwrap();
-        return;
-    }
-    assert!(
-        readme[body_start..end] == table,
-        "README's CRD reference is stale: run UPDATE_README=1 cargo test -p aoai-operator --test crd"
+    aoai_e2e::generated::check_block(
+        std::path::Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/../README.md")),
+        "<!-- crd-table:",
+        "<!-- /crd-table -->",
+        &table,
+        "UPDATE_README",
     );
 }

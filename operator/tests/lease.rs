@@ -3,15 +3,14 @@
 
 use std::time::Duration;
 
-use aoai_operator::lease::{self, LeaseConfig};
-use http::{Method, Request, Response};
-use k8s_openapi::jiff::{SignedDuration, Timestamp};
-use kube::Client;
-use kube::client::Body;
-use serde_json::{Value, json};
-use tower_test::mock::{self, Handle, SendResponse};
+mod common;
 
-type ApiHandle = Handle<Request<Body>, Response<Body>>;
+use aoai_operator::lease::{self, LeaseConfig};
+use common::{api_server, next, respond, status};
+use http::Method;
+use k8s_openapi::jiff::{SignedDuration, Timestamp};
+use serde_json::{Value, json};
+
 const LEASE: &str = "/apis/coordination.k8s.io/v1/namespaces/aoai-system/leases/aoai-operator";
 
 fn config() -> LeaseConfig {
@@ -22,37 +21,6 @@ fn config() -> LeaseConfig {
         duration: Duration::from_secs(15),
         retry: Duration::from_secs(5),
     }
-}
-
-async fn next(handle: &mut ApiHandle) -> (Method, String, Value, SendResponse<Response<Body>>) {
-    let (request, send) = tokio::time::timeout(Duration::from_secs(5), handle.next_request())
-        .await
-        .expect("a request in time")
-        .expect("client alive");
-    let (parts, body) = request.into_parts();
-    assert!(
-        aoai_operator::rbac::allows(&parts.method, &parts.uri),
-        "the chart's RBAC does not allow {} {}",
-        parts.method,
-        parts.uri
-    );
-    let bytes = body.collect_bytes().await.unwrap();
-    let value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
-    (parts.method, parts.uri.path().to_string(), value, send)
-}
-
-fn respond(send: SendResponse<Response<Body>>, status: u16, body: Value) {
-    send.send_response(
-        Response::builder()
-            .status(status)
-            .body(Body::from(serde_json::to_vec(&body).unwrap()))
-            .unwrap(),
-    );
-}
-
-fn status(code: u16, reason: &str) -> Value {
-    json!({"kind": "Status", "apiVersion": "v1", "status": "Failure", "reason": reason,
-           "message": reason, "code": code})
 }
 
 fn held_by(holder: &str, renewed_ago: i64) -> Value {
@@ -67,13 +35,15 @@ fn held_by(holder: &str, renewed_ago: i64) -> Value {
 
 #[tokio::test]
 async fn the_first_candidate_creates_the_lease() {
-    let (service, mut handle) = mock::pair::<Request<Body>, Response<Body>>();
-    let api = lease::api(Client::new(service, "default"), &config());
+    let (client, mut handle) = api_server();
+    let api = lease::api(client, &config());
     let attempt = tokio::spawn(async move { lease::try_acquire(&api, &config()).await });
-    let (method, path, _, send) = next(&mut handle).await;
+    let (parts, _, send) = next(&mut handle).await;
+    let (method, path) = (parts.method, parts.uri.path().to_string());
     assert_eq!((method, path.as_str()), (Method::GET, LEASE));
-    respond(send, 404, status(404, "NotFound"));
-    let (method, path, body, send) = next(&mut handle).await;
+    respond(send, 404, &status(404, "NotFound"));
+    let (parts, body, send) = next(&mut handle).await;
+    let (method, path) = (parts.method, parts.uri.path().to_string());
     assert_eq!(method, Method::POST);
     assert_eq!(
         path,
@@ -81,37 +51,38 @@ async fn the_first_candidate_creates_the_lease() {
     );
     assert_eq!(body["spec"]["holderIdentity"], "replica-a");
     assert_eq!(body["spec"]["leaseDurationSeconds"], 15);
-    respond(send, 201, body);
+    respond(send, 201, &body);
     assert!(attempt.await.unwrap().unwrap());
 }
 
 #[tokio::test]
 async fn a_live_holder_keeps_the_lease() {
-    let (service, mut handle) = mock::pair::<Request<Body>, Response<Body>>();
-    let api = lease::api(Client::new(service, "default"), &config());
+    let (client, mut handle) = api_server();
+    let api = lease::api(client, &config());
     let attempt = tokio::spawn(async move { lease::try_acquire(&api, &config()).await });
-    let (_, _, _, send) = next(&mut handle).await;
-    respond(send, 200, held_by("replica-b", 3));
+    let (_, _, send) = next(&mut handle).await;
+    respond(send, 200, &held_by("replica-b", 3));
     assert!(!attempt.await.unwrap().unwrap());
 }
 
 #[tokio::test]
 async fn an_expired_lease_is_taken_with_its_resource_version_and_a_lost_race_is_no_error() {
     for (answer, won) in [(200, true), (409, false)] {
-        let (service, mut handle) = mock::pair::<Request<Body>, Response<Body>>();
-        let api = lease::api(Client::new(service, "default"), &config());
+        let (client, mut handle) = api_server();
+        let api = lease::api(client, &config());
         let attempt = tokio::spawn(async move { lease::try_acquire(&api, &config()).await });
-        let (_, _, _, send) = next(&mut handle).await;
-        respond(send, 200, held_by("replica-b", 60));
-        let (method, path, body, send) = next(&mut handle).await;
+        let (_, _, send) = next(&mut handle).await;
+        respond(send, 200, &held_by("replica-b", 60));
+        let (parts, body, send) = next(&mut handle).await;
+        let (method, path) = (parts.method, parts.uri.path().to_string());
         assert_eq!((method, path.as_str()), (Method::PUT, LEASE));
         assert_eq!(body["metadata"]["resourceVersion"], "7");
         assert_eq!(body["spec"]["holderIdentity"], "replica-a");
         assert_eq!(body["spec"]["leaseTransitions"], 2);
         if answer == 200 {
-            respond(send, 200, body);
+            respond(send, 200, &body);
         } else {
-            respond(send, 409, status(409, "Conflict"));
+            respond(send, 409, &status(409, "Conflict"));
         }
         assert_eq!(attempt.await.unwrap().unwrap(), won);
     }

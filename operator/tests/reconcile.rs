@@ -4,24 +4,23 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+mod common;
+
 use aoai_e2e::ca::{fixture_key_pem, self_signed_client_cert};
 use aoai_operator::annotations;
 use aoai_operator::controller::{self, Context, Error};
 use aoai_operator::crd::{AzureOpenAIProxy, config_hash};
 use aoai_operator::metrics::Metrics;
 use aoai_operator::status::Options;
-use http::{Method, Request, Response};
+use common::{ApiHandle, api_server, expect_no_request, next, respond};
+use http::Method;
 use k8s_openapi::api::core::v1::{Pod, Secret};
 use k8s_openapi::jiff::Timestamp;
-use kube::client::Body;
 use kube::runtime::controller::Action;
 use kube::runtime::reflector::{self, Store};
 use kube::runtime::watcher;
 use kube::{Client, Resource};
 use serde_json::{Value, json};
-use tower_test::mock::{self, Handle, SendResponse};
-
-type ApiHandle = Handle<Request<Body>, Response<Body>>;
 
 const PROXY_PATH: &str = "/apis/aoai-proxy.io/v1alpha1/namespaces/ns/azureopenaiproxies/p";
 const EVENTS_PATH: &str = "/apis/events.k8s.io/v1/namespaces/ns/events";
@@ -94,39 +93,6 @@ fn base64(text: &str) -> String {
     base64::engine::general_purpose::STANDARD.encode(text)
 }
 
-/// The next request the controller sends, with its JSON body.
-async fn next(
-    handle: &mut ApiHandle,
-) -> (http::request::Parts, Value, SendResponse<Response<Body>>) {
-    let (request, send) = tokio::time::timeout(Duration::from_secs(5), handle.next_request())
-        .await
-        .expect("the controller sent a request in time")
-        .expect("the client is alive");
-    let (parts, body) = request.into_parts();
-    assert!(
-        aoai_operator::rbac::allows(&parts.method, &parts.uri),
-        "the chart's RBAC does not allow {} {}",
-        parts.method,
-        parts.uri
-    );
-    let bytes = body.collect_bytes().await.unwrap();
-    let value = if bytes.is_empty() {
-        Value::Null
-    } else {
-        serde_json::from_slice(&bytes).unwrap()
-    };
-    (parts, value, send)
-}
-
-fn respond(send: SendResponse<Response<Body>>, status: u16, body: &Value) {
-    send.send_response(
-        Response::builder()
-            .status(status)
-            .body(Body::from(serde_json::to_vec(body).unwrap()))
-            .unwrap(),
-    );
-}
-
 /// Expects the status apply; answers with the object carrying that status. Returns the status.
 async fn expect_status_apply(handle: &mut ApiHandle, spec: &Value) -> Value {
     let (parts, body, send) = next(handle).await;
@@ -162,16 +128,6 @@ async fn expect_event(handle: &mut ApiHandle, reason: &str, type_: &str) -> Stri
     body["note"].as_str().unwrap_or_default().to_string()
 }
 
-async fn expect_no_request(handle: &mut ApiHandle) {
-    let more = tokio::time::timeout(Duration::from_millis(200), handle.next_request()).await;
-    // Ok(None): the client is gone, so nothing more can come.
-    assert!(
-        !matches!(more, Ok(Some(_))),
-        "unexpected request: {:?}",
-        more.unwrap().map(|(r, _)| r.uri().clone())
-    );
-}
-
 fn condition<'a>(status: &'a Value, type_: &str) -> &'a Value {
     status["conditions"]
         .as_array()
@@ -183,8 +139,8 @@ fn condition<'a>(status: &'a Value, type_: &str) -> &'a Value {
 
 #[tokio::test]
 async fn a_valid_certificate_gets_ready_status_and_one_event_then_no_more_writes() {
-    let (service, mut handle) = mock::pair::<Request<Body>, Response<Body>>();
-    let ctx = context(Client::new(service, "default"), vec![tls_secret()], vec![]);
+    let (client, mut handle) = api_server();
+    let ctx = context(client, vec![tls_secret()], vec![]);
     let spec = certificate_spec();
 
     let run = tokio::spawn(controller::reconcile(
@@ -228,8 +184,8 @@ async fn a_valid_certificate_gets_ready_status_and_one_event_then_no_more_writes
 
 #[tokio::test]
 async fn a_missing_secret_is_credentials_invalid_with_a_warning() {
-    let (service, mut handle) = mock::pair::<Request<Body>, Response<Body>>();
-    let ctx = context(Client::new(service, "default"), vec![], vec![]);
+    let (client, mut handle) = api_server();
+    let ctx = context(client, vec![], vec![]);
     let spec = certificate_spec();
     let run = tokio::spawn(controller::reconcile(Arc::new(proxy(spec.clone())), ctx));
     let status = expect_status_apply(&mut handle, &spec).await;
@@ -258,7 +214,7 @@ fn pod(name: &str, hash: &str, owner_kind: &str, owner: &str) -> Pod {
 
 #[tokio::test]
 async fn rollout_restart_restarts_each_stale_workload_once() {
-    let (service, mut handle) = mock::pair::<Request<Body>, Response<Body>>();
+    let (client, mut handle) = api_server();
     let spec = json!({
         "endpoint": "https://r.openai.azure.com",
         "credential": {"managedIdentity": {}},
@@ -278,7 +234,7 @@ async fn rollout_restart_restarts_each_stale_workload_once() {
             other
         },
     ];
-    let ctx = context(Client::new(service, "default"), vec![], pods);
+    let ctx = context(client, vec![], pods);
     let run = tokio::spawn(controller::reconcile(
         Arc::new(proxy(spec.clone())),
         ctx.clone(),
@@ -350,8 +306,8 @@ async fn rollout_restart_restarts_each_stale_workload_once() {
 
 #[tokio::test]
 async fn a_failed_status_apply_is_an_error_retried_with_backoff() {
-    let (service, mut handle) = mock::pair::<Request<Body>, Response<Body>>();
-    let ctx = context(Client::new(service, "default"), vec![], vec![]);
+    let (client, mut handle) = api_server();
+    let ctx = context(client, vec![], vec![]);
     let spec = json!({"endpoint": "https://r", "credential": {"managedIdentity": {}}});
     let object = Arc::new(proxy(spec));
     let run = tokio::spawn(controller::reconcile(object.clone(), ctx.clone()));

@@ -4,6 +4,7 @@
 use std::process::ExitCode;
 
 use aoai_proxy::config::{Config, ENV_VARS};
+use aoai_proxy::server::shutdown_signal;
 use aoai_proxy::{Proxy, logging};
 use clap::Parser;
 
@@ -81,16 +82,6 @@ fn main() -> ExitCode {
             }
         }
     })
-}
-
-/// Resolves on SIGTERM (Kubernetes) or SIGINT (Ctrl-C).
-async fn shutdown_signal() {
-    use tokio::signal::unix::{SignalKind, signal};
-    let mut terminate = signal(SignalKind::terminate()).expect("install SIGTERM handler");
-    tokio::select! {
-        _ = terminate.recv() => tracing::info!("SIGTERM received"),
-        _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT received"),
-    }
 }
 
 /// Polls `GET /health` on the local admin port with a bare HTTP/1.0 request (no runtime needed).

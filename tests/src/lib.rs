@@ -7,6 +7,7 @@ pub mod ca;
 pub mod client;
 pub mod control_plane;
 pub mod entra;
+pub mod generated;
 pub mod managed_identity;
 pub mod openai;
 pub mod server;
