@@ -685,3 +685,33 @@ async fn a_burst_of_a_thousand_admissions_all_answer_and_a_huge_body_is_refused(
     let (status, _) = connection.post("/mutate", review.to_vec()).await;
     assert_eq!(status, StatusCode::OK);
 }
+
+/// Inputs the fuzzer found (fuzz/seeds/admission_review/regression-*) are answered, never a panic.
+#[tokio::test]
+async fn fuzz_regressions_are_answered() {
+    let server = start(proxies()).await;
+    let seeds = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../fuzz/seeds/admission_review");
+    let mut found = 0;
+    for entry in std::fs::read_dir(seeds).unwrap() {
+        let path = entry.unwrap().path();
+        if !path
+            .file_name()
+            .unwrap()
+            .to_string_lossy()
+            .starts_with("regression-")
+        {
+            continue;
+        }
+        found += 1;
+        let mut connection = Connection::open(&server).await;
+        let (status, _) = connection
+            .post("/mutate", std::fs::read(&path).unwrap())
+            .await;
+        assert!(
+            status == StatusCode::OK || status == StatusCode::BAD_REQUEST,
+            "{}: {status}",
+            path.display()
+        );
+    }
+    assert!(found > 0);
+}
