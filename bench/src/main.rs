@@ -2,7 +2,8 @@
 //! the webhook's `/mutate`. Run it through `scripts/bench`, which installs wrk and nginx and builds
 //! in release mode. Everything it starts, it stops; nothing leaves 127.0.0.1.
 //!
-//! `aoai-bench [--duration 10] [--concurrency 1,16,64]` runs the whole suite;
+//! `aoai-bench [--duration 10] [--concurrency 1,16,64] [--http-only]` runs the whole suite (or
+//! only the requests/s table);
 //! `aoai-bench upstream` runs only the mock upstream (the suite starts it as its own process).
 
 mod upstream;
@@ -275,6 +276,8 @@ mod webhook_bench;
 struct Options {
     duration: u64,
     concurrency: Vec<usize>,
+    /// Only the requests/s table (skips SSE, memory and webhook figures).
+    http_only: bool,
 }
 
 fn options() -> Options {
@@ -292,6 +295,7 @@ fn options() -> Options {
         concurrency: value("--concurrency")
             .map(|c| c.split(',').filter_map(|n| n.parse().ok()).collect())
             .unwrap_or_else(|| vec![1, 16, 64]),
+        http_only: args.iter().any(|a| a == "--http-only"),
     }
 }
 
@@ -492,6 +496,10 @@ async fn run(options: Options) {
         }
     }
 
+    if options.http_only {
+        let _ = std::fs::remove_dir_all(&scratch);
+        return;
+    }
     println!();
     println!("SSE, 20 chunks 5 ms apart (median of 30 streams, ms from request sent):");
     println!();
