@@ -51,14 +51,19 @@ impl TestCa {
         &self.root
     }
 
-    /// A server certificate for 127.0.0.1 and localhost, with its key.
-    pub fn server_cert(&self) -> (Vec<CertificateDer<'static>>, PrivateKeyDer<'static>) {
+    fn issue_server_cert(&self) -> (rcgen::Certificate, KeyPair) {
         let key = KeyPair::generate().expect("generate server key");
         let params = CertificateParams::new(vec!["127.0.0.1".to_string(), "localhost".to_string()])
             .expect("server params");
         let cert = params
             .signed_by(&key, &self.issuer)
             .expect("sign server cert");
+        (cert, key)
+    }
+
+    /// A server certificate for 127.0.0.1 and localhost, with its key.
+    pub fn server_cert(&self) -> (Vec<CertificateDer<'static>>, PrivateKeyDer<'static>) {
+        let (cert, key) = self.issue_server_cert();
         (
             vec![cert.der().clone()],
             PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.serialize_der())),
@@ -67,12 +72,7 @@ impl TestCa {
 
     /// A server certificate for 127.0.0.1 and localhost as PEM: (certificate, PKCS#8 key).
     pub fn server_cert_pem(&self) -> (String, String) {
-        let key = KeyPair::generate().expect("generate server key");
-        let params = CertificateParams::new(vec!["127.0.0.1".to_string(), "localhost".to_string()])
-            .expect("server params");
-        let cert = params
-            .signed_by(&key, &self.issuer)
-            .expect("sign server cert");
+        let (cert, key) = self.issue_server_cert();
         (cert.pem(), key.serialize_pem())
     }
 
