@@ -454,7 +454,9 @@ async fn run(options: Options) {
     );
     println!("|---|---|---|---|---|---|---|---|---|---|");
     for &concurrency in &options.concurrency {
-        let mut results: Vec<(&str, WrkResult, Option<(f64, f64)>)> = Vec::new();
+        // (target, wrk figures, (peak RSS MiB, CPU s) of the server process)
+        type Row<'a> = (&'a str, WrkResult, Option<(f64, f64)>);
+        let mut results: Vec<Row> = Vec::new();
         for target in &targets {
             let before = target.pid.map(proc_stats);
             let result = wrk(
