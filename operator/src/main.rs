@@ -122,12 +122,14 @@ struct RunArgs {
         default_value = "self-managed"
     )]
     webhook_cert_mode: CertMode,
+    /// Certificate file of the webhook (chain first) in `files` mode.
     #[arg(
         long,
         env = "AOAI_OPERATOR_WEBHOOK_CERT_FILE",
         default_value = "/etc/aoai-operator/tls/tls.crt"
     )]
     webhook_cert_file: std::path::PathBuf,
+    /// Private key file of the webhook in `files` mode.
     #[arg(
         long,
         env = "AOAI_OPERATOR_WEBHOOK_KEY_FILE",
