@@ -15,6 +15,7 @@ use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 
 use crate::metrics::{InFlight, Metrics, UpstreamError};
+use crate::upstream::PooledBody;
 
 /// Why a request body could not be forwarded.
 #[derive(Debug, thiserror::Error)]
@@ -86,7 +87,7 @@ impl Drop for RequestBody {
 
 /// The upstream's response body on its way to the caller.
 pub struct UpstreamBody {
-    inner: Incoming,
+    inner: PooledBody<RequestBody>,
     seen: u64,
     metrics: Arc<Metrics>,
     /// Keeps the request counted as in flight until the stream ends.
@@ -102,7 +103,11 @@ pub enum ResponseBody {
 }
 
 impl ResponseBody {
-    pub fn upstream(inner: Incoming, metrics: Arc<Metrics>, in_flight: InFlight) -> Self {
+    pub fn upstream(
+        inner: PooledBody<RequestBody>,
+        metrics: Arc<Metrics>,
+        in_flight: InFlight,
+    ) -> Self {
         ResponseBody::Upstream(UpstreamBody {
             inner,
             seen: 0,

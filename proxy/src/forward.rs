@@ -8,7 +8,6 @@ use std::time::{Duration, Instant};
 use http::header::CONTENT_LENGTH;
 use http::{Method, Request, Response, StatusCode, Version};
 use hyper::body::Incoming;
-use hyper_util::client::legacy::Client;
 
 use crate::body::{RequestBody, RequestBodyError, ResponseBody};
 use crate::config::Upstream;
@@ -19,12 +18,12 @@ use crate::inbound_auth::{Decision, InboundAuth};
 use crate::metrics::{InFlight, Metrics, UpstreamError};
 use crate::token::TokenSource;
 use crate::units::format_duration;
-use crate::upstream::Connector;
+use crate::upstream::{RequestError, UpstreamClient};
 
 /// Everything a request needs, shared by all connections.
 pub struct Forwarder {
     pub upstream: Upstream,
-    pub client: Client<Connector, RequestBody>,
+    pub client: UpstreamClient<RequestBody>,
     pub token: Arc<TokenSource>,
     pub auth: Option<Arc<InboundAuth>>,
     pub metrics: Arc<Metrics>,
@@ -126,8 +125,7 @@ impl Forwarder {
         let upstream_request = Request::from_parts(parts, body);
 
         let result =
-            tokio::time::timeout(self.upstream_timeout, self.client.request(upstream_request))
-                .await;
+            tokio::time::timeout(self.upstream_timeout, self.client.send(upstream_request)).await;
         let response = match result {
             Ok(Ok(response)) => response,
             Ok(Err(error)) => {
@@ -159,7 +157,7 @@ impl Forwarder {
         (Response::from_parts(parts, body), Some(original_uri))
     }
 
-    fn upstream_failure(&self, error: &hyper_util::client::legacy::Error) -> ProxyError {
+    fn upstream_failure(&self, error: &RequestError) -> ProxyError {
         if let Some(limit) = find_cause::<RequestBodyError>(error).and_then(|e| match e {
             RequestBodyError::TooLarge { limit } => Some(*limit),
             RequestBodyError::Client(_) => None,
@@ -167,7 +165,7 @@ impl Forwarder {
             return ProxyError::BodyTooLarge { limit };
         }
         let reason = error_chain(error);
-        if error.is_connect() {
+        if let RequestError::Connect(_) = error {
             let timed_out = find_cause::<std::io::Error>(error)
                 .is_some_and(|e| e.kind() == std::io::ErrorKind::TimedOut);
             if timed_out {

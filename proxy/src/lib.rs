@@ -104,7 +104,11 @@ impl Proxy {
         };
         let forwarder = Arc::new(Forwarder {
             upstream: config.upstream.clone(),
-            client: upstream::client(connector.clone(), config.limits.pool_idle_timeout),
+            client: upstream::UpstreamClient::new(
+                connector.clone(),
+                &config.upstream,
+                config.limits.pool_idle_timeout,
+            ),
             token: token.clone(),
             auth,
             metrics: metrics.clone(),

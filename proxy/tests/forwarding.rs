@@ -499,10 +499,27 @@ async fn https_upstream_trusted_through_ssl_cert_file_speaks_http2() {
         .await;
         assert_eq!(answer.status, StatusCode::OK, "{}", answer.text());
     }
+    // Concurrent requests share the one HTTP/2 connection.
+    let concurrent: Vec<_> = (0..8)
+        .map(|_| {
+            let url = format!("{}/openai/models", proxy.url);
+            tokio::spawn(async move { get(&url, &[]).await.status })
+        })
+        .collect();
+    for request in concurrent {
+        assert_eq!(request.await.unwrap(), StatusCode::OK);
+    }
     let received = upstream.requests();
     assert!(
         received.iter().all(|r| r.version == Version::HTTP_2),
         "ALPN did not pick h2"
+    );
+    let peers: std::collections::HashSet<_> = received.iter().map(|r| r.peer).collect();
+    assert_eq!(
+        peers.len(),
+        1,
+        "11 requests over {} HTTP/2 connections",
+        peers.len()
     );
     assert_eq!(
         received[0].headers["authorization"],
