@@ -2,8 +2,8 @@
 //! the webhook's `/mutate`. Run it through `scripts/bench`, which installs wrk and nginx and builds
 //! in release mode. Everything it starts, it stops; nothing leaves 127.0.0.1.
 //!
-//! `aoai-bench [--duration 10] [--concurrency 1,16,64] [--http-only]` runs the whole suite (or
-//! only the requests/s table);
+//! `aoai-bench [--duration 5] [--rounds 3] [--concurrency 1,16,64] [--http-only]
+//! [--no-access-log] [--proxy PATH]` runs the whole suite (or only the requests/s table);
 //! `aoai-bench upstream` runs only the mock upstream (the suite starts it as its own process).
 
 mod upstream;
@@ -98,6 +98,42 @@ struct WrkResult {
     rps: f64,
     p50_us: f64,
     p99_us: f64,
+}
+
+/// Every run of one target at one concurrency.
+#[derive(Default)]
+struct TargetRuns {
+    results: Vec<WrkResult>,
+    requests: f64,
+    cpu_s: f64,
+    peak_rss: f64,
+}
+
+/// One line of the table: medians over the rounds, CPU per request over all of them.
+struct Row {
+    rps: f64,
+    p50_us: f64,
+    p99_us: f64,
+    cpu_us_per_request: Option<f64>,
+    peak_rss: Option<f64>,
+}
+
+impl TargetRuns {
+    fn row(&self) -> Row {
+        let pick = |f: fn(&WrkResult) -> f64| {
+            let mut values: Vec<f64> = self.results.iter().map(f).collect();
+            median(&mut values)
+        };
+        let measured = self.peak_rss > 0.0;
+        Row {
+            rps: pick(|r| r.rps),
+            p50_us: pick(|r| r.p50_us),
+            p99_us: pick(|r| r.p99_us),
+            cpu_us_per_request: (measured && self.requests > 0.0)
+                .then(|| self.cpu_s * 1e6 / self.requests),
+            peak_rss: measured.then_some(self.peak_rss),
+        }
+    }
 }
 
 fn parse_latency(text: &str) -> Option<f64> {
@@ -223,7 +259,7 @@ async fn memory_with_open_streams(url: &str, pid: u32, streams: usize) -> (f64, 
     (rss, completed)
 }
 
-fn nginx_config(dir: &Path, port: u16, upstream: u16) -> PathBuf {
+fn nginx_config(dir: &Path, port: u16, upstream: u16, access_log: bool) -> PathBuf {
     let config = format!(
         r#"# One process (no master) so that its CPU time and memory are those measured.
 master_process off;
@@ -232,7 +268,7 @@ pid {dir}/nginx.pid;
 error_log {dir}/error.log warn;
 events {{ worker_connections 4096; }}
 http {{
-    access_log off;
+    {access_log}
     upstream backend {{ server 127.0.0.1:{upstream}; keepalive 128; }}
     server {{
         listen 127.0.0.1:{port};
@@ -250,7 +286,12 @@ http {{
     }}
 }}
 "#,
-        dir = dir.display()
+        dir = dir.display(),
+        access_log = if access_log {
+            format!("access_log {}/access.log;", dir.display())
+        } else {
+            "access_log off;".to_string()
+        }
     );
     let path = dir.join("nginx.conf");
     std::fs::write(&path, config).unwrap();
@@ -274,10 +315,19 @@ async fn wait_for(url: &str) {
 mod webhook_bench;
 
 struct Options {
+    /// Seconds per wrk run.
     duration: u64,
+    /// Runs per target and concurrency, interleaved (direct, aoai-proxy, nginx, direct, ...) so
+    /// that a noisy neighbour slows every target alike; the tables give medians.
+    rounds: usize,
     concurrency: Vec<usize>,
     /// Only the requests/s table (skips SSE, memory and webhook figures).
     http_only: bool,
+    /// Both servers without their per-request log line (aoai-proxy at warn, nginx `access_log
+    /// off`); by default both write one line per request, as they do when deployed.
+    no_access_log: bool,
+    /// The aoai-proxy binary to measure (default: the one beside aoai-bench).
+    proxy: Option<PathBuf>,
 }
 
 fn options() -> Options {
@@ -291,11 +341,17 @@ fn options() -> Options {
     Options {
         duration: value("--duration")
             .and_then(|d| d.parse().ok())
-            .unwrap_or(10),
+            .unwrap_or(5),
+        rounds: value("--rounds")
+            .and_then(|r| r.parse().ok())
+            .unwrap_or(3)
+            .max(1),
         concurrency: value("--concurrency")
             .map(|c| c.split(',').filter_map(|n| n.parse().ok()).collect())
             .unwrap_or_else(|| vec![1, 16, 64]),
         http_only: args.iter().any(|a| a == "--http-only"),
+        no_access_log: args.iter().any(|a| a == "--no-access-log"),
+        proxy: value("--proxy").map(PathBuf::from),
     }
 }
 
@@ -363,7 +419,11 @@ async fn run(options: Options) {
     .await;
     let proxy_port = free_port();
     let admin_port = free_port();
-    let proxy_child = pinned(server_core, &bin_dir.join("aoai-proxy"))
+    let proxy_binary = options
+        .proxy
+        .clone()
+        .unwrap_or_else(|| bin_dir.join("aoai-proxy"));
+    let proxy_child = pinned(server_core, &proxy_binary)
         .env_clear()
         .envs([
             ("API_BASE_URL", upstream_url.clone()),
@@ -384,9 +444,9 @@ async fn run(options: Options) {
             ("SSL_CERT_FILE", ca.root_pem_path().display().to_string()),
         ])
         .envs(
-            std::env::var("AOAI_PROXY_LOG_LEVEL")
-                .ok()
-                .map(|l| ("AOAI_PROXY_LOG_LEVEL", l)),
+            options
+                .no_access_log
+                .then(|| ("AOAI_PROXY_LOG_LEVEL", "warn".to_string())),
         )
         .stdout(Stdio::null())
         .stderr(Stdio::null())
@@ -400,7 +460,12 @@ async fn run(options: Options) {
 
     let nginx = which("nginx").map(|nginx| {
         let port = free_port();
-        let config = nginx_config(&scratch, port, port_line.trim().parse().unwrap());
+        let config = nginx_config(
+            &scratch,
+            port,
+            port_line.trim().parse().unwrap(),
+            !options.no_access_log,
+        );
         let child = pinned(server_core, &nginx)
             .args(["-e", &scratch.join("error.log").display().to_string(), "-c"])
             .arg(&config)
@@ -445,55 +510,76 @@ async fn run(options: Options) {
     .unwrap();
 
     println!(
-        "aoai-bench: {cores} cores; load generator and mock upstream on core {client_core:?}, server under test on core {server_core:?}; wrk -t1, {} s per run; POST {PATH}, ~1 KB JSON answer",
-        options.duration
+        "aoai-bench: {cores} cores; load generator and mock upstream on core {client_core:?}, server under test on core {server_core:?}; wrk -t1; {} rounds of {} s per target and concurrency, interleaved; medians; POST {PATH}, ~1 KB JSON answer; access logs {}",
+        options.rounds,
+        options.duration,
+        if options.no_access_log {
+            "off"
+        } else {
+            "on (one line per request)"
+        },
     );
     println!();
     println!(
-        "| target | concurrency | requests/s | p50 µs | p99 µs | added p50 µs | added p99 µs | rps vs nginx | peak RSS MiB | CPU s |"
+        "| target | concurrency | requests/s | p50 µs | p99 µs | added p50 µs | added p99 µs | rps vs nginx | CPU µs per request | peak RSS MiB |"
     );
     println!("|---|---|---|---|---|---|---|---|---|---|");
     for &concurrency in &options.concurrency {
-        // (target, wrk figures, (peak RSS MiB, CPU s) of the server process)
-        type Row<'a> = (&'a str, WrkResult, Option<(f64, f64)>);
-        let mut results: Vec<Row> = Vec::new();
-        for target in &targets {
-            let before = target.pid.map(proc_stats);
-            let result = wrk(
-                &target.url,
-                concurrency,
-                options.duration,
-                client_core,
-                &script,
-            );
-            let usage = target.pid.zip(before).map(|(pid, (_, _, cpu_before))| {
-                let (_, hwm, cpu_after) = proc_stats(pid);
-                (hwm, cpu_after - cpu_before)
-            });
-            results.push((target.name, result, usage));
+        let mut runs: Vec<TargetRuns> = targets.iter().map(|_| TargetRuns::default()).collect();
+        for round in 0..options.rounds {
+            // Alternate which server goes first, so that neither always follows the direct run.
+            let mut order: Vec<usize> = (1..targets.len()).collect();
+            if round % 2 == 1 {
+                order.reverse();
+            }
+            for index in std::iter::once(0).chain(order) {
+                let target = &targets[index];
+                let before = target.pid.map(proc_stats);
+                let result = wrk(
+                    &target.url,
+                    concurrency,
+                    options.duration,
+                    client_core,
+                    &script,
+                );
+                if let Some((pid, (_, _, cpu_before))) = target.pid.zip(before) {
+                    let (_, hwm, cpu_after) = proc_stats(pid);
+                    runs[index].cpu_s += cpu_after - cpu_before;
+                    runs[index].peak_rss = hwm;
+                }
+                runs[index].requests += result.rps * options.duration as f64;
+                runs[index].results.push(result);
+            }
         }
-        let direct = results[0].1.clone();
-        let nginx_rps = results.iter().find(|r| r.0 == "nginx").map(|r| r.1.rps);
-        for (name, result, usage) in &results {
+        let rows: Vec<Row> = runs.iter().map(TargetRuns::row).collect();
+        let direct = &rows[0];
+        let nginx_rps = targets
+            .iter()
+            .position(|t| t.name == "nginx")
+            .map(|i| rows[i].rps);
+        for (target, row) in targets.iter().zip(&rows) {
+            let is_direct = target.pid.is_none();
             let added = |value: f64, base: f64| {
-                if *name == "direct" {
+                if is_direct {
                     "—".to_string()
                 } else {
                     format!("{:.0}", value - base)
                 }
             };
             println!(
-                "| {name} | {concurrency} | {:.0} | {:.0} | {:.0} | {} | {} | {} | {} | {} |",
-                result.rps,
-                result.p50_us,
-                result.p99_us,
-                added(result.p50_us, direct.p50_us),
-                added(result.p99_us, direct.p99_us),
+                "| {} | {concurrency} | {:.0} | {:.0} | {:.0} | {} | {} | {} | {} | {} |",
+                target.name,
+                row.rps,
+                row.p50_us,
+                row.p99_us,
+                added(row.p50_us, direct.p50_us),
+                added(row.p99_us, direct.p99_us),
                 nginx_rps
-                    .filter(|_| *name != "direct")
-                    .map_or("—".into(), |n| format!("{:.2}", result.rps / n)),
-                usage.map_or("—".into(), |u| format!("{:.1}", u.0)),
-                usage.map_or("—".into(), |u| format!("{:.1}", u.1)),
+                    .filter(|_| !is_direct)
+                    .map_or("—".into(), |n| format!("{:.2}", row.rps / n)),
+                row.cpu_us_per_request
+                    .map_or("—".into(), |c| format!("{c:.1}")),
+                row.peak_rss.map_or("—".into(), |r| format!("{r:.1}")),
             );
         }
     }

@@ -8,6 +8,7 @@
 //! [`client`] (hyper-util's pooled client) serves the identity calls, which go to several hosts.
 
 use std::error::Error as StdError;
+use std::future::Future;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex, Weak};
 use std::task::{Context, Poll, ready};
@@ -190,7 +191,15 @@ where
         Ok((self.connect().await?, false))
     }
 
-    async fn connect(self: &Arc<Self>) -> Result<Sender<B>, RequestError> {
+    /// Boxed: the connect future (TCP, TLS, handshake) is several kilobytes, and every request's
+    /// future would otherwise carry, and move, that much.
+    fn connect(
+        self: &Arc<Self>,
+    ) -> Pin<Box<dyn Future<Output = Result<Sender<B>, RequestError>> + Send + '_>> {
+        Box::pin(self.connect_new())
+    }
+
+    async fn connect_new(self: &Arc<Self>) -> Result<Sender<B>, RequestError> {
         let mut connector = self.connector.clone();
         std::future::poll_fn(|cx| connector.poll_ready(cx))
             .await
