@@ -4,7 +4,8 @@
 //!
 //! `aoai-bench [--duration 5] [--rounds 3] [--concurrency 1,16,64] [--http-only]
 //! [--no-access-log] [--proxy PATH]` runs the whole suite (or only the requests/s table);
-//! `aoai-bench upstream` runs only the mock upstream (the suite starts it as its own process).
+//! `aoai-bench upstream` runs only the mock upstream (the suite starts it as its own process);
+//! `aoai-bench webhook` runs only the webhook figures.
 
 mod upstream;
 
@@ -366,6 +367,10 @@ fn main() {
             println!("{}", listener.local_addr().unwrap().port());
             upstream::serve(listener).await;
         });
+        return;
+    }
+    if std::env::args().nth(1).as_deref() == Some("webhook") {
+        runtime.block_on(webhook_bench::run(None));
         return;
     }
     runtime.block_on(run(options()));
