@@ -2,8 +2,9 @@
 //! the webhook's `/mutate`. Run it through `scripts/bench`, which installs wrk and nginx and builds
 //! in release mode. Everything it starts, it stops; nothing leaves 127.0.0.1.
 //!
-//! `aoai-bench [--duration 5] [--rounds 3] [--concurrency 1,16,64] [--http-only]
-//! [--no-access-log] [--proxy PATH]` runs the whole suite (or only the requests/s table);
+//! `aoai-bench [--duration 5] [--rounds 5] [--concurrency 1,16,64] [--http-only]
+//! [--no-access-log] [--proxy PATH] [--instructions]` runs the whole suite (or only the requests/s
+//! table);
 //! `aoai-bench upstream` runs only the mock upstream (the suite starts it as its own process);
 //! `aoai-bench webhook` runs only the webhook figures.
 
@@ -97,6 +98,8 @@ struct Target {
 #[derive(Default, Clone)]
 struct WrkResult {
     rps: f64,
+    /// Requests completed in the run.
+    requests: f64,
     p50_us: f64,
     p99_us: f64,
 }
@@ -106,6 +109,8 @@ struct WrkResult {
 struct TargetRuns {
     results: Vec<WrkResult>,
     requests: f64,
+    /// User-space instructions counted by callgrind during the runs (`--instructions`).
+    instructions: f64,
     cpu_s: f64,
     peak_rss: f64,
 }
@@ -177,6 +182,7 @@ fn wrk(
         let words: Vec<&str> = line.split_whitespace().collect();
         match words.as_slice() {
             ["Requests/sec:", rps] => result.rps = rps.parse().unwrap_or(0.0),
+            [count, "requests", "in", ..] => result.requests = count.parse().unwrap_or(0.0),
             ["50%", value] => result.p50_us = parse_latency(value).unwrap_or(0.0),
             ["99%", value] => result.p99_us = parse_latency(value).unwrap_or(0.0),
             _ => {}
@@ -329,6 +335,10 @@ struct Options {
     no_access_log: bool,
     /// The aoai-proxy binary to measure (default: the one beside aoai-bench).
     proxy: Option<PathBuf>,
+    /// Runs aoai-proxy and nginx under `valgrind --tool=callgrind` and reports the user-space
+    /// instructions each executes per request: a figure that, unlike time, does not depend on
+    /// what else the machine is doing. Implies `--http-only`.
+    instructions: bool,
 }
 
 fn options() -> Options {
@@ -345,12 +355,15 @@ fn options() -> Options {
             .unwrap_or(5),
         rounds: value("--rounds")
             .and_then(|r| r.parse().ok())
-            .unwrap_or(3)
+            .unwrap_or(5)
             .max(1),
         concurrency: value("--concurrency")
             .map(|c| c.split(',').filter_map(|n| n.parse().ok()).collect())
             .unwrap_or_else(|| vec![1, 16, 64]),
-        http_only: args.iter().any(|a| a == "--http-only"),
+        http_only: args
+            .iter()
+            .any(|a| a == "--http-only" || a == "--instructions"),
+        instructions: args.iter().any(|a| a == "--instructions"),
         no_access_log: args.iter().any(|a| a == "--no-access-log"),
         proxy: value("--proxy").map(PathBuf::from),
     }
@@ -428,7 +441,12 @@ async fn run(options: Options) {
         .proxy
         .clone()
         .unwrap_or_else(|| bin_dir.join("aoai-proxy"));
-    let proxy_child = pinned(server_core, &proxy_binary)
+    let callgrind_out = |name: &str| {
+        options
+            .instructions
+            .then(|| scratch.join(format!("callgrind.{name}")))
+    };
+    let proxy_child = server_command(server_core, &proxy_binary, callgrind_out("aoai-proxy"))
         .env_clear()
         .envs([
             ("API_BASE_URL", upstream_url.clone()),
@@ -471,7 +489,9 @@ async fn run(options: Options) {
             port_line.trim().parse().unwrap(),
             !options.no_access_log,
         );
-        let child = pinned(server_core, &nginx)
+        let child = server_command(server_core, &nginx, callgrind_out("nginx"))
+            .env_clear()
+            .env("HOST", "127.0.0.1")
             .args(["-e", &scratch.join("error.log").display().to_string(), "-c"])
             .arg(&config)
             .args(["-g", "daemon off;"])
@@ -529,6 +549,7 @@ async fn run(options: Options) {
         "| target | concurrency | requests/s | p50 µs | p99 µs | added p50 µs | added p99 µs | rps vs nginx | CPU µs per request | peak RSS MiB |"
     );
     println!("|---|---|---|---|---|---|---|---|---|---|");
+    let mut instruction_rows = Vec::new();
     for &concurrency in &options.concurrency {
         let mut runs: Vec<TargetRuns> = targets.iter().map(|_| TargetRuns::default()).collect();
         for round in 0..options.rounds {
@@ -540,6 +561,9 @@ async fn run(options: Options) {
             for index in std::iter::once(0).chain(order) {
                 let target = &targets[index];
                 let before = target.pid.map(proc_stats);
+                if let (true, Some(pid)) = (options.instructions, target.pid) {
+                    callgrind_control("-z", pid);
+                }
                 let result = wrk(
                     &target.url,
                     concurrency,
@@ -552,7 +576,12 @@ async fn run(options: Options) {
                     runs[index].cpu_s += cpu_after - cpu_before;
                     runs[index].peak_rss = hwm;
                 }
-                runs[index].requests += result.rps * options.duration as f64;
+                if let (true, Some(pid)) = (options.instructions, target.pid) {
+                    callgrind_control("-d", pid);
+                    runs[index].instructions +=
+                        last_dump_instructions(&scratch, target.name).unwrap_or(f64::NAN);
+                }
+                runs[index].requests += result.requests;
                 runs[index].results.push(result);
             }
         }
@@ -562,6 +591,15 @@ async fn run(options: Options) {
             .iter()
             .position(|t| t.name == "nginx")
             .map(|i| rows[i].rps);
+        if options.instructions {
+            instruction_rows.extend(
+                targets
+                    .iter()
+                    .zip(&runs)
+                    .filter(|(t, _)| t.pid.is_some())
+                    .map(|(t, r)| (t.name, concurrency, r.requests, r.instructions / r.requests)),
+            );
+        }
         for (target, row) in targets.iter().zip(&rows) {
             let is_direct = target.pid.is_none();
             let added = |value: f64, base: f64| {
@@ -589,6 +627,16 @@ async fn run(options: Options) {
         }
     }
 
+    if options.instructions {
+        println!();
+        println!("User-space instructions per request (valgrind --tool=callgrind):");
+        println!();
+        println!("| target | concurrency | requests | instructions per request |");
+        println!("|---|---|---|---|");
+        for (name, concurrency, requests, per_request) in instruction_rows {
+            println!("| {name} | {concurrency} | {requests:.0} | {per_request:.0} |");
+        }
+    }
     if options.http_only {
         let _ = std::fs::remove_dir_all(&scratch);
         return;
@@ -629,6 +677,55 @@ async fn run(options: Options) {
     println!();
     webhook_bench::run(client_core).await;
     let _ = std::fs::remove_dir_all(&scratch);
+}
+
+/// The server under test, on its core, under callgrind when `callgrind_out` is given.
+fn server_command(core: Option<usize>, program: &Path, callgrind_out: Option<PathBuf>) -> Command {
+    match callgrind_out {
+        None => pinned(core, program),
+        Some(out) => {
+            let mut command = pinned(core, Path::new("valgrind"));
+            command
+                .arg("--tool=callgrind")
+                .arg(format!("--callgrind-out-file={}", out.display()))
+                .arg(program);
+            command
+        }
+    }
+}
+
+/// Zeroes (`-z`) or dumps (`-d`) the counters of the callgrind process `pid`. callgrind names its
+/// control pipe after the process's USER and HOST variables: both servers run with HOST=127.0.0.1
+/// and no USER, and so does this.
+fn callgrind_control(action: &str, pid: u32) {
+    let status = Command::new("callgrind_control")
+        .arg(action)
+        .arg(pid.to_string())
+        .env_clear()
+        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+        .env("HOST", "127.0.0.1")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .expect("run callgrind_control (Debian package valgrind)");
+    assert!(status.success(), "callgrind_control {action} {pid} failed");
+}
+
+/// The instruction count of the newest `callgrind.NAME.N` dump in `dir`.
+fn last_dump_instructions(dir: &Path, name: &str) -> Option<f64> {
+    let prefix = format!("callgrind.{name}.");
+    let newest = std::fs::read_dir(dir)
+        .ok()?
+        .filter_map(|entry| {
+            let file = entry.ok()?.file_name().into_string().ok()?;
+            let number: u32 = file.strip_prefix(&prefix)?.parse().ok()?;
+            Some((number, file))
+        })
+        .max()?;
+    let text = std::fs::read_to_string(dir.join(newest.1)).ok()?;
+    text.lines()
+        .find_map(|line| line.strip_prefix("summary: "))
+        .and_then(|n| n.trim().parse().ok())
 }
 
 fn which(program: &str) -> Option<PathBuf> {

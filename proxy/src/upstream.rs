@@ -138,7 +138,7 @@ where
         let (sender, reused) = self.pool.checkout().await?;
         let mut outcome = self.pool.try_send(sender, request).await;
         if reused && let Err(SendFailure::Unsent(back, _)) = outcome {
-            request = back;
+            request = *back;
             *request.uri_mut() = uri;
             let sender = self.pool.connect().await?;
             outcome = self.pool.try_send(sender, request).await;
@@ -159,7 +159,7 @@ where
 
 enum SendFailure<B> {
     /// The connection closed before the request was written: it can go on another connection.
-    Unsent(Request<B>, hyper::Error),
+    Unsent(Box<Request<B>>, hyper::Error),
     Failed(hyper::Error),
 }
 
@@ -261,7 +261,7 @@ where
         match result {
             Ok(response) => Ok(response.map(|inner| PooledBody::new(inner, give_back))),
             Err(mut error) => match error.take_message() {
-                Some(request) => Err(SendFailure::Unsent(request, error.into_error())),
+                Some(request) => Err(SendFailure::Unsent(Box::new(request), error.into_error())),
                 None => Err(SendFailure::Failed(error.into_error())),
             },
         }
