@@ -150,11 +150,6 @@ where
             }
         }
     }
-
-    /// Idle HTTP/1.1 connections (for tests).
-    pub fn idle_connections(&self) -> usize {
-        self.pool.idle.lock().expect("pool lock").len()
-    }
 }
 
 enum SendFailure<B> {
