@@ -15,6 +15,7 @@ use crate::error::ProxyError;
 use crate::headers;
 use crate::health;
 use crate::inbound_auth::{Decision, InboundAuth};
+use crate::logging;
 use crate::metrics::{InFlight, Metrics, UpstreamError};
 use crate::token::TokenSource;
 use crate::units::format_duration;
@@ -44,14 +45,8 @@ impl Forwarder {
         let (response, path) = self.respond(request, client_ip, in_flight).await;
         let status = response.status().as_u16();
         self.metrics.record_request(&method, status, started);
-        tracing::info!(
-            target: "aoai_proxy::access",
-            method = %method,
-            path = %path.as_ref().map_or("", |u| u.path()),
-            status,
-            duration_ms = started.elapsed().as_secs_f64() * 1000.0,
-            "request"
-        );
+        let path = path.as_ref().map_or("", |u| u.path());
+        logging::access(&method, path, status, started.elapsed());
         response
     }
 
@@ -106,9 +101,8 @@ impl Forwarder {
             }
         }
 
-        let path_and_query = parts.uri.path_and_query().map_or("/", |pq| pq.as_str());
-        let target = match self.upstream.url_for(path_and_query) {
-            Ok(uri) => uri,
+        let target = match self.upstream.path_for(&parts.uri) {
+            Ok(path_and_query) => http::Uri::from(path_and_query),
             Err(_) => {
                 return (
                     ProxyError::BadRequest("the request target cannot be forwarded".into())

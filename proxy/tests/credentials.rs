@@ -252,13 +252,22 @@ async fn client_secret_inline_and_from_a_rotated_file() {
     proxy.wait_healthy(Duration::from_secs(15)).await;
     assert_eq!(chat(&proxy.url).await.status, StatusCode::OK);
     assert_eq!(world.entra.requests()[0].form["client_secret"], SECRET);
+    // The request line: method, path without its query, status, duration.
+    proxy
+        .wait_for_output(
+            " INFO request method=POST path=/openai/deployments/gpt-4o/chat/completions status=200 duration_ms=",
+            Duration::from_secs(5),
+        )
+        .await;
+    assert!(!proxy.output().contains("api-version"));
     assert_no_secrets(&proxy.output(), &world.secrets());
     drop(proxy);
 
     let file = world.write("secret", &format!("{SECRET}\n"));
-    let mut proxy = ProxyProcess::spawn(&vars(
-        &world.env(&[("AOAI_PROXY_CLIENT_SECRET_FILE", file.to_str().unwrap())]),
-    ));
+    let mut proxy = ProxyProcess::spawn(&vars(&world.env(&[
+        ("AOAI_PROXY_CLIENT_SECRET_FILE", file.to_str().unwrap()),
+        ("AOAI_PROXY_LOG_FORMAT", "json"),
+    ])));
     proxy.wait_healthy(Duration::from_secs(15)).await;
     // Rotate: the app now accepts only the new secret, and the file holds it.
     const NEW_SECRET: &str = "rotated-secret-value-8R~qrstuvwxyz012";
@@ -278,6 +287,21 @@ async fn client_secret_inline_and_from_a_rotated_file() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     assert_eq!(chat(&proxy.url).await.status, StatusCode::OK);
+    proxy
+        .wait_for_output("\"message\":\"request\"", Duration::from_secs(5))
+        .await;
+    let output = proxy.output();
+    let line = output
+        .lines()
+        .find(|l| l.contains("\"message\":\"request\""))
+        .unwrap();
+    let line: serde_json::Value = serde_json::from_str(line).unwrap();
+    assert_eq!(line["level"], "INFO");
+    assert_eq!(line["method"], "POST");
+    assert_eq!(line["path"], "/openai/deployments/gpt-4o/chat/completions");
+    assert_eq!(line["status"], 200);
+    assert!(line["duration_ms"].as_f64().unwrap() > 0.0);
+    assert!(line["timestamp"].as_str().unwrap().ends_with('Z'));
     let mut secrets = world.secrets();
     secrets.push(NEW_SECRET.into());
     assert_no_secrets(&proxy.output(), &secrets);
