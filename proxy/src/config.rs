@@ -11,7 +11,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use http::Uri;
-use http::uri::{Authority, Scheme};
+use http::uri::{Authority, PathAndQuery, Scheme};
 
 use crate::units::{parse_bytes, parse_duration};
 
@@ -328,19 +328,23 @@ impl Upstream {
         })
     }
 
-    /// The upstream URL for a client's path and query: the prefix joined with exactly one slash.
-    pub fn url_for(&self, path_and_query: &str) -> Result<Uri, http::Error> {
+    /// The upstream's path and query for a caller's request target: the prefix joined with
+    /// exactly one slash. Without a prefix, the caller's own (already parsed) path is reused.
+    pub fn path_for(&self, target: &Uri) -> Result<PathAndQuery, http::uri::InvalidUri> {
+        let path_and_query = target.path_and_query().map_or("/", |pq| pq.as_str());
+        if self.path_prefix.is_empty()
+            && path_and_query.starts_with('/')
+            && let Some(pq) = target.path_and_query()
+        {
+            return Ok(pq.clone());
+        }
         let mut joined = String::with_capacity(self.path_prefix.len() + path_and_query.len() + 1);
         joined.push_str(&self.path_prefix);
         if !path_and_query.starts_with('/') {
             joined.push('/');
         }
         joined.push_str(path_and_query);
-        Uri::builder()
-            .scheme(self.scheme.clone())
-            .authority(self.authority.clone())
-            .path_and_query(joined)
-            .build()
+        PathAndQuery::try_from(joined)
     }
 
     pub fn is_loopback(&self) -> bool {
@@ -1335,11 +1339,15 @@ mod tests {
             ),
             ("https://h/openai", "/", "https://h/openai/"),
             ("https://h:8443/base//", "/a//b", "https://h:8443/base/a//b"),
+            // An absolute-form target (a caller configured to use us as an HTTP proxy).
+            ("https://h", "http://caller/x?y=1", "https://h/x?y=1"),
+            ("https://h/p", "http://caller", "https://h/p/"),
         ];
         for (base, path, expected) in cases {
             let upstream = Upstream::parse(base).unwrap();
+            let joined = upstream.path_for(&path.parse().unwrap()).unwrap();
             assert_eq!(
-                upstream.url_for(path).unwrap().to_string(),
+                format!("{}://{}{joined}", upstream.scheme, upstream.authority),
                 expected,
                 "{base} + {path}"
             );

@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http::header::HOST;
-use http::uri::{PathAndQuery, Scheme};
+use http::uri::Scheme;
 use http::{HeaderValue, Request, Response, Uri, Version};
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
@@ -127,7 +127,7 @@ where
         Self { pool }
     }
 
-    /// Sends `request` (an absolute URI on the upstream) and returns the response head; the body
+    /// Sends `request` (its URI the upstream path and query) and returns the response head; the body
     /// streams as the caller reads it. A request that a pooled connection closed before sending
     /// is retried once on a new connection.
     pub async fn send(
@@ -238,7 +238,6 @@ where
                     .entry(HOST)
                     .or_insert(self.host.clone());
                 *request.version_mut() = Version::HTTP_11;
-                origin_form(request.uri_mut());
                 let result = sender.try_send_request(request).await;
                 (
                     result,
@@ -250,6 +249,10 @@ where
             }
             Sender::Http2(mut sender) => {
                 *request.version_mut() = Version::HTTP_2;
+                // HTTP/2 carries scheme and authority as pseudo-headers, taken from the URI.
+                let mut uri = self.origin.clone().into_parts();
+                uri.path_and_query = request.uri().path_and_query().cloned();
+                *request.uri_mut() = Uri::from_parts(uri).expect("origin plus a parsed path");
                 (sender.try_send_request(request).await, None)
             }
         };
@@ -295,15 +298,6 @@ fn host_header(origin: &Uri) -> HeaderValue {
         _ => host.to_string(),
     };
     HeaderValue::from_str(&text).expect("an authority is a valid header value")
-}
-
-/// HTTP/1.1 requests carry only the path and query.
-fn origin_form(uri: &mut Uri) {
-    let path = uri
-        .path_and_query()
-        .cloned()
-        .unwrap_or(PathAndQuery::from_static("/"));
-    *uri = Uri::from(path);
 }
 
 /// An HTTP/1.1 connection waiting for the end of its response body to go back to the pool.
@@ -389,14 +383,5 @@ mod tests {
         assert_eq!(host("https://127.0.0.1:8443/"), "127.0.0.1:8443");
         assert_eq!(host("http://127.0.0.1:80/"), "127.0.0.1");
         assert_eq!(host("http://[::1]:9000/"), "[::1]:9000");
-    }
-
-    #[test]
-    fn origin_form_keeps_path_and_query() {
-        let mut uri: Uri = "https://x.example/openai/models?api-version=1"
-            .parse()
-            .unwrap();
-        origin_form(&mut uri);
-        assert_eq!(uri.to_string(), "/openai/models?api-version=1");
     }
 }
