@@ -82,7 +82,6 @@ pub fn access(method: &Method, path: &str, status: u16, duration: Duration) {
 }
 
 /// One request line, in the field order tracing-subscriber writes for [`access`]'s event.
-#[derive(Serialize)]
 struct AccessLine<'a> {
     timestamp: Timestamp,
     method: &'a str,
@@ -138,15 +137,7 @@ struct JsonLine<'a> {
 }
 
 /// A UTC time as tracing-subscriber writes it: `2026-11-23T11:30:00.123456Z` (RFC 3339, µs).
-#[derive(Clone, Copy, Serialize)]
-#[serde(into = "String")]
 struct Timestamp([u8; 27]);
-
-impl From<Timestamp> for String {
-    fn from(t: Timestamp) -> String {
-        t.as_str().to_owned()
-    }
-}
 
 impl From<SystemTime> for Timestamp {
     fn from(time: SystemTime) -> Self {
