@@ -58,8 +58,11 @@ pub fn access(method: &Method, path: &str, status: u16, duration: Duration) {
     let plain = path.bytes().all(|b| b.is_ascii_graphic());
     match ACCESS_FORMAT.get() {
         Some(&format) if plain => {
+            let timestamp = Timestamp::from(SystemTime::now());
             let line = AccessLine {
-                timestamp: Timestamp::from(SystemTime::now()),
+                timestamp: timestamp.as_str(),
+                level: "INFO",
+                message: "request",
                 method: method.as_str(),
                 path,
                 status,
@@ -81,9 +84,13 @@ pub fn access(method: &Method, path: &str, status: u16, duration: Duration) {
     }
 }
 
-/// One request line, in the field order tracing-subscriber writes for [`access`]'s event.
+/// One request line. Its fields in tracing-subscriber's order for [`access`]'s event, which is
+/// also its JSON layout with `flatten_event`: timestamp, level, message, then the fields.
+#[derive(Serialize)]
 struct AccessLine<'a> {
-    timestamp: Timestamp,
+    timestamp: &'a str,
+    level: &'static str,
+    message: &'static str,
     method: &'a str,
     path: &'a str,
     status: u16,
@@ -96,8 +103,12 @@ impl AccessLine<'_> {
             LogFormat::Text => {
                 // Pieces appended directly: `write!` costs more than the copies themselves.
                 for piece in [
-                    self.timestamp.as_str(),
-                    "  INFO request method=",
+                    self.timestamp,
+                    "  ",
+                    self.level,
+                    " ",
+                    self.message,
+                    " method=",
                     self.method,
                     " path=",
                     self.path,
@@ -108,32 +119,11 @@ impl AccessLine<'_> {
                 let _ = writeln!(out, "{} duration_ms={:?}", self.status, self.duration_ms);
             }
             LogFormat::Json => {
-                let json = JsonLine {
-                    timestamp: self.timestamp.as_str(),
-                    level: "INFO",
-                    message: "request",
-                    method: self.method,
-                    path: self.path,
-                    status: self.status,
-                    duration_ms: self.duration_ms,
-                };
-                let _ = serde_json::to_writer(&mut *out, &json);
+                let _ = serde_json::to_writer(&mut *out, self);
                 out.push(b'\n');
             }
         }
     }
-}
-
-/// tracing-subscriber's JSON layout with `flatten_event`: timestamp, level, then the fields.
-#[derive(Serialize)]
-struct JsonLine<'a> {
-    timestamp: &'a str,
-    level: &'static str,
-    message: &'static str,
-    method: &'a str,
-    path: &'a str,
-    status: u16,
-    duration_ms: f64,
 }
 
 /// A UTC time as tracing-subscriber writes it: `2026-11-23T11:30:00.123456Z` (RFC 3339, µs).
@@ -253,8 +243,11 @@ mod tests {
     }
 
     fn fast_line(format: LogFormat, method: &Method, path: &str, status: u16, ms: f64) -> String {
+        let timestamp = Timestamp::from(SystemTime::now());
         let line = AccessLine {
-            timestamp: Timestamp::from(SystemTime::now()),
+            timestamp: timestamp.as_str(),
+            level: "INFO",
+            message: "request",
             method: method.as_str(),
             path,
             status,
