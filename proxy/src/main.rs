@@ -60,10 +60,7 @@ fn main() -> ExitCode {
         eprintln!("aoai-proxy: configuration error: {e}");
         return ExitCode::from(2);
     }
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    let runtime = match runtime() {
         Ok(runtime) => runtime,
         Err(e) => {
             eprintln!("aoai-proxy: cannot start the runtime: {e}");
@@ -82,6 +79,19 @@ fn main() -> ExitCode {
             }
         }
     })
+}
+
+/// One thread when one CPU is available (a CPU limit of 1 or less, or `taskset`), where tokio's
+/// multi-threaded scheduler would only add cross-thread hand-offs to every request; else one worker
+/// per CPU.
+fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let mut builder = if cpus > 1 {
+        tokio::runtime::Builder::new_multi_thread()
+    } else {
+        tokio::runtime::Builder::new_current_thread()
+    };
+    builder.enable_all().build()
 }
 
 /// Polls `GET /health` on the local admin port with a bare HTTP/1.0 request (no runtime needed).
