@@ -81,7 +81,7 @@ fn main() -> ExitCode {
     })
 }
 
-/// One thread when one CPU is available (a CPU limit of 1 or less, or `taskset`), where tokio's
+/// One thread when one CPU is available (a CPU limit below 2 cores, or `taskset`), where tokio's
 /// multi-threaded scheduler would only add cross-thread hand-offs to every request; else one worker
 /// per CPU.
 fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
