@@ -146,6 +146,7 @@ impl Proxy {
         tracing::info!(
             listen = %self.forward_addr(),
             admin = %self.admin_addr(),
+            worker_threads = tokio::runtime::Handle::current().metrics().num_workers(),
             "aoai-proxy {} serving",
             env!("CARGO_PKG_VERSION")
         );

@@ -81,13 +81,15 @@ fn main() -> ExitCode {
     })
 }
 
-/// One thread when one CPU is available (a CPU limit below 2 cores, or `taskset`), where tokio's
-/// multi-threaded scheduler would only add cross-thread hand-offs to every request; else one worker
-/// per CPU.
+/// One thread when one CPU is available (`available_parallelism`: a CPU limit below 2 cores, or
+/// `taskset`), where tokio's multi-threaded scheduler would only add cross-thread hand-offs to
+/// every request; else one worker per CPU.
 fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
-    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
-    let mut builder = if cpus > 1 {
-        tokio::runtime::Builder::new_multi_thread()
+    let worker_threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let mut builder = if worker_threads > 1 {
+        let mut builder = tokio::runtime::Builder::new_multi_thread();
+        builder.worker_threads(worker_threads);
+        builder
     } else {
         tokio::runtime::Builder::new_current_thread()
     };

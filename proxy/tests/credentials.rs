@@ -822,6 +822,46 @@ async fn bad_configurations_stop_the_start_with_one_clear_line() {
     }
 }
 
+/// One CPU available (a CPU limit below 2 cores, or `taskset`): the proxy runs on one thread;
+/// otherwise one worker per CPU. The serving line says which, the process has exactly those
+/// threads, and both serve.
+#[tokio::test]
+async fn runs_one_worker_thread_per_available_cpu() {
+    let world = World::new(
+        |app| app.secret = Some(SECRET.into()),
+        Duration::from_secs(3600),
+    )
+    .await;
+    let env = world.env(&[("AZURE_CLIENT_SECRET", SECRET)]);
+    // The first CPU this test may run on: `taskset -c` must name an allowed one.
+    let status = std::fs::read_to_string("/proc/self/status").unwrap();
+    let allowed = status
+        .lines()
+        .find_map(|l| l.strip_prefix("Cpus_allowed_list:"))
+        .unwrap();
+    let first_cpu: String = allowed
+        .trim()
+        .chars()
+        .take_while(|c| c.is_ascii_digit())
+        .collect();
+    let cpus = std::thread::available_parallelism().unwrap().get();
+    for (cpu_list, expected) in [(Some(first_cpu.as_str()), 1), (None, cpus)] {
+        let mut proxy = ProxyProcess::spawn_on(cpu_list, &vars(&env));
+        proxy.wait_healthy(Duration::from_secs(15)).await;
+        let answer = chat(&proxy.url).await;
+        assert_eq!(answer.status, StatusCode::OK, "{}", proxy.output());
+        let line = format!(" worker_threads={expected}\n");
+        // One thread runs everything, or the main thread blocks while the workers serve.
+        let threads = if expected == 1 { 1 } else { 1 + expected };
+        assert_eq!(proxy.threads(), threads, "{cpu_list:?}: threads");
+        assert!(
+            proxy.output().contains(&line),
+            "{cpu_list:?}: expected {line:?} in\n{}",
+            proxy.output()
+        );
+    }
+}
+
 /// `aoai-proxy wait-ready`, the regular sidecar's postStart hook: exit 0 once the proxy holds a
 /// token, exit 1 when nothing answers within the timeout.
 #[tokio::test]

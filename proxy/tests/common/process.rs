@@ -16,7 +16,20 @@ pub fn free_port() -> u16 {
 }
 
 fn command(vars: &[(&str, &str)]) -> Command {
-    let mut command = Command::new(env!("CARGO_BIN_EXE_aoai-proxy"));
+    command_on(None, vars)
+}
+
+/// The binary, limited to the CPUs in `cpu_list` (`taskset -c`) when one is given.
+fn command_on(cpu_list: Option<&str>, vars: &[(&str, &str)]) -> Command {
+    let binary = env!("CARGO_BIN_EXE_aoai-proxy");
+    let mut command = match cpu_list {
+        Some(cpus) => {
+            let mut taskset = Command::new("taskset");
+            taskset.args(["-c", cpus, binary]);
+            taskset
+        }
+        None => Command::new(binary),
+    };
     command.env_clear();
     for (name, value) in vars {
         command.env(name, value);
@@ -72,6 +85,11 @@ pub struct ProxyProcess {
 impl ProxyProcess {
     /// Starts the binary on free loopback ports with exactly `vars` (plus HOST/PORT/admin).
     pub fn spawn(vars: &[(&str, &str)]) -> Self {
+        Self::spawn_on(None, vars)
+    }
+
+    /// Like [`ProxyProcess::spawn`], limited to the CPUs in `cpu_list` (`taskset -c`) if given.
+    pub fn spawn_on(cpu_list: Option<&str>, vars: &[(&str, &str)]) -> Self {
         let port = free_port().to_string();
         let admin_port = free_port().to_string();
         let mut all: Vec<(&str, &str)> = vec![
@@ -82,7 +100,9 @@ impl ProxyProcess {
             ("AOAI_PROXY_LOG_LEVEL", "debug"),
         ];
         all.extend_from_slice(vars);
-        let mut child = command(&all).spawn().expect("start aoai-proxy");
+        let mut child = command_on(cpu_list, &all)
+            .spawn()
+            .expect("start aoai-proxy");
         let output = capture(&mut child);
         Self {
             url: format!("http://127.0.0.1:{port}"),
@@ -90,6 +110,12 @@ impl ProxyProcess {
             child,
             output,
         }
+    }
+
+    /// The process's threads, from `/proc/<pid>/task`.
+    pub fn threads(&self) -> usize {
+        std::fs::read_dir(format!("/proc/{}/task", self.child.id()))
+            .map_or(0, |tasks| tasks.count())
     }
 
     /// Waits until `/health` answers 200 on the admin port.
