@@ -1,13 +1,16 @@
 //! The forwarding path: one caller request in, one upstream request out, bodies streamed.
 
+use std::convert::Infallible;
 use std::error::Error as StdError;
+use std::future::Future;
 use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use http::header::CONTENT_LENGTH;
-use http::{Method, Request, Response, StatusCode, Version};
+use http::{HeaderValue, Method, Request, Response, StatusCode, Version};
 use hyper::body::Incoming;
+use tokio::time::error::Elapsed;
 
 use crate::body::{RequestBody, RequestBodyError, ResponseBody};
 use crate::config::Upstream;
@@ -19,7 +22,7 @@ use crate::logging;
 use crate::metrics::{InFlight, Metrics, UpstreamError};
 use crate::token::TokenSource;
 use crate::units::format_duration;
-use crate::upstream::{RequestError, UpstreamClient};
+use crate::upstream::{PooledBody, RequestError, UpstreamClient};
 
 /// Everything a request needs, shared by all connections.
 pub struct Forwarder {
@@ -33,34 +36,68 @@ pub struct Forwarder {
 }
 
 impl Forwarder {
-    /// Answers one request: health, a proxy-made error, or the upstream's streamed response.
-    pub async fn handle(
-        &self,
+    /// Answers one request: health, a proxy-made error, or the upstream's streamed response. Never
+    /// an error: the `Result` is what hyper's service takes, so this future is the service's own
+    /// and is not wrapped (and copied) once more.
+    ///
+    /// hyper copies the whole future at least twice per request, so it is kept small: the checks
+    /// and rewrites run before it is made, and only what lives across the upstream call is in it.
+    pub fn handle(
+        self: Arc<Self>,
         request: Request<Incoming>,
         client_ip: IpAddr,
-    ) -> Response<ResponseBody> {
+    ) -> impl Future<Output = Result<Response<ResponseBody>, Infallible>> + Send + 'static {
         let started = Instant::now();
         let method = request.method().clone();
         let in_flight = self.metrics.in_flight();
-        let (response, path) = self.respond(request, client_ip, in_flight).await;
-        let status = response.status().as_u16();
-        self.metrics.record_request(&method, status, started);
-        let path = path.as_ref().map_or("", |u| u.path());
-        logging::access(&method, path, status, started.elapsed());
-        response
+        let prepared = self.prepare(request, client_ip);
+        async move {
+            let (response, original_uri) = match prepared {
+                Err(answered) => answered,
+                Ok((upstream_request, original_uri)) => {
+                    let sent = self.client.send(upstream_request);
+                    let result = tokio::time::timeout(self.upstream_timeout, sent).await;
+                    (self.finish(result, in_flight), original_uri)
+                }
+            };
+            let status = response.status().as_u16();
+            self.metrics.record_request(&method, status, started);
+            logging::access(&method, original_uri.path(), status, started.elapsed());
+            Ok(response)
+        }
     }
 
-    /// Returns the response and the caller's original URI (for the access log; never its query).
-    async fn respond(
+    /// The request for the upstream and the caller's original URI (for the access log; never its
+    /// query), or the proxy's own answer: health, or a refusal.
+    fn prepare(
         &self,
         request: Request<Incoming>,
         client_ip: IpAddr,
-        in_flight: InFlight,
-    ) -> (Response<ResponseBody>, Option<http::Uri>) {
+    ) -> Result<(Request<RequestBody>, http::Uri), (Response<ResponseBody>, http::Uri)> {
         let (mut parts, body) = request.into_parts();
+        let (target, authorization) = match self.check(&parts, client_ip) {
+            Ok(Some(checked)) => checked,
+            Ok(None) => return Err((health::health(&self.token), parts.uri)),
+            Err(error) => return Err((error.into_response(), parts.uri)),
+        };
+        let original_uri = std::mem::replace(&mut parts.uri, target);
+        headers::rewrite_request(&mut parts.headers, authorization);
+        // The client picks HTTP/1.1 or HTTP/2 per upstream connection (ALPN), whatever the caller
+        // used.
+        parts.version = Version::HTTP_11;
+        let body = RequestBody::new(body, self.max_request_body, self.metrics.clone());
+        Ok((Request::from_parts(parts, body), original_uri))
+    }
 
+    /// `Ok(None)` for a health check; otherwise the upstream target and the `Authorization` to
+    /// send, or why the request is refused.
+    fn check(
+        &self,
+        parts: &http::request::Parts,
+        client_ip: IpAddr,
+    ) -> Result<Option<(http::Uri, HeaderValue)>, ProxyError> {
         if parts.uri.path() == "/health" && matches!(parts.method, Method::GET | Method::HEAD) {
-            return (health::health(&self.token), Some(parts.uri));
+            return Ok(None);
         }
 
         if let Some(auth) = &self.auth {
@@ -73,19 +110,14 @@ impl Forwarder {
             };
             if let Some(error) = refused {
                 self.metrics.auth_failure(decision.reason());
-                return (error.into_response(), Some(parts.uri));
+                return Err(error);
             }
         }
 
-        let authorization = match self.token.authorization() {
-            Ok(value) => value,
-            Err(reason) => {
-                return (
-                    ProxyError::TokenUnavailable(reason.to_string()).into_response(),
-                    Some(parts.uri),
-                );
-            }
-        };
+        let authorization = self
+            .token
+            .authorization()
+            .map_err(|reason| ProxyError::TokenUnavailable(reason.to_string()))?;
 
         if let Some(limit) = self.max_request_body {
             let declared = parts
@@ -94,53 +126,36 @@ impl Forwarder {
                 .and_then(|v| v.to_str().ok())
                 .and_then(|v| v.parse::<u64>().ok());
             if declared.is_some_and(|len| len > limit) {
-                return (
-                    ProxyError::BodyTooLarge { limit }.into_response(),
-                    Some(parts.uri),
-                );
+                return Err(ProxyError::BodyTooLarge { limit });
             }
         }
 
-        let target = match self.upstream.path_for(&parts.uri) {
-            Ok(path_and_query) => http::Uri::from(path_and_query),
-            Err(_) => {
-                return (
-                    ProxyError::BadRequest("the request target cannot be forwarded".into())
-                        .into_response(),
-                    Some(parts.uri),
-                );
-            }
-        };
-        let original_uri = std::mem::replace(&mut parts.uri, target);
-        headers::rewrite_request(&mut parts.headers, authorization);
-        // The client picks HTTP/1.1 or HTTP/2 per upstream connection (ALPN), whatever the caller used.
-        parts.version = Version::HTTP_11;
-        let body = RequestBody::new(body, self.max_request_body, self.metrics.clone());
-        let upstream_request = Request::from_parts(parts, body);
+        match self.upstream.path_for(&parts.uri) {
+            Ok(path_and_query) => Ok(Some((http::Uri::from(path_and_query), authorization))),
+            Err(_) => Err(ProxyError::BadRequest(
+                "the request target cannot be forwarded".into(),
+            )),
+        }
+    }
 
-        let result =
-            tokio::time::timeout(self.upstream_timeout, self.client.send(upstream_request)).await;
+    /// The caller's response from the upstream's, or the proxy's error when there is none.
+    fn finish(
+        &self,
+        result: Result<Result<Response<PooledBody<RequestBody>>, RequestError>, Elapsed>,
+        in_flight: InFlight,
+    ) -> Response<ResponseBody> {
         let response = match result {
             Ok(Ok(response)) => response,
-            Ok(Err(error)) => {
-                return (
-                    self.upstream_failure(&error).into_response(),
-                    Some(original_uri),
-                );
-            }
+            Ok(Err(error)) => return self.upstream_failure(&error).into_response(),
             Err(_) => {
                 self.metrics.upstream_error(UpstreamError::Timeout);
-                return (
-                    ProxyError::UpstreamTimeout(format!(
-                        "no response headers within {}",
-                        format_duration(self.upstream_timeout)
-                    ))
-                    .into_response(),
-                    Some(original_uri),
-                );
+                return ProxyError::UpstreamTimeout(format!(
+                    "no response headers within {}",
+                    format_duration(self.upstream_timeout)
+                ))
+                .into_response();
             }
         };
-
         if response.status() == StatusCode::UNAUTHORIZED {
             self.token.report_rejected();
         }
@@ -148,7 +163,7 @@ impl Forwarder {
         headers::rewrite_response(&mut parts.headers);
         parts.version = Version::HTTP_11;
         let body = ResponseBody::upstream(body, self.metrics.clone(), in_flight);
-        (Response::from_parts(parts, body), Some(original_uri))
+        Response::from_parts(parts, body)
     }
 
     fn upstream_failure(&self, error: &RequestError) -> ProxyError {

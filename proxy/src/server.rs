@@ -126,8 +126,7 @@ impl Server {
         let forwarder = self.forwarder.clone();
         let client_ip = peer.ip();
         let service = service_fn(move |request: Request<Incoming>| {
-            let forwarder = forwarder.clone();
-            async move { Ok::<_, Infallible>(forwarder.handle(request, client_ip).await) }
+            forwarder.clone().handle(request, client_ip)
         });
         let connection = self
             .builder

@@ -130,24 +130,28 @@ where
     /// Sends `request` (its URI the upstream path and query) and returns the response head; the body
     /// streams as the caller reads it. A request that a pooled connection closed before sending
     /// is retried once on a new connection.
-    pub async fn send(
+    pub fn send(
         &self,
         mut request: Request<B>,
-    ) -> Result<Response<PooledBody<B>>, RequestError> {
-        let uri = request.uri().clone();
-        let (sender, reused) = self.pool.checkout().await?;
-        let mut outcome = self.pool.try_send(sender, request).await;
-        if reused && let Err(SendFailure::Unsent(back, _)) = outcome {
-            request = *back;
-            *request.uri_mut() = uri;
-            let sender = self.pool.connect().await?;
-            outcome = self.pool.try_send(sender, request).await;
-        }
-        match outcome {
-            Ok(response) => Ok(response),
-            Err(SendFailure::Unsent(_, error) | SendFailure::Failed(error)) => {
-                Err(RequestError::Http(error))
+    ) -> impl Future<Output = Result<Response<PooledBody<B>>, RequestError>> + Send + '_ {
+        // An `async move` block, not an `async fn`, which would keep a second copy of `request`;
+        // hyper copies the request's whole future for every request.
+        async move {
+            let (sender, reused) = self.pool.checkout().await?;
+            match self.pool.try_send(sender, request).await {
+                Err(SendFailure::Unsent(back, _)) if reused => {
+                    request = *back;
+                    // Back to the path alone, which HTTP/2 turned into an absolute URI.
+                    let path = request.uri().path_and_query().cloned();
+                    *request.uri_mut() = path.map_or_else(Uri::default, Uri::from);
+                }
+                outcome => return outcome.map_err(SendFailure::into_error),
             }
+            let sender = self.pool.connect().await?;
+            self.pool
+                .try_send(sender, request)
+                .await
+                .map_err(SendFailure::into_error)
         }
     }
 }
@@ -156,6 +160,14 @@ enum SendFailure<B> {
     /// The connection closed before the request was written: it can go on another connection.
     Unsent(Box<Request<B>>, hyper::Error),
     Failed(hyper::Error),
+}
+
+impl<B> SendFailure<B> {
+    fn into_error(self) -> RequestError {
+        match self {
+            SendFailure::Unsent(_, error) | SendFailure::Failed(error) => RequestError::Http(error),
+        }
+    }
 }
 
 impl<B> Pool<B>
@@ -226,43 +238,54 @@ where
         }
     }
 
-    async fn try_send(
+    fn try_send(
         self: &Arc<Self>,
         sender: Sender<B>,
         mut request: Request<B>,
-    ) -> Result<Response<PooledBody<B>>, SendFailure<B>> {
-        let (result, give_back) = match sender {
-            Sender::Http1(mut sender) => {
-                request
-                    .headers_mut()
-                    .entry(HOST)
-                    .or_insert(self.host.clone());
-                *request.version_mut() = Version::HTTP_11;
-                let result = sender.try_send_request(request).await;
-                (
-                    result,
-                    Some(GiveBack {
-                        sender,
-                        pool: Arc::downgrade(self),
-                    }),
-                )
+    ) -> impl Future<Output = Result<Response<PooledBody<B>>, SendFailure<B>>> + Send + '_ {
+        async move {
+            let (result, give_back) = match sender {
+                Sender::Http1(mut sender) => {
+                    request
+                        .headers_mut()
+                        .entry(HOST)
+                        .or_insert(self.host.clone());
+                    *request.version_mut() = Version::HTTP_11;
+                    let result = sender.try_send_request(request).await;
+                    (
+                        result,
+                        Some(GiveBack {
+                            sender,
+                            pool: Arc::downgrade(self),
+                        }),
+                    )
+                }
+                Sender::Http2(mut sender) => {
+                    *request.version_mut() = Version::HTTP_2;
+                    *request.uri_mut() = self.absolute(request.uri());
+                    (sender.try_send_request(request).await, None)
+                }
+            };
+            match result {
+                Ok(response) => Ok(response.map(|inner| PooledBody::new(inner, give_back))),
+                Err(mut error) => match error.take_message() {
+                    Some(request) => {
+                        Err(SendFailure::Unsent(Box::new(request), error.into_error()))
+                    }
+                    None => Err(SendFailure::Failed(error.into_error())),
+                },
             }
-            Sender::Http2(mut sender) => {
-                *request.version_mut() = Version::HTTP_2;
-                // HTTP/2 carries scheme and authority as pseudo-headers, taken from the URI.
-                let mut uri = self.origin.clone().into_parts();
-                uri.path_and_query = request.uri().path_and_query().cloned();
-                *request.uri_mut() = Uri::from_parts(uri).expect("origin plus a parsed path");
-                (sender.try_send_request(request).await, None)
-            }
-        };
-        match result {
-            Ok(response) => Ok(response.map(|inner| PooledBody::new(inner, give_back))),
-            Err(mut error) => match error.take_message() {
-                Some(request) => Err(SendFailure::Unsent(Box::new(request), error.into_error())),
-                None => Err(SendFailure::Failed(error.into_error())),
-            },
         }
+    }
+}
+
+impl<B> Pool<B> {
+    /// `path`'s absolute URI on the upstream: HTTP/2 carries scheme and authority as
+    /// pseudo-headers, taken from the URI.
+    fn absolute(&self, path: &Uri) -> Uri {
+        let mut uri = self.origin.clone().into_parts();
+        uri.path_and_query = path.path_and_query().cloned();
+        Uri::from_parts(uri).expect("origin plus a parsed path")
     }
 }
 
