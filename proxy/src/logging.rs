@@ -52,7 +52,10 @@ pub fn access(method: &Method, path: &str, status: u16, duration: Duration) {
     if !tracing::enabled!(target: ACCESS_TARGET, Level::INFO) {
         return;
     }
-    let duration_ms = duration.as_secs_f64() * 1000.0;
+    // Microsecond resolution: exact in decimal (`0.412`, not `0.41233699999999996`), and written
+    // without formatting a float.
+    let micros = u64::try_from(duration.as_micros()).unwrap_or(u64::MAX);
+    let duration_ms = micros as f64 / 1000.0;
     // Anything but printable ASCII (possible in a path) is escaped by tracing-subscriber; leave
     // those rare lines to it.
     let plain = path.bytes().all(|b| b.is_ascii_graphic());
@@ -67,6 +70,7 @@ pub fn access(method: &Method, path: &str, status: u16, duration: Duration) {
                 path,
                 status,
                 duration_ms,
+                micros,
             };
             let mut buffer = Vec::with_capacity(160);
             line.write(format, &mut buffer);
@@ -95,6 +99,9 @@ struct AccessLine<'a> {
     path: &'a str,
     status: u16,
     duration_ms: f64,
+    /// `duration_ms` in microseconds, for the text line.
+    #[serde(skip)]
+    micros: u64,
 }
 
 impl AccessLine<'_> {
@@ -116,7 +123,10 @@ impl AccessLine<'_> {
                 ] {
                     out.extend_from_slice(piece.as_bytes());
                 }
-                let _ = writeln!(out, "{} duration_ms={:?}", self.status, self.duration_ms);
+                write_decimal(out, self.status);
+                out.extend_from_slice(b" duration_ms=");
+                write_millis(out, self.micros);
+                out.push(b'\n');
             }
             LogFormat::Json => {
                 let _ = serde_json::to_writer(&mut *out, self);
@@ -124,6 +134,47 @@ impl AccessLine<'_> {
             }
         }
     }
+}
+
+/// `value` in decimal, as `{}` writes it.
+fn write_decimal(out: &mut Vec<u8>, value: impl Into<u64>) {
+    let mut value: u64 = value.into();
+    let mut digits = [0u8; 20];
+    let mut start = digits.len();
+    loop {
+        start -= 1;
+        digits[start] = b'0' + (value % 10) as u8;
+        value /= 10;
+        if value == 0 {
+            break;
+        }
+    }
+    out.extend_from_slice(&digits[start..]);
+}
+
+/// `micros / 1000` as `{:?}` writes the `f64` `micros as f64 / 1000.0`. Below 2^40 µs (12 days)
+/// floats are closer together than 0.001, so that float is the one nearest this decimal of at
+/// most three places and the decimal is its shortest form.
+fn write_millis(out: &mut Vec<u8>, micros: u64) {
+    if micros >= 1 << 40 {
+        let _ = write!(out, "{:?}", micros as f64 / 1000.0);
+        return;
+    }
+    write_decimal(out, micros / 1000);
+    let fraction = micros % 1000;
+    let digits = [
+        b'.',
+        b'0' + (fraction / 100) as u8,
+        b'0' + (fraction / 10 % 10) as u8,
+        b'0' + (fraction % 10) as u8,
+    ];
+    let len = match fraction {
+        0 => 2,
+        _ if fraction % 100 == 0 => 2,
+        _ if fraction % 10 == 0 => 3,
+        _ => 4,
+    };
+    out.extend_from_slice(&digits[..len]);
 }
 
 /// A UTC time as tracing-subscriber writes it: `2026-11-23T11:30:00.123456Z` (RFC 3339, µs).
@@ -215,8 +266,9 @@ mod tests {
         method: &Method,
         path: &str,
         status: u16,
-        ms: f64,
+        micros: u64,
     ) -> String {
+        let ms = micros as f64 / 1000.0;
         let captured = Captured::default();
         let builder = tracing_subscriber::fmt()
             .with_env_filter(EnvFilter::new("info"))
@@ -242,7 +294,13 @@ mod tests {
         String::from_utf8(captured.0.lock().unwrap().clone()).unwrap()
     }
 
-    fn fast_line(format: LogFormat, method: &Method, path: &str, status: u16, ms: f64) -> String {
+    fn fast_line(
+        format: LogFormat,
+        method: &Method,
+        path: &str,
+        status: u16,
+        micros: u64,
+    ) -> String {
         let timestamp = Timestamp::from(SystemTime::now());
         let line = AccessLine {
             timestamp: timestamp.as_str(),
@@ -251,7 +309,8 @@ mod tests {
             method: method.as_str(),
             path,
             status,
-            duration_ms: ms,
+            duration_ms: micros as f64 / 1000.0,
+            micros,
         };
         let mut out = Vec::new();
         line.write(format, &mut out);
@@ -267,27 +326,45 @@ mod tests {
     }
 
     #[test]
+    fn durations_are_written_as_debug_writes_them() {
+        let mut micros = vec![
+            0, 1, 9, 10, 99, 100, 101, 999, 1000, 1001, 1010, 1100, 123_456,
+        ];
+        micros.extend((0..=19).map(|e| 10u64.pow(e)));
+        micros.extend([(1 << 40) - 1, 1 << 40, u64::MAX]);
+        let mut rng = fastrand::Rng::with_seed(7);
+        micros.extend((0..100_000).map(|_| rng.u64(0..100_000_000_000)));
+        micros.extend((0..100_000).map(|_| rng.u64(..)));
+        for micros in micros {
+            let mut written = Vec::new();
+            write_millis(&mut written, micros);
+            let expected = format!("{:?}", micros as f64 / 1000.0);
+            assert_eq!(String::from_utf8(written).unwrap(), expected, "{micros} µs");
+        }
+    }
+
+    #[test]
     fn request_lines_are_written_as_tracing_subscriber_writes_them() {
         let cases = [
             (
                 Method::POST,
                 "/openai/deployments/gpt-4o/chat/completions",
                 200,
-                0.123_456_789,
+                412,
             ),
-            (Method::GET, "/health", 503, 1.0),
-            (Method::DELETE, "/a\"quoted\\path{x}", 404, 0.0),
-            (Method::from_bytes(b"PURGE").unwrap(), "/", 101, 12_345.678),
-            (Method::PUT, "/x", 502, 1e-7),
-            (Method::PATCH, "/x", 200, 3.0e12),
-            (Method::GET, "/x", 0, 0.5),
-            (Method::GET, "/x", 9, 0.5),
-            (Method::GET, "/x", 65_535, 0.5),
+            (Method::GET, "/health", 503, 1000),
+            (Method::DELETE, "/a\"quoted\\path{x}", 404, 0),
+            (Method::from_bytes(b"PURGE").unwrap(), "/", 101, 12_345_678),
+            (Method::PUT, "/x", 502, 1),
+            (Method::PATCH, "/x", 200, 3_000_000_000_000_000),
+            (Method::GET, "/x", 0, 500),
+            (Method::GET, "/x", 9, 120),
+            (Method::GET, "/x", 65_535, 1_234_560),
         ];
         for format in [LogFormat::Text, LogFormat::Json] {
-            for (method, path, status, ms) in &cases {
-                let expected = tracing_line(format, method, path, *status, *ms);
-                let fast = fast_line(format, method, path, *status, *ms);
+            for (method, path, status, micros) in &cases {
+                let expected = tracing_line(format, method, path, *status, *micros);
+                let fast = fast_line(format, method, path, *status, *micros);
                 assert_eq!(
                     without_timestamp(&fast),
                     without_timestamp(&expected),
