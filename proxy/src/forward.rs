@@ -53,8 +53,8 @@ impl Forwarder {
         let prepared = self.prepare(request, client_ip);
         async move {
             let (response, original_uri) = match prepared {
-                Err(answered) => answered,
-                Ok((upstream_request, original_uri)) => {
+                Prepared::Answered(response, original_uri) => (response, original_uri),
+                Prepared::Forward(upstream_request, original_uri) => {
                     let sent = self.client.send(upstream_request);
                     let result = tokio::time::timeout(self.upstream_timeout, sent).await;
                     (self.finish(result, in_flight), original_uri)
@@ -67,18 +67,12 @@ impl Forwarder {
         }
     }
 
-    /// The request for the upstream and the caller's original URI (for the access log; never its
-    /// query), or the proxy's own answer: health, or a refusal.
-    fn prepare(
-        &self,
-        request: Request<Incoming>,
-        client_ip: IpAddr,
-    ) -> Result<(Request<RequestBody>, http::Uri), (Response<ResponseBody>, http::Uri)> {
+    fn prepare(&self, request: Request<Incoming>, client_ip: IpAddr) -> Prepared {
         let (mut parts, body) = request.into_parts();
         let (target, authorization) = match self.check(&parts, client_ip) {
             Ok(Some(checked)) => checked,
-            Ok(None) => return Err((health::health(&self.token), parts.uri)),
-            Err(error) => return Err((error.into_response(), parts.uri)),
+            Ok(None) => return Prepared::Answered(health::health(&self.token), parts.uri),
+            Err(error) => return Prepared::Answered(error.into_response(), parts.uri),
         };
         let original_uri = std::mem::replace(&mut parts.uri, target);
         headers::rewrite_request(&mut parts.headers, authorization);
@@ -86,7 +80,7 @@ impl Forwarder {
         // used.
         parts.version = Version::HTTP_11;
         let body = RequestBody::new(body, self.max_request_body, self.metrics.clone());
-        Ok((Request::from_parts(parts, body), original_uri))
+        Prepared::Forward(Request::from_parts(parts, body), original_uri)
     }
 
     /// `Ok(None)` for a health check; otherwise the upstream target and the `Authorization` to
@@ -190,6 +184,14 @@ impl Forwarder {
         tracing::warn!("upstream request failed: {reason}");
         ProxyError::UpstreamFailed(reason)
     }
+}
+
+/// A caller's request once checked, with its original URI (for the access log; never its query).
+enum Prepared {
+    /// To send upstream.
+    Forward(Request<RequestBody>, http::Uri),
+    /// Answered by the proxy: health, or a refusal.
+    Answered(Response<ResponseBody>, http::Uri),
 }
 
 /// The first error of type `T` in `error`'s source chain.

@@ -168,12 +168,11 @@ fn write_millis(out: &mut Vec<u8>, micros: u64) {
         b'0' + (fraction / 10 % 10) as u8,
         b'0' + (fraction % 10) as u8,
     ];
-    let len = match fraction {
-        0 => 2,
-        _ if fraction % 100 == 0 => 2,
-        _ if fraction % 10 == 0 => 3,
-        _ => 4,
-    };
+    // Trailing zeros dropped, one kept: `.0`, `.5`, `.25`, `.125`.
+    let mut len = digits.len();
+    while len > 2 && digits[len - 1] == b'0' {
+        len -= 1;
+    }
     out.extend_from_slice(&digits[..len]);
 }
 

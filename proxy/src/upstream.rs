@@ -130,6 +130,10 @@ where
     /// Sends `request` (its URI the upstream path and query) and returns the response head; the body
     /// streams as the caller reads it. A request that a pooled connection closed before sending
     /// is retried once on a new connection.
+    #[allow(
+        clippy::manual_async_fn,
+        reason = "an async fn keeps a second copy of its arguments in its future"
+    )]
     pub fn send(
         &self,
         mut request: Request<B>,
@@ -238,6 +242,10 @@ where
         }
     }
 
+    #[allow(
+        clippy::manual_async_fn,
+        reason = "an async fn keeps a second copy of its arguments in its future"
+    )]
     fn try_send(
         self: &Arc<Self>,
         sender: Sender<B>,
