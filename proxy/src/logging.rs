@@ -4,9 +4,14 @@
 //! general formatter, which cost about 8,000 instructions a line, 17 % of the proxy's work per
 //! request (`scripts/bench --instructions`). They are written byte for byte as that formatter
 //! would write them (a test holds the two together), so log pipelines see no difference.
+//!
+//! Request lines are buffered and written together ([`flush_access_log`]) at least once a second,
+//! when 64 KiB are waiting, and at shutdown, as Envoy writes its access logs: one `write` for many
+//! lines instead of one per request, and none between reading the upstream's answer and sending
+//! it on.
 
 use std::io::{IsTerminal, Write};
-use std::sync::OnceLock;
+use std::sync::{Mutex, MutexGuard, OnceLock, PoisonError};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use http::Method;
@@ -18,6 +23,12 @@ use crate::config::{ConfigError, LogFormat};
 
 /// The target of request lines, for filters such as `info,aoai_proxy::access=off`.
 pub const ACCESS_TARGET: &str = "aoai_proxy::access";
+
+/// Buffered request lines are written out once this much is waiting.
+const ACCESS_BUFFER_BYTES: usize = 64 * 1024;
+
+/// Request lines not written yet; see [`flush_access_log`].
+static ACCESS_BUFFER: Mutex<Vec<u8>> = Mutex::new(Vec::new());
 
 /// How request lines are written by [`access`]; unset (request lines go through tracing) until
 /// [`init`] installs uncoloured output.
@@ -72,20 +83,45 @@ pub fn access(method: &Method, path: &str, status: u16, duration: Duration) {
                 duration_ms,
                 micros,
             };
-            let mut buffer = Vec::with_capacity(160);
+            let mut buffer = access_buffer();
             line.write(format, &mut buffer);
-            // One write per line, as tracing-subscriber does; a failed log write is not an error.
-            let _ = std::io::stdout().lock().write_all(&buffer);
+            if buffer.len() >= ACCESS_BUFFER_BYTES {
+                write_out(&mut buffer);
+            }
         }
-        _ => tracing::info!(
-            target: ACCESS_TARGET,
-            method = %method,
-            path = %path,
-            status,
-            duration_ms,
-            "request"
-        ),
+        _ => {
+            // After the lines before it.
+            flush_access_log();
+            tracing::info!(
+                target: ACCESS_TARGET,
+                method = %method,
+                path = %path,
+                status,
+                duration_ms,
+                "request"
+            )
+        }
     }
+}
+
+/// Writes the buffered request lines. The server calls it every second and when it stops.
+pub fn flush_access_log() {
+    let mut buffer = access_buffer();
+    if !buffer.is_empty() {
+        write_out(&mut buffer);
+    }
+}
+
+fn access_buffer() -> MutexGuard<'static, Vec<u8>> {
+    // A panic while the lock was held left at worst a partial line: keep logging.
+    ACCESS_BUFFER.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// Writes `buffer` to stdout, whole lines in one `write` where the pipe allows; a failed log write
+/// is not an error.
+fn write_out(buffer: &mut Vec<u8>) {
+    let _ = std::io::stdout().lock().write_all(buffer);
+    buffer.clear();
 }
 
 /// One request line. Its fields in tracing-subscriber's order for [`access`]'s event, which is

@@ -17,6 +17,7 @@ use tokio::net::{TcpListener, TcpStream};
 
 use crate::forward::Forwarder;
 use crate::health;
+use crate::logging;
 
 /// Largest request head (request line and headers) accepted; larger gets 431.
 pub const MAX_HEADER_BYTES: usize = 64 * 1024;
@@ -98,7 +99,7 @@ impl Server {
             tokio::select! {
                 biased;
                 () = &mut shutdown => break,
-                _ = tick.tick() => {}
+                _ = tick.tick() => logging::flush_access_log(),
                 accepted = self.forward.accept() => match accepted {
                     Ok((stream, peer)) => self.spawn_forward(stream, peer, &graceful),
                     Err(e) => accept_failed(e).await,
@@ -111,14 +112,26 @@ impl Server {
         }
         drop(self.forward);
         drop(self.admin);
+        logging::flush_access_log();
         let open = graceful.count();
         tracing::info!(open_connections = open, grace = ?self.shutdown_grace, "shutting down: no new connections; waiting for open requests");
-        tokio::select! {
-            () = graceful.shutdown() => tracing::info!("all connections closed"),
-            () = tokio::time::sleep(self.shutdown_grace) => {
-                tracing::warn!("grace period over; closing the remaining connections");
+        let drained = graceful.shutdown();
+        let grace_over = tokio::time::sleep(self.shutdown_grace);
+        tokio::pin!(drained, grace_over);
+        loop {
+            tokio::select! {
+                () = &mut drained => {
+                    tracing::info!("all connections closed");
+                    break;
+                }
+                () = &mut grace_over => {
+                    tracing::warn!("grace period over; closing the remaining connections");
+                    break;
+                }
+                _ = tick.tick() => logging::flush_access_log(),
             }
         }
+        logging::flush_access_log();
     }
 
     fn spawn_forward(&self, stream: TcpStream, peer: SocketAddr, graceful: &GracefulShutdown) {
@@ -158,10 +171,11 @@ impl Server {
     }
 }
 
-/// A timer that is always due within a second. Tokio wakes its time driver (an eventfd write and
-/// one more `epoll_wait`, about 5 % of a request's CPU) whenever a new timer is due before the
-/// driver's next wake-up, and hyper arms the header-read timeout anew for every request: with this
-/// tick pending, the next wake-up is never further than a second away and arming costs no syscall.
+/// A timer that is always due within a second; each tick writes the buffered request lines. Tokio
+/// wakes its time driver (an eventfd write and one more `epoll_wait`, about 5 % of a request's
+/// CPU) whenever a new timer is due before the driver's next wake-up, and hyper arms the
+/// header-read timeout anew for every request: with this tick pending, the next wake-up is never
+/// further than a second away and arming costs no syscall.
 fn timer_tick() -> tokio::time::Interval {
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);

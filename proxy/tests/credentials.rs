@@ -308,6 +308,38 @@ async fn client_secret_inline_and_from_a_rotated_file() {
 }
 
 #[tokio::test]
+async fn request_lines_are_written_within_a_second_and_none_is_lost_at_shutdown() {
+    let world = World::new(
+        |app| app.secret = Some(SECRET.into()),
+        Duration::from_secs(3600),
+    )
+    .await;
+    let mut proxy = ProxyProcess::spawn(&vars(&world.env(&[("AZURE_CLIENT_SECRET", SECRET)])));
+    proxy.wait_healthy(Duration::from_secs(15)).await;
+    let lines = |output: &str| output.matches(" INFO request method=POST ").count();
+
+    // Buffered, then written by the next tick although no other request comes.
+    assert_eq!(chat(&proxy.url).await.status, StatusCode::OK);
+    proxy
+        .wait_for_output(" INFO request method=POST ", Duration::from_millis(2500))
+        .await;
+
+    // Still buffered when SIGTERM arrives: written before the exit.
+    assert_eq!(chat(&proxy.url).await.status, StatusCode::OK);
+    assert!(proxy.terminate(Duration::from_secs(10)).success());
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while lines(&proxy.output()) < 2 {
+        assert!(
+            Instant::now() < deadline,
+            "a request line was lost at shutdown:\n{}",
+            proxy.output()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(lines(&proxy.output()), 2, "{}", proxy.output());
+}
+
+#[tokio::test]
 async fn workload_identity_reads_the_federated_token_at_each_exchange() {
     let world = World::new(
         |app| app.federated_token = Some(FEDERATED.into()),
