@@ -294,8 +294,12 @@ http {{
 }}
 "#,
         dir = dir.display(),
+        // Buffered as aoai-proxy buffers its request lines: written at 64 KiB or every second.
         access_log = if access_log {
-            format!("access_log {}/access.log;", dir.display())
+            format!(
+                "access_log {}/access.log buffer=64k flush=1s;",
+                dir.display()
+            )
         } else {
             "access_log off;".to_string()
         }
@@ -331,7 +335,8 @@ struct Options {
     /// Only the requests/s table (skips SSE, memory and webhook figures).
     http_only: bool,
     /// Both servers without their per-request log line (aoai-proxy at warn, nginx `access_log
-    /// off`); by default both write one line per request, as they do when deployed.
+    /// off`); by default both log one line per request to a file, buffered (64 KiB or every
+    /// second), as they do when deployed.
     no_access_log: bool,
     /// The aoai-proxy binary to measure (default: the one beside aoai-bench).
     proxy: Option<PathBuf>,
@@ -471,7 +476,8 @@ async fn run(options: Options) {
                 .no_access_log
                 .then(|| ("AOAI_PROXY_LOG_LEVEL", "warn".to_string())),
         )
-        .stdout(Stdio::null())
+        // To a file, as nginx writes its access log.
+        .stdout(std::fs::File::create(scratch.join("aoai-proxy.log")).unwrap())
         .stderr(Stdio::null())
         .spawn()
         .expect("start aoai-proxy (build it with: cargo build --release -p aoai-proxy)");
@@ -541,7 +547,7 @@ async fn run(options: Options) {
         if options.no_access_log {
             "off"
         } else {
-            "on (one line per request)"
+            "on (one line per request, to a file, buffered: 64 KiB or every second)"
         },
     );
     println!();
