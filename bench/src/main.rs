@@ -297,7 +297,7 @@ http {{
         // Buffered as aoai-proxy buffers its request lines: written at 64 KiB or every second.
         access_log = if access_log {
             format!(
-                "access_log {}/access.log buffer=64k flush=1s;",
+                "access_log {}/access.log combined buffer=64k flush=1s;",
                 dir.display()
             )
         } else {
