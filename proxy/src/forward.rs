@@ -61,12 +61,14 @@ impl Forwarder {
                 }
             };
             let status = response.status().as_u16();
-            self.metrics.record_request(&method, status, started);
-            logging::access(&method, original_uri.path(), status, started.elapsed());
+            let elapsed = started.elapsed();
+            self.metrics.record_request(&method, status, elapsed);
+            logging::access(&method, original_uri.path(), status, elapsed);
             Ok(response)
         }
     }
 
+    /// Checks the caller's request and rewrites it for the upstream, or answers it.
     fn prepare(&self, request: Request<Incoming>, client_ip: IpAddr) -> Prepared {
         let (mut parts, body) = request.into_parts();
         let (target, authorization) = match self.check(&parts, client_ip) {

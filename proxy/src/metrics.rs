@@ -5,7 +5,7 @@
 //! scrape time from the [`TokenSource`].
 
 use std::sync::atomic::{AtomicI64, AtomicU64};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use http::Method;
 use prometheus_client::encoding::EncodeLabelSet;
@@ -202,7 +202,7 @@ impl Metrics {
     }
 
     /// Counts one answered request and its time to response headers.
-    pub fn record_request(&self, method: &Method, status: u16, started: Instant) {
+    pub fn record_request(&self, method: &Method, status: u16, duration: Duration) {
         let method_index = match *method {
             Method::GET => 0,
             Method::POST => 1,
@@ -215,7 +215,7 @@ impl Metrics {
         };
         let class_index = usize::from((status / 100).clamp(1, 5) - 1);
         self.requests[method_index * CLASSES.len() + class_index].inc();
-        self.duration.observe(started.elapsed().as_secs_f64());
+        self.duration.observe(duration.as_secs_f64());
     }
 
     pub fn upstream_error(&self, kind: UpstreamError) {
@@ -290,16 +290,15 @@ impl Drop for InFlight {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::time::Duration;
 
     #[test]
     fn exposition_has_every_family_and_no_token() {
         let metrics = Metrics::new();
-        metrics.record_request(&Method::POST, 200, Instant::now());
+        metrics.record_request(&Method::POST, 200, Duration::from_millis(3));
         metrics.record_request(
             &Method::from_bytes(b"PROPFIND").unwrap(),
             502,
-            Instant::now(),
+            Duration::from_millis(5),
         );
         metrics.upstream_error(UpstreamError::Connect);
         metrics.token_refresh("secret", true);
