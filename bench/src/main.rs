@@ -12,6 +12,7 @@ mod upstream;
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use aoai_e2e::ca::TestCa;
@@ -30,11 +31,42 @@ const BODY: &str =
 /// A process the harness started; killed when dropped.
 struct Process(Child);
 
+/// The processes started and not yet stopped, for [`stop_started_on_panic`].
+static STARTED: Mutex<Vec<u32>> = Mutex::new(Vec::new());
+
+fn started() -> std::sync::MutexGuard<'static, Vec<u32>> {
+    STARTED
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+impl Process {
+    fn new(child: Child) -> Self {
+        started().push(child.id());
+        Process(child)
+    }
+}
+
 impl Drop for Process {
     fn drop(&mut self) {
+        started().retain(|&pid| pid != self.0.id());
         let _ = self.0.kill();
         let _ = self.0.wait();
     }
+}
+
+/// The release profile aborts on panic, so no `Drop` runs: kill what the harness started before
+/// the panic ends it, or the servers would outlive it.
+fn stop_started_on_panic() {
+    let report = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        for pid in started().iter() {
+            let _ = Command::new("kill")
+                .args(["-KILL", &pid.to_string()])
+                .status();
+        }
+        report(info);
+    }));
 }
 
 fn free_port() -> u16 {
@@ -375,6 +407,7 @@ fn options() -> Options {
 }
 
 fn main() {
+    stop_started_on_panic();
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -423,7 +456,7 @@ async fn run(options: Options) {
             .read_line(&mut port_line)
             .unwrap();
     }
-    let _upstream = Process(upstream_child);
+    let _upstream = Process::new(upstream_child);
     let upstream_url = format!("http://127.0.0.1:{}", port_line.trim());
 
     // A mock Entra ID so that aoai-proxy runs exactly as deployed: a client secret credential.
@@ -482,7 +515,7 @@ async fn run(options: Options) {
         .spawn()
         .expect("start aoai-proxy (build it with: cargo build --release -p aoai-proxy)");
     let proxy_pid = proxy_child.id();
-    let _proxy = Process(proxy_child);
+    let _proxy = Process::new(proxy_child);
     wait_for(&format!("http://127.0.0.1:{admin_port}/health")).await;
     tokio::time::sleep(Duration::from_millis(500)).await;
     let (idle_rss, _, _) = proc_stats(proxy_pid);
@@ -504,7 +537,7 @@ async fn run(options: Options) {
             .stderr(Stdio::null())
             .spawn()
             .expect("start nginx");
-        (port, Process(child))
+        (port, Process::new(child))
     });
     let mut targets = vec![
         Target {
