@@ -66,6 +66,10 @@ impl Server {
             .timer(TokioTimer::new())
             .header_read_timeout(header_read_timeout)
             .max_buf_size(MAX_HEADER_BYTES)
+            // Head and body copied into one buffer and sent with one `write`: for the small heads
+            // and chunks of LLM calls that costs fewer instructions than hyper's queue of buffers
+            // for `writev` (about 2 % of a request, with the upstream side's alike).
+            .writev(false)
             .keep_alive(true);
         builder.http2().timer(TokioTimer::new());
         Ok(Self {

@@ -232,7 +232,11 @@ where
             *self.http2.lock().expect("pool lock") = Some(sender.clone());
             Ok(Sender::Http2(sender))
         } else {
-            let (sender, connection) = http1::handshake(stream).await?;
+            // One buffer and one `write`, as on the server side (`server::Server::bind`).
+            let (sender, connection) = http1::Builder::new()
+                .writev(false)
+                .handshake(stream)
+                .await?;
             tokio::spawn(async move {
                 if let Err(e) = connection.await {
                     tracing::debug!("upstream connection ended: {e}");
