@@ -121,6 +121,15 @@ impl World {
     }
 }
 
+/// An app registration that accepts `SECRET`, its tokens valid for `lifetime`, and a healthy
+/// proxy holding that secret.
+async fn client_secret_proxy(lifetime: Duration) -> (World, ProxyProcess) {
+    let world = World::new(|app| app.secret = Some(SECRET.into()), lifetime).await;
+    let mut proxy = ProxyProcess::spawn(&vars(&world.env(&[("AZURE_CLIENT_SECRET", SECRET)])));
+    proxy.wait_healthy(Duration::from_secs(15)).await;
+    (world, proxy)
+}
+
 fn vars(owned: &[(String, String)]) -> Vec<(&str, &str)> {
     owned
         .iter()
@@ -243,13 +252,7 @@ async fn certificate_credential_in_every_file_format() {
 
 #[tokio::test]
 async fn client_secret_inline_and_from_a_rotated_file() {
-    let world = World::new(
-        |app| app.secret = Some(SECRET.into()),
-        Duration::from_secs(3),
-    )
-    .await;
-    let mut proxy = ProxyProcess::spawn(&vars(&world.env(&[("AZURE_CLIENT_SECRET", SECRET)])));
-    proxy.wait_healthy(Duration::from_secs(15)).await;
+    let (world, proxy) = client_secret_proxy(Duration::from_secs(3)).await;
     assert_eq!(chat(&proxy.url).await.status, StatusCode::OK);
     assert_eq!(world.entra.requests()[0].form["client_secret"], SECRET);
     // The request line: method, path without its query, status, duration.
@@ -309,13 +312,7 @@ async fn client_secret_inline_and_from_a_rotated_file() {
 
 #[tokio::test]
 async fn request_lines_are_written_within_a_second_and_none_is_lost_at_shutdown() {
-    let world = World::new(
-        |app| app.secret = Some(SECRET.into()),
-        Duration::from_secs(3600),
-    )
-    .await;
-    let mut proxy = ProxyProcess::spawn(&vars(&world.env(&[("AZURE_CLIENT_SECRET", SECRET)])));
-    proxy.wait_healthy(Duration::from_secs(15)).await;
+    let (_world, mut proxy) = client_secret_proxy(Duration::from_secs(3600)).await;
     let lines = |output: &str| output.matches(" INFO request method=POST ").count();
 
     // Buffered, then written by the next tick although no other request comes.
@@ -514,13 +511,7 @@ async fn a_refused_credential_is_logged_with_azure_code_and_the_proxy_keeps_tryi
 
 #[tokio::test]
 async fn tokens_refresh_before_expiry_under_continuous_load() {
-    let world = World::new(
-        |app| app.secret = Some(SECRET.into()),
-        Duration::from_secs(4),
-    )
-    .await;
-    let mut proxy = ProxyProcess::spawn(&vars(&world.env(&[("AZURE_CLIENT_SECRET", SECRET)])));
-    proxy.wait_healthy(Duration::from_secs(15)).await;
+    let (world, proxy) = client_secret_proxy(Duration::from_secs(4)).await;
 
     let failures = Arc::new(AtomicUsize::new(0));
     let sent = Arc::new(AtomicUsize::new(0));
@@ -580,13 +571,7 @@ async fn tokens_refresh_before_expiry_under_continuous_load() {
 
 #[tokio::test]
 async fn identity_outage_serves_the_cached_token_then_503_then_recovers() {
-    let mut world = World::new(
-        |app| app.secret = Some(SECRET.into()),
-        Duration::from_secs(4),
-    )
-    .await;
-    let mut proxy = ProxyProcess::spawn(&vars(&world.env(&[("AZURE_CLIENT_SECRET", SECRET)])));
-    proxy.wait_healthy(Duration::from_secs(15)).await;
+    let (mut world, mut proxy) = client_secret_proxy(Duration::from_secs(4)).await;
     let acquired = world.entra.requests().last().unwrap().at;
     world.entra.stop();
 
@@ -627,13 +612,7 @@ async fn identity_outage_serves_the_cached_token_then_503_then_recovers() {
 
 #[tokio::test]
 async fn an_upstream_401_triggers_one_early_refresh() {
-    let world = World::new(
-        |app| app.secret = Some(SECRET.into()),
-        Duration::from_secs(30),
-    )
-    .await;
-    let mut proxy = ProxyProcess::spawn(&vars(&world.env(&[("AZURE_CLIENT_SECRET", SECRET)])));
-    proxy.wait_healthy(Duration::from_secs(15)).await;
+    let (world, proxy) = client_secret_proxy(Duration::from_secs(30)).await;
     assert_eq!(world.entra.requests().len(), 1);
     // Early refreshes are rate-limited to one per min(30 s, lifetime / 10) = 3 s.
     tokio::time::sleep(Duration::from_millis(3200)).await;
