@@ -3,8 +3,8 @@
 //! in release mode. Everything it starts, it stops; nothing leaves 127.0.0.1.
 //!
 //! `aoai-bench [--duration 5] [--rounds 5] [--concurrency 1,16,64] [--http-only]
-//! [--no-access-log] [--proxy PATH] [--instructions]` runs the whole suite (or only the requests/s
-//! table);
+//! [--no-access-log] [--proxy PATH] [--python PATH] [--instructions]` runs the whole suite (or
+//! only the requests/s table);
 //! `aoai-bench upstream` runs only the mock upstream (the suite starts it as its own process);
 //! `aoai-bench webhook` runs only the webhook figures.
 
@@ -25,6 +25,8 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 
 const PATH: &str = "/openai/deployments/gpt-4o/chat/completions?api-version=2024-10-21";
+/// Started with `--python`.
+const PYTHON_SIDECAR: &str = include_str!("../python_sidecar.py");
 const BODY: &str =
     r#"{"messages":[{"role":"user","content":"What is the capital of France?"}],"max_tokens":150}"#;
 
@@ -372,6 +374,9 @@ struct Options {
     no_access_log: bool,
     /// The aoai-proxy binary to measure (default: the one beside aoai-bench).
     proxy: Option<PathBuf>,
+    /// A Python with aiohttp: adds `python_sidecar.py`, the kind of sidecar aoai-proxy replaces,
+    /// as a target (not with `--instructions`).
+    python: Option<PathBuf>,
     /// Runs aoai-proxy and nginx under `valgrind --tool=callgrind` and reports the user-space
     /// instructions each executes per request: a figure that, unlike time, does not depend on
     /// what else the machine is doing. Implies `--http-only`.
@@ -403,6 +408,7 @@ fn options() -> Options {
         instructions: args.iter().any(|a| a == "--instructions"),
         no_access_log: args.iter().any(|a| a == "--no-access-log"),
         proxy: value("--proxy").map(PathBuf::from),
+        python: value("--python").map(PathBuf::from),
     }
 }
 
@@ -539,6 +545,28 @@ async fn run(options: Options) {
             .expect("start nginx");
         (port, Process::new(child))
     });
+    let python_sidecar = options
+        .python
+        .as_ref()
+        .filter(|_| !options.instructions)
+        .map(|python| {
+            let port = free_port();
+            let script = scratch.join("python_sidecar.py");
+            std::fs::write(&script, PYTHON_SIDECAR).unwrap();
+            let child = pinned(server_core, python)
+                .env_clear()
+                .arg(&script)
+                .arg(port.to_string())
+                .arg(&upstream_url)
+                .args(
+                    (!options.no_access_log)
+                        .then(|| scratch.join("python-access.log").display().to_string()),
+                )
+                .stderr(Stdio::null())
+                .spawn()
+                .expect("start the Python sidecar (scripts/bench installs aiohttp)");
+            (port, Process::new(child))
+        });
     let mut targets = vec![
         Target {
             name: "direct",
@@ -562,6 +590,15 @@ async fn run(options: Options) {
         eprintln!(
             "nginx is not installed: the nginx column is left out (scripts/bench installs it)"
         );
+    }
+
+    if let Some((port, process)) = &python_sidecar {
+        wait_for(&format!("http://127.0.0.1:{port}/openai/models")).await;
+        targets.push(Target {
+            name: "python-aiohttp",
+            url: format!("http://127.0.0.1:{port}"),
+            pid: Some(process.0.id()),
+        });
     }
 
     let script = scratch.join("post.lua");
