@@ -129,6 +129,17 @@ struct Target {
     pid: Option<u32>,
 }
 
+/// A proxy under test listening on `port`, once it forwards.
+async fn server_target(name: &'static str, port: u16, process: &Process) -> Target {
+    let url = format!("http://127.0.0.1:{port}");
+    wait_for(&format!("{url}/openai/models")).await;
+    Target {
+        name,
+        url,
+        pid: Some(process.0.id()),
+    }
+}
+
 #[derive(Default, Clone)]
 struct WrkResult {
     rps: f64,
@@ -580,12 +591,7 @@ async fn run(options: Options) {
         },
     ];
     if let Some((port, process)) = &nginx {
-        wait_for(&format!("http://127.0.0.1:{port}/openai/models")).await;
-        targets.push(Target {
-            name: "nginx",
-            url: format!("http://127.0.0.1:{port}"),
-            pid: Some(process.0.id()),
-        });
+        targets.push(server_target("nginx", *port, process).await);
     } else {
         eprintln!(
             "nginx is not installed: the nginx column is left out (scripts/bench installs it)"
@@ -593,12 +599,7 @@ async fn run(options: Options) {
     }
 
     if let Some((port, process)) = &python_sidecar {
-        wait_for(&format!("http://127.0.0.1:{port}/openai/models")).await;
-        targets.push(Target {
-            name: "python-aiohttp",
-            url: format!("http://127.0.0.1:{port}"),
-            pid: Some(process.0.id()),
-        });
+        targets.push(server_target("python-aiohttp", *port, process).await);
     }
 
     let script = scratch.join("post.lua");
