@@ -30,12 +30,15 @@ DROPPED_FROM_REQUESTS = HOP_BY_HOP | {"api-key", "authorization", "host"}
 
 
 def forwardable(headers, dropped):
+    """The headers to pass on: all but `dropped` and those the `Connection` header names."""
     named = {
         token.strip().lower()
         for value in headers.getall("connection", [])
         for token in value.split(",")
     }
-    return [(k, v) for k, v in headers.items() if k.lower() not in dropped | named]
+    if named:
+        dropped = dropped | named
+    return [(k, v) for k, v in headers.items() if k.lower() not in dropped]
 
 
 async def forward(request):
