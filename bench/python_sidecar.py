@@ -3,7 +3,7 @@
 aiohttp on asyncio; one client session for all requests (keep-alive upstream connections);
 bodies streamed both ways, so SSE arrives chunk by chunk; hop-by-hop headers, the caller's
 `api-key` and `Host` dropped; a fixed `Authorization` header added (the token is not what is
-measured). With `log`, one access line per request to a file, buffered like the other servers'.
+measured). With LOG_FILE, one access line per request to that file, written 1,000 lines at a time.
 
 Started by aoai-bench, for the benchmark only:
     python python_sidecar.py PORT UPSTREAM_URL [LOG_FILE]
