@@ -2,11 +2,8 @@
 //! the webhook's `/mutate`. Run it through `scripts/bench`, which installs wrk and nginx and builds
 //! in release mode. Everything it starts, it stops; nothing leaves 127.0.0.1.
 //!
-//! `aoai-bench [--duration 5] [--rounds 5] [--concurrency 1,16,64] [--http-only]
-//! [--no-access-log] [--proxy PATH] [--python PATH] [--instructions]` runs the whole suite (or
-//! only the requests/s table);
-//! `aoai-bench upstream` runs only the mock upstream (the suite starts it as its own process);
-//! `aoai-bench webhook` runs only the webhook figures.
+//! `aoai-bench --help` lists its flags; `aoai-bench upstream` and `aoai-bench webhook` run one
+//! part on its own.
 
 mod upstream;
 
@@ -203,7 +200,7 @@ fn parse_latency(text: &str) -> Option<f64> {
 
 fn wrk(
     url: &str,
-    concurrency: usize,
+    concurrency: u64,
     duration: u64,
     core: Option<usize>,
     script: &Path,
@@ -370,78 +367,71 @@ async fn wait_for(url: &str) {
 
 mod webhook_bench;
 
+/// Measures aoai-proxy against a direct call, a plain nginx hop and (with `--python`) a Python
+/// sidecar on 127.0.0.1, and the webhook's `/mutate`. Run it through `scripts/bench`.
+#[derive(clap::Parser)]
+#[command(name = "aoai-bench")]
 struct Options {
+    #[command(subcommand)]
+    only: Option<Only>,
     /// Seconds per wrk run.
+    #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u64).range(1..))]
     duration: u64,
     /// Runs per target and concurrency, interleaved (direct, aoai-proxy, nginx, direct, ...) so
     /// that a noisy neighbour slows every target alike; the tables give medians.
-    rounds: usize,
-    concurrency: Vec<usize>,
+    #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u64).range(1..))]
+    rounds: u64,
+    /// Open connections per wrk run, comma-separated.
+    #[arg(long, value_delimiter = ',', default_value = "1,16,64", value_parser = clap::value_parser!(u64).range(1..))]
+    concurrency: Vec<u64>,
     /// Only the requests/s table (skips SSE, memory and webhook figures).
+    #[arg(long)]
     http_only: bool,
     /// Both servers without their per-request log line (aoai-proxy at warn, nginx `access_log
     /// off`); by default both log one line per request to a file, buffered (64 KiB or every
     /// second), as they do when deployed.
+    #[arg(long)]
     no_access_log: bool,
     /// The aoai-proxy binary to measure (default: the one beside aoai-bench).
+    #[arg(long, value_name = "PATH")]
     proxy: Option<PathBuf>,
     /// A Python with aiohttp: adds `python_sidecar.py`, the kind of sidecar aoai-proxy replaces,
     /// as a target (not with `--instructions`).
+    #[arg(long, value_name = "PATH")]
     python: Option<PathBuf>,
     /// Runs aoai-proxy and nginx under `valgrind --tool=callgrind` and reports the user-space
     /// instructions each executes per request: a figure that, unlike time, does not depend on
     /// what else the machine is doing. Implies `--http-only`.
+    #[arg(long)]
     instructions: bool,
 }
 
-fn options() -> Options {
-    let args: Vec<String> = std::env::args().collect();
-    let value = |flag: &str| {
-        args.iter()
-            .position(|a| a == flag)
-            .and_then(|i| args.get(i + 1))
-            .cloned()
-    };
-    Options {
-        duration: value("--duration")
-            .and_then(|d| d.parse().ok())
-            .unwrap_or(5),
-        rounds: value("--rounds")
-            .and_then(|r| r.parse().ok())
-            .unwrap_or(5)
-            .max(1),
-        concurrency: value("--concurrency")
-            .map(|c| c.split(',').filter_map(|n| n.parse().ok()).collect())
-            .unwrap_or_else(|| vec![1, 16, 64]),
-        http_only: args
-            .iter()
-            .any(|a| a == "--http-only" || a == "--instructions"),
-        instructions: args.iter().any(|a| a == "--instructions"),
-        no_access_log: args.iter().any(|a| a == "--no-access-log"),
-        proxy: value("--proxy").map(PathBuf::from),
-        python: value("--python").map(PathBuf::from),
-    }
+/// One part of the suite on its own.
+#[derive(clap::Subcommand)]
+enum Only {
+    /// Only the mock upstream, on a free port printed on the first line (the suite starts it as
+    /// its own process).
+    Upstream,
+    /// Only the webhook figures.
+    Webhook,
 }
 
 fn main() {
+    let options = <Options as clap::Parser>::parse();
     stop_started_on_panic();
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .unwrap();
-    if std::env::args().nth(1).as_deref() == Some("upstream") {
-        runtime.block_on(async {
+    match options.only {
+        Some(Only::Upstream) => runtime.block_on(async {
             let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
             println!("{}", listener.local_addr().unwrap().port());
             upstream::serve(listener).await;
-        });
-        return;
+        }),
+        Some(Only::Webhook) => runtime.block_on(webhook_bench::run(None)),
+        None => runtime.block_on(run(options)),
     }
-    if std::env::args().nth(1).as_deref() == Some("webhook") {
-        runtime.block_on(webhook_bench::run(None));
-        return;
-    }
-    runtime.block_on(run(options()));
 }
 
 async fn run(options: Options) {
@@ -714,7 +704,7 @@ async fn run(options: Options) {
             println!("| {name} | {concurrency} | {requests:.0} | {per_request:.0} |");
         }
     }
-    if options.http_only {
+    if options.http_only || options.instructions {
         let _ = std::fs::remove_dir_all(&scratch);
         return;
     }
@@ -812,4 +802,32 @@ fn which(program: &str) -> Option<PathBuf> {
         .chain(["/usr/sbin", "/sbin"])
         .map(|dir| Path::new(dir).join(program))
         .find(|path| path.is_file())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::{CommandFactory, Parser};
+
+    #[test]
+    fn flags_have_their_documented_defaults_and_typos_are_refused() {
+        Options::command().debug_assert();
+        let defaults = Options::try_parse_from(["aoai-bench"]).unwrap();
+        assert_eq!(
+            (defaults.duration, defaults.rounds, defaults.concurrency),
+            (5, 5, vec![1, 16, 64])
+        );
+        let chosen =
+            Options::try_parse_from(["aoai-bench", "--concurrency", "4,32", "--instructions"])
+                .unwrap();
+        assert_eq!(chosen.concurrency, [4, 32]);
+        for wrong in [
+            &["--concurency", "4"][..],
+            &["--rounds", "0"],
+            &["--concurrency", "1,x"],
+        ] {
+            let args = std::iter::once("aoai-bench").chain(wrong.iter().copied());
+            assert!(Options::try_parse_from(args).is_err(), "{wrong:?}");
+        }
+    }
 }
