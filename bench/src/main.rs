@@ -393,17 +393,26 @@ struct Options {
     #[arg(long)]
     no_access_log: bool,
     /// The aoai-proxy binary to measure (default: the one beside aoai-bench).
-    #[arg(long, value_name = "PATH")]
+    #[arg(long, value_name = "PATH", value_parser = existing_file)]
     proxy: Option<PathBuf>,
     /// A Python with aiohttp: adds `python_sidecar.py`, the kind of sidecar aoai-proxy replaces,
     /// as a target (not with `--instructions`).
-    #[arg(long, value_name = "PATH")]
+    #[arg(long, value_name = "PATH", value_parser = existing_file)]
     python: Option<PathBuf>,
     /// Runs aoai-proxy and nginx under `valgrind --tool=callgrind` and reports the user-space
     /// instructions each executes per request: a figure that, unlike time, does not depend on
     /// what else the machine is doing. Implies `--http-only`.
     #[arg(long)]
     instructions: bool,
+}
+
+fn existing_file(path: &str) -> Result<PathBuf, String> {
+    let path = PathBuf::from(path);
+    if path.is_file() {
+        Ok(path)
+    } else {
+        Err("no such file".into())
+    }
 }
 
 /// One part of the suite on its own.
@@ -825,6 +834,7 @@ mod tests {
             &["--concurency", "4"][..],
             &["--rounds", "0"],
             &["--concurrency", "1,x"],
+            &["--proxy", "/nonexistent/aoai-proxy"],
         ] {
             let args = std::iter::once("aoai-bench").chain(wrong.iter().copied());
             assert!(Options::try_parse_from(args).is_err(), "{wrong:?}");
