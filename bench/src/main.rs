@@ -162,6 +162,8 @@ struct Row {
     rps: f64,
     p50_us: f64,
     p99_us: f64,
+    /// The server's CPU time (user + system) over all the rounds.
+    cpu_s: Option<f64>,
     cpu_us_per_request: Option<f64>,
     peak_rss: Option<f64>,
 }
@@ -177,6 +179,7 @@ impl TargetRuns {
             rps: pick(|r| r.rps),
             p50_us: pick(|r| r.p50_us),
             p99_us: pick(|r| r.p99_us),
+            cpu_s: measured.then_some(self.cpu_s),
             cpu_us_per_request: (measured && self.requests > 0.0)
                 .then(|| self.cpu_s * 1e6 / self.requests),
             peak_rss: measured.then_some(self.peak_rss),
@@ -622,9 +625,9 @@ async fn run(options: Options) {
     );
     println!();
     println!(
-        "| target | concurrency | requests/s | p50 µs | p99 µs | added p50 µs | added p99 µs | rps vs nginx | CPU µs per request | peak RSS MiB |"
+        "| target | concurrency | requests/s | p50 µs | p99 µs | added p50 µs | added p99 µs | rps vs nginx | CPU s | CPU µs per request | peak RSS MiB |"
     );
-    println!("|---|---|---|---|---|---|---|---|---|---|");
+    println!("|---|---|---|---|---|---|---|---|---|---|---|");
     let mut instruction_rows = Vec::new();
     for &concurrency in &options.concurrency {
         let mut runs: Vec<TargetRuns> = targets.iter().map(|_| TargetRuns::default()).collect();
@@ -686,7 +689,7 @@ async fn run(options: Options) {
                 }
             };
             println!(
-                "| {} | {concurrency} | {:.0} | {:.0} | {:.0} | {} | {} | {} | {} | {} |",
+                "| {} | {concurrency} | {:.0} | {:.0} | {:.0} | {} | {} | {} | {} | {} | {} |",
                 target.name,
                 row.rps,
                 row.p50_us,
@@ -696,6 +699,7 @@ async fn run(options: Options) {
                 nginx_rps
                     .filter(|_| !is_direct)
                     .map_or("—".into(), |n| format!("{:.2}", row.rps / n)),
+                row.cpu_s.map_or("—".into(), |c| format!("{c:.2}")),
                 row.cpu_us_per_request
                     .map_or("—".into(), |c| format!("{c:.1}")),
                 row.peak_rss.map_or("—".into(), |r| format!("{r:.1}")),
