@@ -99,19 +99,21 @@ async fn oversized_headers_get_431_and_a_malformed_request_line_400() {
         "a".repeat(200 * 1024)
     );
     let answer = raw(&proxy.url, huge.as_bytes()).await;
-    assert!(answer.starts_with("HTTP/1.1 431"), "{answer:.200}");
+    assert!(answer.starts_with("HTTP/1.1 431 "), "{answer:.200}");
+    assert!(
+        answer.contains("\r\nconnection: close\r\n"),
+        "{answer:.200}"
+    );
     for garbage in [
         &b"NOT A REQUEST LINE\r\n\r\n"[..],
         b"GET /x HTTP/9.9\r\n\r\n",
         b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03",
     ] {
+        // Refused by the HTTP layer, before the proxy's code: a bare 400 that closes the
+        // connection (the README says so).
         let answer = raw(&proxy.url, garbage).await;
-        assert!(
-            answer.starts_with("HTTP/1.1 400")
-                || answer.starts_with("HTTP/1.1 505")
-                || answer.is_empty(),
-            "{answer}"
-        );
+        assert!(answer.starts_with("HTTP/1.1 400 "), "{answer}");
+        assert!(answer.contains("\r\nconnection: close\r\n"), "{answer}");
     }
     // Nothing reached the upstream, and the proxy still serves.
     assert!(upstream.requests().is_empty());
