@@ -88,8 +88,17 @@ fn pinned(core: Option<usize>, program: &Path) -> Command {
     }
 }
 
-/// (VmRSS, VmHWM) in MiB and CPU seconds (user + system) of a process.
-fn proc_stats(pid: u32) -> (f64, f64, f64) {
+/// What `/proc` says of a process: memory in MiB, CPU time in seconds.
+#[derive(Default, Clone, Copy)]
+struct ProcStats {
+    rss: f64,
+    /// Peak RSS (VmHWM).
+    peak_rss: f64,
+    user_s: f64,
+    system_s: f64,
+}
+
+fn proc_stats(pid: u32) -> ProcStats {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
     let kib = |key: &str| {
         status
@@ -113,11 +122,12 @@ fn proc_stats(pid: u32) -> (f64, f64, f64) {
             .and_then(|v| v.parse::<f64>().ok())
             .unwrap_or(0.0)
     };
-    (
-        kib("VmRSS:") / 1024.0,
-        kib("VmHWM:") / 1024.0,
-        (ticks(11) + ticks(12)) / 100.0,
-    )
+    ProcStats {
+        rss: kib("VmRSS:") / 1024.0,
+        peak_rss: kib("VmHWM:") / 1024.0,
+        user_s: ticks(11) / 100.0,
+        system_s: ticks(12) / 100.0,
+    }
 }
 
 struct Target {
@@ -153,7 +163,9 @@ struct TargetRuns {
     requests: f64,
     /// User-space instructions counted by callgrind during the runs (`--instructions`).
     instructions: f64,
-    cpu_s: f64,
+    /// The server's CPU time in user space and in the kernel over the runs.
+    user_s: f64,
+    system_s: f64,
     peak_rss: f64,
 }
 
@@ -164,7 +176,8 @@ struct Row {
     p99_us: f64,
     /// The server's CPU time (user + system) over all the rounds.
     cpu_s: Option<f64>,
-    cpu_us_per_request: Option<f64>,
+    /// CPU µs per request: user + system, user, system.
+    cpu_us_per_request: Option<(f64, f64, f64)>,
     peak_rss: Option<f64>,
 }
 
@@ -179,9 +192,15 @@ impl TargetRuns {
             rps: pick(|r| r.rps),
             p50_us: pick(|r| r.p50_us),
             p99_us: pick(|r| r.p99_us),
-            cpu_s: measured.then_some(self.cpu_s),
-            cpu_us_per_request: (measured && self.requests > 0.0)
-                .then(|| self.cpu_s * 1e6 / self.requests),
+            cpu_s: measured.then_some(self.user_s + self.system_s),
+            cpu_us_per_request: (measured && self.requests > 0.0).then(|| {
+                let per_request = |seconds: f64| seconds * 1e6 / self.requests;
+                (
+                    per_request(self.user_s + self.system_s),
+                    per_request(self.user_s),
+                    per_request(self.system_s),
+                )
+            }),
             peak_rss: measured.then_some(self.peak_rss),
         }
     }
@@ -303,7 +322,7 @@ async fn memory_with_open_streams(url: &str, pid: u32, streams: usize) -> (f64, 
         }));
     }
     tokio::time::sleep(Duration::from_millis(1500)).await;
-    let (rss, _, _) = proc_stats(pid);
+    let rss = proc_stats(pid).rss;
     let mut completed = 0;
     for task in tasks {
         completed += usize::from(task.await.unwrap_or(false));
@@ -537,7 +556,7 @@ async fn run(options: Options) {
     let _proxy = Process::new(proxy_child);
     wait_for(&format!("http://127.0.0.1:{admin_port}/health")).await;
     tokio::time::sleep(Duration::from_millis(500)).await;
-    let (idle_rss, _, _) = proc_stats(proxy_pid);
+    let idle_rss = proc_stats(proxy_pid).rss;
 
     let nginx = which("nginx").map(|nginx| {
         let port = free_port();
@@ -625,7 +644,7 @@ async fn run(options: Options) {
     );
     println!();
     println!(
-        "| target | concurrency | requests/s | p50 µs | p99 µs | added p50 µs | added p99 µs | rps vs nginx | CPU s | CPU µs per request | peak RSS MiB |"
+        "| target | concurrency | requests/s | p50 µs | p99 µs | added p50 µs | added p99 µs | rps vs nginx | CPU s | CPU µs per request (user + system) | peak RSS MiB |"
     );
     println!("|---|---|---|---|---|---|---|---|---|---|---|");
     let mut instruction_rows = Vec::new();
@@ -650,10 +669,11 @@ async fn run(options: Options) {
                     client_core,
                     &script,
                 );
-                if let Some((pid, (_, _, cpu_before))) = target.pid.zip(before) {
-                    let (_, hwm, cpu_after) = proc_stats(pid);
-                    runs[index].cpu_s += cpu_after - cpu_before;
-                    runs[index].peak_rss = hwm;
+                if let Some((pid, before)) = target.pid.zip(before) {
+                    let after = proc_stats(pid);
+                    runs[index].user_s += after.user_s - before.user_s;
+                    runs[index].system_s += after.system_s - before.system_s;
+                    runs[index].peak_rss = after.peak_rss;
                 }
                 if let (true, Some(pid)) = (options.instructions, target.pid) {
                     callgrind_control("-d", pid);
@@ -701,7 +721,9 @@ async fn run(options: Options) {
                     .map_or("—".into(), |n| format!("{:.2}", row.rps / n)),
                 row.cpu_s.map_or("—".into(), |c| format!("{c:.2}")),
                 row.cpu_us_per_request
-                    .map_or("—".into(), |c| format!("{c:.1}")),
+                    .map_or("—".into(), |(all, user, system)| {
+                        format!("{all:.1} ({user:.1} + {system:.1})")
+                    }),
                 row.peak_rss.map_or("—".into(), |r| format!("{r:.1}")),
             );
         }
@@ -748,7 +770,7 @@ async fn run(options: Options) {
     }
 
     let (rss, completed) = memory_with_open_streams(&targets[1].url, proxy_pid, 1000).await;
-    let (_, peak, _) = proc_stats(proxy_pid);
+    let peak = proc_stats(proxy_pid).peak_rss;
     println!();
     println!(
         "aoai-proxy memory: idle {idle_rss:.1} MiB; with 1,000 SSE streams open {rss:.1} MiB ({completed} of 1,000 completed); peak over the whole run {peak:.1} MiB"
