@@ -89,7 +89,6 @@ fn pinned(core: Option<usize>, program: &Path) -> Command {
 }
 
 /// What `/proc` says of a process: memory in MiB, CPU time in seconds.
-#[derive(Default, Clone, Copy)]
 struct ProcStats {
     rss: f64,
     /// Peak RSS (VmHWM).
