@@ -5,6 +5,7 @@
 //! `aoai-bench --help` lists its flags; `aoai-bench upstream` and `aoai-bench webhook` run one
 //! part on its own.
 
+mod train;
 mod upstream;
 
 use std::path::{Path, PathBuf};
@@ -47,8 +48,20 @@ impl Process {
 }
 
 impl Drop for Process {
+    /// SIGTERM first, so that a server ends as it does when deployed (and an instrumented
+    /// aoai-proxy writes its profile, see `train`); SIGKILL if it is still there after 5 s.
     fn drop(&mut self) {
         started().retain(|&pid| pid != self.0.id());
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.0.id().to_string()])
+            .status();
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.0.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
         let _ = self.0.kill();
         let _ = self.0.wait();
     }
@@ -444,6 +457,10 @@ enum Only {
     Upstream,
     /// Only the webhook figures.
     Webhook,
+    /// Drives the aoai-proxy given with `--proxy` (built with `-Cprofile-generate`) with the
+    /// traffic its PGO profile is recorded from, `--duration` seconds per wrk run; run it through
+    /// `scripts/pgo-profile`.
+    Train,
 }
 
 fn main() {
@@ -460,6 +477,15 @@ fn main() {
             upstream::serve(listener).await;
         }),
         Some(Only::Webhook) => runtime.block_on(webhook_bench::run(None)),
+        Some(Only::Train) => {
+            let Some(proxy) = options.proxy else {
+                eprintln!(
+                    "aoai-bench train: --proxy PATH is required (the instrumented aoai-proxy)"
+                );
+                std::process::exit(2);
+            };
+            runtime.block_on(train::run(&proxy, options.duration));
+        }
         None => runtime.block_on(run(options)),
     }
 }
@@ -496,20 +522,8 @@ async fn run(options: Options) {
     let _upstream = Process::new(upstream_child);
     let upstream_url = format!("http://127.0.0.1:{}", port_line.trim());
 
-    // A mock Entra ID so that aoai-proxy runs exactly as deployed: a client secret credential.
     let ca = TestCa::new();
-    let entra = MockEntra::start(
-        App {
-            tenant_id: "00000000-0000-0000-0000-000000000001".into(),
-            client_id: "00000000-0000-0000-0000-000000000002".into(),
-            secret: Some("bench-secret".into()),
-            ..App::default()
-        },
-        ca.server_config(),
-        Duration::from_secs(3600),
-        aoai_e2e::tokens::TokenLedger::new(),
-    )
-    .await;
+    let entra = mock_entra(&ca).await;
     let proxy_port = free_port();
     let admin_port = free_port();
     let proxy_binary = options
@@ -523,24 +537,13 @@ async fn run(options: Options) {
     };
     let proxy_child = server_command(server_core, &proxy_binary, callgrind_out("aoai-proxy"))
         .env_clear()
-        .envs([
-            ("API_BASE_URL", upstream_url.clone()),
-            ("HOST", "127.0.0.1".into()),
-            ("PORT", proxy_port.to_string()),
-            ("AOAI_PROXY_ADMIN_HOST", "127.0.0.1".into()),
-            ("AOAI_PROXY_ADMIN_PORT", admin_port.to_string()),
-            (
-                "AZURE_TENANT_ID",
-                "00000000-0000-0000-0000-000000000001".into(),
-            ),
-            (
-                "AZURE_CLIENT_ID",
-                "00000000-0000-0000-0000-000000000002".into(),
-            ),
-            ("AZURE_CLIENT_SECRET", "bench-secret".into()),
-            ("AZURE_AUTHORITY_HOST", entra.authority()),
-            ("SSL_CERT_FILE", ca.root_pem_path().display().to_string()),
-        ])
+        .envs(proxy_env(
+            &upstream_url,
+            proxy_port,
+            admin_port,
+            &entra,
+            &ca,
+        ))
         .envs(
             options
                 .no_access_log
@@ -622,14 +625,7 @@ async fn run(options: Options) {
         targets.push(server_target("python-aiohttp", *port, process).await);
     }
 
-    let script = scratch.join("post.lua");
-    std::fs::write(
-        &script,
-        format!(
-            "wrk.method = \"POST\"\nwrk.body = '{BODY}'\nwrk.headers[\"Content-Type\"] = \"application/json\"\nwrk.headers[\"api-key\"] = \"client-key-the-proxy-removes\"\n"
-        ),
-    )
-    .unwrap();
+    let script = wrk_script(&scratch);
 
     println!(
         "aoai-bench: {cores} cores; load generator and mock upstream on core {client_core:?}, server under test on core {server_core:?}; wrk -t1; {} rounds of {} s per target and concurrency, interleaved; medians; POST {PATH}, ~1 KB JSON answer; access logs {}",
@@ -778,6 +774,67 @@ async fn run(options: Options) {
     println!();
     webhook_bench::run(client_core).await;
     let _ = std::fs::remove_dir_all(&scratch);
+}
+
+/// The key wrk sends in `api-key`, as the applications' SDKs do (aoai-proxy removes it).
+const WRK_API_KEY: &str = "client-key-the-proxy-removes";
+
+/// wrk's script in `dir`: a chat completion request with an `api-key`.
+fn wrk_script(dir: &Path) -> PathBuf {
+    let script = dir.join("post.lua");
+    std::fs::write(
+        &script,
+        format!(
+            "wrk.method = \"POST\"\nwrk.body = '{BODY}'\nwrk.headers[\"Content-Type\"] = \"application/json\"\nwrk.headers[\"api-key\"] = \"{WRK_API_KEY}\"\n"
+        ),
+    )
+    .unwrap();
+    script
+}
+
+/// A mock Entra ID so that aoai-proxy runs exactly as deployed: a client secret credential.
+async fn mock_entra(ca: &TestCa) -> MockEntra {
+    MockEntra::start(
+        App {
+            tenant_id: "00000000-0000-0000-0000-000000000001".into(),
+            client_id: "00000000-0000-0000-0000-000000000002".into(),
+            secret: Some("bench-secret".into()),
+            ..App::default()
+        },
+        ca.server_config(),
+        Duration::from_secs(3600),
+        aoai_e2e::tokens::TokenLedger::new(),
+    )
+    .await
+}
+
+/// aoai-proxy's whole environment: `upstream_url` with a client secret from `entra`, the test CA
+/// trusted, both listeners on 127.0.0.1.
+fn proxy_env(
+    upstream_url: &str,
+    port: u16,
+    admin_port: u16,
+    entra: &MockEntra,
+    ca: &TestCa,
+) -> Vec<(&'static str, String)> {
+    vec![
+        ("API_BASE_URL", upstream_url.to_string()),
+        ("HOST", "127.0.0.1".into()),
+        ("PORT", port.to_string()),
+        ("AOAI_PROXY_ADMIN_HOST", "127.0.0.1".into()),
+        ("AOAI_PROXY_ADMIN_PORT", admin_port.to_string()),
+        (
+            "AZURE_TENANT_ID",
+            "00000000-0000-0000-0000-000000000001".into(),
+        ),
+        (
+            "AZURE_CLIENT_ID",
+            "00000000-0000-0000-0000-000000000002".into(),
+        ),
+        ("AZURE_CLIENT_SECRET", "bench-secret".into()),
+        ("AZURE_AUTHORITY_HOST", entra.authority()),
+        ("SSL_CERT_FILE", ca.root_pem_path().display().to_string()),
+    ]
 }
 
 /// The server under test, on its core, under callgrind when `callgrind_out` is given.

@@ -3,6 +3,7 @@
 //! nothing, so it stays flat under millions of requests.
 
 use std::convert::Infallible;
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -84,15 +85,37 @@ pub async fn serve(listener: TcpListener) {
             continue;
         };
         let _ = stream.set_nodelay(true);
-        let body = body.clone();
+        tokio::spawn(serve_connection(stream, body.clone()));
+    }
+}
+
+/// Serves HTTPS on `listener` forever: HTTP/2 or HTTP/1.1, as `tls`'s ALPN list allows.
+pub async fn serve_tls(listener: TcpListener, tls: Arc<rustls::ServerConfig>) {
+    let body = completion();
+    let acceptor = tokio_rustls::TlsAcceptor::from(tls);
+    loop {
+        let Ok((stream, _)) = listener.accept().await else {
+            continue;
+        };
+        let _ = stream.set_nodelay(true);
+        let (acceptor, body) = (acceptor.clone(), body.clone());
         tokio::spawn(async move {
-            let service = service_fn(move |request| {
-                let body = body.clone();
-                async move { Ok::<_, Infallible>(answer(request, body).await) }
-            });
-            let _ = auto::Builder::new(TokioExecutor::new())
-                .serve_connection(TokioIo::new(stream), service)
-                .await;
+            if let Ok(stream) = acceptor.accept(stream).await {
+                serve_connection(stream, body).await;
+            }
         });
     }
+}
+
+async fn serve_connection<S>(stream: S, body: Bytes)
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let service = service_fn(move |request| {
+        let body = body.clone();
+        async move { Ok::<_, Infallible>(answer(request, body).await) }
+    });
+    let _ = auto::Builder::new(TokioExecutor::new())
+        .serve_connection(TokioIo::new(stream), service)
+        .await;
 }
