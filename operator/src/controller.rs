@@ -6,6 +6,7 @@
 //! apply, Events for transitions, and with `rollout: Restart` a restart of stale workloads.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -64,6 +65,11 @@ pub struct Context {
     pub recorder: Recorder,
     pub metrics: Arc<Metrics>,
     pub options: Options,
+    /// True once the Secret and pod caches hold every object. Reconciles read this flag rather
+    /// than await `Store::wait_until_ready`: kube-runtime's readiness future wakes only the task
+    /// that polled it last, so concurrent reconciles waiting on it never woke (the status was
+    /// never written and graceful shutdown waited on them forever).
+    pub caches_synced: Arc<AtomicBool>,
     /// Consecutive failures per object, for the error policy's backoff.
     failures: Mutex<HashMap<ObjectRef<AzureOpenAIProxy>, u32>>,
 }
@@ -75,6 +81,7 @@ impl Context {
         pods: Store<Pod>,
         metrics: Arc<Metrics>,
         options: Options,
+        caches_synced: Arc<AtomicBool>,
     ) -> Self {
         let reporter = Reporter {
             controller: FIELD_MANAGER.into(),
@@ -87,6 +94,7 @@ impl Context {
             pods,
             metrics,
             options,
+            caches_synced,
             failures: Mutex::default(),
         }
     }
@@ -141,10 +149,11 @@ pub async fn reconcile(proxy: Arc<AzureOpenAIProxy>, ctx: Arc<Context>) -> Resul
 async fn reconcile_inner(proxy: &AzureOpenAIProxy, ctx: &Context) -> Result<Action, Error> {
     let namespace = proxy.namespace().ok_or(Error::NoNamespace)?;
     let name = proxy.name_any();
-    // Before the caches hold every object, existing Secrets would look missing. The controller
-    // drives the cache watches while this waits.
-    let _ = ctx.secrets.wait_until_ready().await;
-    let _ = ctx.pods.wait_until_ready().await;
+    // Before the caches hold every object, existing Secrets would look missing: come back once
+    // they do. The controller drives the cache watches meanwhile.
+    if !ctx.caches_synced.load(Ordering::Acquire) {
+        return Ok(Action::requeue(CACHE_SYNC_RETRY));
+    }
     let secrets: Vec<Arc<Secret>> = referenced_secrets(proxy)
         .into_iter()
         .filter_map(|s| ctx.secrets.get(&ObjectRef::new(s).within(&namespace)))
@@ -301,6 +310,9 @@ where
         .map(|_| ())
 }
 
+/// How soon a reconcile that found the caches still loading runs again.
+const CACHE_SYNC_RETRY: Duration = Duration::from_millis(500);
+
 /// Retries a failed reconcile with exponential backoff per object: 5 s, 10 s ... up to 5 minutes.
 pub fn error_policy(proxy: Arc<AzureOpenAIProxy>, error: &Error, ctx: Arc<Context>) -> Action {
     ctx.metrics.reconcile_failed(error.reason());
@@ -359,12 +371,14 @@ pub async fn run(
 
     let controller = Controller::new(proxies, watcher::Config::default());
     let proxy_store = controller.store();
+    let caches_synced = Arc::new(AtomicBool::new(false));
     let context = Arc::new(Context::new(
         client,
         secrets.clone(),
         pods.clone(),
         metrics,
         options,
+        caches_synced.clone(),
     ));
     let controller = controller
         .watches_stream(secret_stream, move |secret: Secret| {
@@ -386,9 +400,11 @@ pub async fn run(
         })
         .graceful_shutdown_on(shutdown);
 
+    // The only task that awaits the caches' readiness (see `Context::caches_synced`).
     let caches = async {
         let _ = secrets.wait_until_ready().await;
         let _ = pods.wait_until_ready().await;
+        caches_synced.store(true, Ordering::Release);
         tracing::info!("caches synced");
     };
     let run = controller

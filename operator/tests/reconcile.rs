@@ -2,6 +2,7 @@
 //! order, and the status it applies.
 
 use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
 use std::time::Duration;
 
 mod common;
@@ -51,6 +52,7 @@ fn context(client: Client, secrets: Vec<Secret>, pods: Vec<Pod>) -> Arc<Context>
             default_image: IMAGE.into(),
             expiry_window: Duration::from_secs(30 * 86_400),
         },
+        Arc::new(AtomicBool::new(true)),
     ))
 }
 

@@ -84,6 +84,8 @@ impl ControlPlane {
             ("serving.key", serving_key),
             ("admin.crt", admin_cert),
             ("admin.key", admin_key),
+            // The apiserver verifies with the public key and signs with the private one.
+            ("sa.pub", service_account_key.public_key_pem()),
             ("sa.key", service_account_key.serialize_pem()),
         ] {
             std::fs::write(path(name), content).expect("write control plane file");
@@ -117,7 +119,7 @@ impl ControlPlane {
                 format!("--tls-cert-file={}", path("serving.crt").display()),
                 format!("--tls-private-key-file={}", path("serving.key").display()),
                 format!("--client-ca-file={}", ca.root_pem_path().display()),
-                format!("--service-account-key-file={}", path("sa.key").display()),
+                format!("--service-account-key-file={}", path("sa.pub").display()),
                 format!(
                     "--service-account-signing-key-file={}",
                     path("sa.key").display()
