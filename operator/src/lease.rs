@@ -169,11 +169,12 @@ pub async fn release(api: &Api<Lease>, config: &LeaseConfig) {
     }
     spec.holder_identity = None;
     spec.renew_time = None;
-    if let Err(e) = api
+    match api
         .replace(&config.name, &PostParams::default(), &lease)
         .await
     {
-        tracing::warn!(lease = %config.name, "cannot release the lease: {e}");
+        Ok(_) => tracing::info!(lease = %config.name, "released the lease"),
+        Err(e) => tracing::warn!(lease = %config.name, "cannot release the lease: {e}"),
     }
 }
 

@@ -4,6 +4,7 @@
 pub mod admin;
 pub mod annotations;
 pub mod certs;
+pub mod cli;
 pub mod controller;
 pub mod crd;
 pub mod inject;

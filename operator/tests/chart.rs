@@ -95,3 +95,17 @@ fn every_value_is_documented() {
         "values.yaml: undocumented values: {undocumented:?}"
     );
 }
+
+#[test]
+fn the_webhook_is_sent_only_pods_that_carry_the_inject_annotation() {
+    let webhook = std::fs::read_to_string(chart().join("templates/webhook.yaml")).unwrap();
+    let condition = format!(
+        "expression: \"has(object.metadata.annotations) && '{}' in object.metadata.annotations\"",
+        aoai_operator::annotations::INJECT
+    );
+    assert!(
+        webhook.contains(&condition),
+        "the webhook's matchConditions must name {}",
+        aoai_operator::annotations::INJECT
+    );
+}

@@ -1,27 +1,35 @@
-//! A real Kubernetes control plane (etcd + kube-apiserver) on 127.0.0.1, as envtest starts it.
+//! A real Kubernetes control plane on 127.0.0.1, as envtest starts it: etcd and kube-apiserver,
+//! and on request kube-controller-manager (Deployments → ReplicaSets → Pods, Jobs → Pods).
 //!
 //! [`ControlPlane::start`] returns `None`, after printing one line saying why, when
 //! `KUBEBUILDER_ASSETS` does not name a folder holding `etcd` and `kube-apiserver`. Once the
 //! binaries are there, every failure is explicit and fatal: a test that asked for a control plane
 //! and got a broken one must fail, not skip. The admin client authenticates with a client
-//! certificate in `system:masters`; the serving certificate comes from a throw-away CA.
+//! certificate in `system:masters`; other identities use service-account tokens from the
+//! TokenRequest API, as pods do. Every process started here is killed on drop.
 
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use k8s_openapi::api::authentication::v1::{TokenRequest, TokenRequestSpec};
+use k8s_openapi::api::core::v1::ServiceAccount;
+use kube::api::{Api, PostParams};
+
 use crate::ca::TestCa;
 
 pub struct ControlPlane {
-    etcd: Child,
-    apiserver: Child,
+    processes: Vec<(&'static str, Child)>,
     pub url: String,
     pub ca: TestCa,
     dir: tempfile::TempDir,
 }
 
-fn free_port() -> u16 {
+/// The issuer of the service-account tokens this control plane signs.
+pub const SERVICE_ACCOUNT_ISSUER: &str = "https://127.0.0.1/aoai-e2e";
+
+pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
         .expect("a free loopback port")
@@ -45,13 +53,21 @@ fn tail(path: &Path) -> String {
     lines[lines.len().saturating_sub(30)..].join("\n")
 }
 
+/// A kubeconfig for `server`, trusting `ca_file`, authenticating with `user` (a YAML mapping).
+fn kubeconfig(server: &str, ca_file: &Path, user: &str) -> String {
+    format!(
+        "apiVersion: v1\nkind: Config\nclusters:\n- name: e2e\n  cluster:\n    server: {server}\n    certificate-authority: {}\nusers:\n- name: e2e\n  user:\n{user}\ncontexts:\n- name: e2e\n  context:\n    cluster: e2e\n    user: e2e\n    namespace: default\ncurrent-context: e2e\n",
+        ca_file.display()
+    )
+}
+
 impl ControlPlane {
-    /// The folder named by `KUBEBUILDER_ASSETS`, or the reason there is none.
-    pub fn assets() -> Result<PathBuf, String> {
+    /// The folder named by `KUBEBUILDER_ASSETS` when it holds `binaries`, or the reason not.
+    pub fn assets(binaries: &[&str]) -> Result<PathBuf, String> {
         let dir = std::env::var_os("KUBEBUILDER_ASSETS")
             .map(PathBuf::from)
             .ok_or("KUBEBUILDER_ASSETS is not set")?;
-        for binary in ["etcd", "kube-apiserver"] {
+        for binary in binaries {
             if !dir.join(binary).is_file() {
                 return Err(format!(
                     "KUBEBUILDER_ASSETS={} holds no {binary}",
@@ -64,11 +80,31 @@ impl ControlPlane {
 
     /// Starts etcd and kube-apiserver, or prints why not and returns `None`.
     pub async fn start(test: &str) -> Option<Self> {
-        let assets = match Self::assets() {
+        Self::start_with(test, &[]).await
+    }
+
+    /// Starts etcd, kube-apiserver and kube-controller-manager (the Deployment, ReplicaSet, Job,
+    /// ServiceAccount and garbage-collector controllers; no scheduler or kubelet exists, so the
+    /// pods they create stay Pending), or prints why not and returns `None` (setup-envtest's
+    /// assets, for one, hold no kube-controller-manager).
+    pub async fn start_with_controller_manager(test: &str) -> Option<Self> {
+        let mut plane = Self::start_with(test, &["kube-controller-manager"]).await?;
+        plane.start_controller_manager();
+        Some(plane)
+    }
+
+    async fn start_with(test: &str, more: &[&str]) -> Option<Self> {
+        let required: Vec<&str> = ["etcd", "kube-apiserver"]
+            .iter()
+            .chain(more)
+            .copied()
+            .collect();
+        let assets = match Self::assets(&required) {
             Ok(assets) => assets,
             Err(why) => {
                 println!(
-                    "skipped {test}: {why} (it needs a real control plane: etcd and kube-apiserver)"
+                    "skipped {test}: {why} (it needs a real control plane: {})",
+                    required.join(", ")
                 );
                 return None;
             }
@@ -84,17 +120,15 @@ impl ControlPlane {
             ("serving.key", serving_key),
             ("admin.crt", admin_cert),
             ("admin.key", admin_key),
-            // The apiserver verifies with the public key and signs with the private one.
+            // The apiserver verifies tokens with the public key and signs them with the private one.
             ("sa.pub", service_account_key.public_key_pem()),
             ("sa.key", service_account_key.serialize_pem()),
         ] {
             std::fs::write(path(name), content).expect("write control plane file");
         }
 
-        let etcd_port = free_port();
-        let peer_port = free_port();
-        let etcd_url = format!("http://127.0.0.1:{etcd_port}");
-        let peer_url = format!("http://127.0.0.1:{peer_port}");
+        let etcd_url = format!("http://127.0.0.1:{}", free_port());
+        let peer_url = format!("http://127.0.0.1:{}", free_port());
         let etcd = spawn(
             &assets.join("etcd"),
             &[
@@ -124,7 +158,7 @@ impl ControlPlane {
                     "--service-account-signing-key-file={}",
                     path("sa.key").display()
                 ),
-                "--service-account-issuer=https://127.0.0.1/aoai-e2e".into(),
+                format!("--service-account-issuer={SERVICE_ACCOUNT_ISSUER}"),
                 format!("--secure-port={port}"),
                 "--bind-address=127.0.0.1".into(),
                 "--advertise-address=127.0.0.1".into(),
@@ -132,20 +166,71 @@ impl ControlPlane {
                 "--service-cluster-ip-range=10.0.0.0/24".into(),
                 "--authorization-mode=RBAC".into(),
                 "--allow-privileged=true".into(),
-                // Without a controller manager no ServiceAccount "default" exists to admit pods.
+                // Pods name no ServiceAccount that must exist first, and get no API token volume.
                 "--disable-admission-plugins=ServiceAccount".into(),
             ],
             &path("kube-apiserver.log"),
         );
+        let url = format!("https://127.0.0.1:{port}");
+        let admin_user = format!(
+            "    client-certificate: {}\n    client-key: {}\n",
+            path("admin.crt").display(),
+            path("admin.key").display()
+        );
+        std::fs::write(
+            path("admin.kubeconfig"),
+            kubeconfig(&url, &ca.root_pem_path(), &admin_user),
+        )
+        .expect("write the admin kubeconfig");
         let mut plane = Self {
-            etcd,
-            apiserver,
-            url: format!("https://127.0.0.1:{port}"),
+            processes: vec![("etcd", etcd), ("kube-apiserver", apiserver)],
+            url,
             ca,
             dir,
         };
         plane.wait_ready().await;
         Some(plane)
+    }
+
+    fn start_controller_manager(&mut self) {
+        let binary = Self::assets(&["kube-controller-manager"])
+            .expect("checked at start")
+            .join("kube-controller-manager");
+        let path = |name: &str| self.dir.path().join(name);
+        let (cert, key) = self.ca.client_cert_pem(
+            "system:kube-controller-manager",
+            "system:kube-controller-manager",
+        );
+        std::fs::write(path("kcm.crt"), cert).expect("write");
+        std::fs::write(path("kcm.key"), key).expect("write");
+        let user = format!(
+            "    client-certificate: {}\n    client-key: {}\n",
+            path("kcm.crt").display(),
+            path("kcm.key").display()
+        );
+        std::fs::write(
+            path("kcm.kubeconfig"),
+            kubeconfig(&self.url, &self.ca.root_pem_path(), &user),
+        )
+        .expect("write the controller manager's kubeconfig");
+        let child = spawn(
+            &binary,
+            &[
+                format!("--kubeconfig={}", path("kcm.kubeconfig").display()),
+                "--use-service-account-credentials=true".into(),
+                format!(
+                    "--service-account-private-key-file={}",
+                    path("sa.key").display()
+                ),
+                format!("--root-ca-file={}", self.ca.root_pem_path().display()),
+                "--controllers=deployment,replicaset,job,garbagecollector,serviceaccount,serviceaccount-token".into(),
+                "--leader-elect=false".into(),
+                "--bind-address=127.0.0.1".into(),
+                format!("--secure-port={}", free_port()),
+            ],
+            &path("kube-controller-manager.log"),
+        );
+        self.processes.push(("kube-controller-manager", child));
     }
 
     /// A client authenticated as a cluster admin.
@@ -158,8 +243,58 @@ impl ControlPlane {
         kube::Client::try_from(config).expect("a client for the control plane")
     }
 
+    /// The admin kubeconfig file (for processes: the operator, Helm).
+    pub fn admin_kubeconfig(&self) -> PathBuf {
+        self.dir.path().join("admin.kubeconfig")
+    }
+
+    /// A kubeconfig file that authenticates with `token` (a service account's, as in a pod).
+    pub fn token_kubeconfig(&self, name: &str, token: &str) -> PathBuf {
+        let path = self.dir.path().join(format!("{name}.kubeconfig"));
+        let user = format!("    token: {token}\n");
+        std::fs::write(
+            &path,
+            kubeconfig(&self.url, &self.ca.root_pem_path(), &user),
+        )
+        .expect("write a token kubeconfig");
+        path
+    }
+
+    /// A token for ServiceAccount `namespace/name` from the TokenRequest API (what the kubelet
+    /// projects into a pod), for `audiences` (the apiserver's own when empty).
+    pub async fn service_account_token(
+        &self,
+        namespace: &str,
+        name: &str,
+        audiences: &[&str],
+        lifetime: Duration,
+    ) -> String {
+        let accounts: Api<ServiceAccount> = Api::namespaced(self.client(), namespace);
+        let request = TokenRequest {
+            spec: Some(TokenRequestSpec {
+                audiences: Some(audiences.iter().map(|a| a.to_string()).collect()),
+                expiration_seconds: Some(lifetime.as_secs() as i64),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let answer: TokenRequest = accounts
+            .create_subresource("token", name, &PostParams::default(), &request)
+            .await
+            .unwrap_or_else(|e| panic!("TokenRequest for {namespace}/{name}: {e}"));
+        answer
+            .status
+            .and_then(|s| s.token)
+            .expect("the TokenRequest answer holds a token")
+    }
+
     fn file(&self, name: &str) -> String {
         self.dir.path().join(name).display().to_string()
+    }
+
+    /// The last lines of a process's log (`etcd`, `kube-apiserver`, `kube-controller-manager`).
+    pub fn log_tail(&self, process: &str) -> String {
+        tail(&self.dir.path().join(format!("{process}.log")))
     }
 
     async fn wait_ready(&mut self) {
@@ -175,10 +310,7 @@ impl ControlPlane {
                 Ok(body) => body,
                 Err(e) => e.to_string(),
             };
-            for (name, child) in [
-                ("etcd", &mut self.etcd),
-                ("kube-apiserver", &mut self.apiserver),
-            ] {
+            for (name, child) in &mut self.processes {
                 if let Ok(Some(status)) = child.try_wait() {
                     panic!(
                         "{name} exited with {status}; its log ends:\n{}",
@@ -189,7 +321,7 @@ impl ControlPlane {
             if Instant::now() > deadline {
                 panic!(
                     "kube-apiserver was not ready after 90 s (last answer: {last}); its log ends:\n{}",
-                    tail(&self.dir.path().join("kube-apiserver.log"))
+                    self.log_tail("kube-apiserver")
                 );
             }
             tokio::time::sleep(Duration::from_millis(250)).await;
@@ -199,7 +331,8 @@ impl ControlPlane {
 
 impl Drop for ControlPlane {
     fn drop(&mut self) {
-        for child in [&mut self.apiserver, &mut self.etcd] {
+        // The controller manager first, etcd last.
+        for (_, child) in self.processes.iter_mut().rev() {
             let _ = child.kill();
             let _ = child.wait();
         }

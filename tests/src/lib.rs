@@ -1,7 +1,8 @@
 //! Loopback stand-ins for Azure, shared by the proxy's tests, the end-to-end tests and the
 //! benchmark harness: a mock Azure OpenAI upstream, a mock Entra ID token endpoint, mock
-//! managed-identity endpoints, a test CA, and helpers to drive HTTP. Everything listens on
-//! 127.0.0.1; nothing here talks to Azure.
+//! managed-identity endpoints, a test CA, and helpers to drive HTTP; and for the end-to-end
+//! tests a real Kubernetes control plane, the Helm chart installed into it and the operator as a
+//! process. Everything listens on 127.0.0.1; nothing here talks to Azure.
 
 pub mod ca;
 pub mod client;
@@ -10,5 +11,8 @@ pub mod entra;
 pub mod generated;
 pub mod managed_identity;
 pub mod openai;
+pub mod operator;
+pub mod process;
 pub mod server;
 pub mod tokens;
+pub mod wait;

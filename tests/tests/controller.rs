@@ -95,7 +95,11 @@ async fn the_controller_reports_ready_then_a_broken_secret_and_the_schema_reject
     else {
         return;
     };
-    let _ = tracing_subscriber::fmt().with_env_filter(tracing_subscriber::EnvFilter::new("kube=debug,kube_runtime=trace,aoai_operator=debug")).with_test_writer().try_init();
+    // The controller's log, shown when the test fails.
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter("aoai_operator=debug,kube_runtime=debug")
+        .with_test_writer()
+        .try_init();
     let client = plane.client();
     install_crd(&client).await;
     let namespaces: Api<Namespace> = Api::all(client.clone());

@@ -1,10 +1,10 @@
 //! Runs the real `aoai-proxy` binary with a clean environment and captures everything it prints.
 #![allow(dead_code)]
 
-use std::io::Read;
-use std::process::{Child, Command, ExitStatus, Stdio};
-use std::sync::{Arc, Mutex};
+use std::process::{Command, ExitStatus};
 use std::time::{Duration, Instant};
+
+use aoai_e2e::process::Process;
 
 /// A free port on 127.0.0.1 (bound then released).
 pub fn free_port() -> u16 {
@@ -35,49 +35,11 @@ fn command_on(cpu_list: Option<&str>, vars: &[(&str, &str)]) -> Command {
         command.env(name, value);
     }
     command
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    command
-}
-
-fn capture(child: &mut Child) -> Arc<Mutex<String>> {
-    let output = Arc::new(Mutex::new(String::new()));
-    for stream in [
-        child
-            .stdout
-            .take()
-            .map(|s| Box::new(s) as Box<dyn Read + Send>),
-        child
-            .stderr
-            .take()
-            .map(|s| Box::new(s) as Box<dyn Read + Send>),
-    ]
-    .into_iter()
-    .flatten()
-    {
-        let output = output.clone();
-        std::thread::spawn(move || {
-            let mut stream = stream;
-            let mut buffer = [0u8; 4096];
-            while let Ok(n) = stream.read(&mut buffer) {
-                if n == 0 {
-                    break;
-                }
-                output
-                    .lock()
-                    .unwrap()
-                    .push_str(&String::from_utf8_lossy(&buffer[..n]));
-            }
-        });
-    }
-    output
 }
 
 /// A running proxy process; killed when dropped.
 pub struct ProxyProcess {
-    child: Child,
-    output: Arc<Mutex<String>>,
+    process: Process,
     pub url: String,
     pub admin_url: String,
 }
@@ -100,21 +62,16 @@ impl ProxyProcess {
             ("AOAI_PROXY_LOG_LEVEL", "debug"),
         ];
         all.extend_from_slice(vars);
-        let mut child = command_on(cpu_list, &all)
-            .spawn()
-            .expect("start aoai-proxy");
-        let output = capture(&mut child);
         Self {
+            process: Process::spawn("aoai-proxy", &mut command_on(cpu_list, &all)),
             url: format!("http://127.0.0.1:{port}"),
             admin_url: format!("http://127.0.0.1:{admin_port}"),
-            child,
-            output,
         }
     }
 
     /// The process's threads, from `/proc/<pid>/task`.
     pub fn threads(&self) -> usize {
-        std::fs::read_dir(format!("/proc/{}/task", self.child.id()))
+        std::fs::read_dir(format!("/proc/{}/task", self.process.id()))
             .map_or(0, |tasks| tasks.count())
     }
 
@@ -122,7 +79,7 @@ impl ProxyProcess {
     pub async fn wait_healthy(&mut self, within: Duration) {
         let deadline = Instant::now() + within;
         loop {
-            if let Ok(Some(status)) = self.child.try_wait() {
+            if let Some(status) = self.process.exited() {
                 panic!(
                     "aoai-proxy exited ({status}) before becoming healthy:\n{}",
                     self.output()
@@ -148,51 +105,21 @@ impl ProxyProcess {
 
     /// Everything printed so far (stdout and stderr).
     pub fn output(&self) -> String {
-        self.output.lock().unwrap().clone()
+        self.process.output()
     }
 
     /// Waits until the output contains `needle`.
     pub async fn wait_for_output(&self, needle: &str, within: Duration) {
-        let deadline = Instant::now() + within;
-        while !self.output().contains(needle) {
-            assert!(
-                Instant::now() < deadline,
-                "no {needle:?} in output within {within:?}:\n{}",
-                self.output()
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        self.process.wait_for_output(needle, within).await
     }
 
     pub fn is_running(&mut self) -> bool {
-        matches!(self.child.try_wait(), Ok(None))
+        self.process.is_running()
     }
 
     /// Sends SIGTERM and waits for the exit status.
     pub fn terminate(&mut self, within: Duration) -> ExitStatus {
-        let _ = Command::new("kill")
-            .arg("-TERM")
-            .arg(self.child.id().to_string())
-            .status();
-        let deadline = Instant::now() + within;
-        loop {
-            if let Ok(Some(status)) = self.child.try_wait() {
-                return status;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "aoai-proxy did not exit after SIGTERM:\n{}",
-                self.output()
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-}
-
-impl Drop for ProxyProcess {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        self.process.terminate(within)
     }
 }
 
@@ -219,26 +146,23 @@ pub fn run_to_exit(vars: &[(&str, &str)], within: Duration) -> (ExitStatus, Stri
         ("AOAI_PROXY_ADMIN_PORT", &admin_port),
     ];
     all.extend_from_slice(vars);
-    let mut child = command(&all).spawn().expect("start aoai-proxy");
-    let output = capture(&mut child);
+    let mut process = Process::spawn("aoai-proxy", &mut command(&all));
     let deadline = Instant::now() + within;
     let status = loop {
-        if let Ok(Some(status)) = child.try_wait() {
+        if let Some(status) = process.exited() {
             break status;
         }
         if Instant::now() > deadline {
-            let _ = child.kill();
             panic!(
                 "aoai-proxy kept running with {vars:?}:\n{}",
-                output.lock().unwrap()
+                process.output()
             );
         }
         std::thread::sleep(Duration::from_millis(20));
     };
     // Let the reader threads drain the pipes.
     std::thread::sleep(Duration::from_millis(50));
-    let text = output.lock().unwrap().clone();
-    (status, text)
+    (status, process.output())
 }
 
 /// Fails when `output` contains any of `secrets` (tokens, keys, assertions, key material).

@@ -1,0 +1,3 @@
+fn main() -> std::process::ExitCode {
+    aoai_operator::cli::main()
+}

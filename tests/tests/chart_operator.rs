@@ -1,0 +1,542 @@
+//! The operator as a platform team runs it, on a real control plane with kube-controller-manager
+//! (skipped unless `KUBEBUILDER_ASSETS` is set): the Helm chart installed by Helm, `aoai-operator
+//! run` authenticated as the chart's ServiceAccount (so the chart's RBAC is what is exercised),
+//! a Deployment's and a Job's pods injected through the chart's webhook configuration and counted,
+//! `rollout: Restart` producing a new ReplicaSet with the new configuration, a workload-identity
+//! pod whose projected token the sidecar exchanges, and, with the operator stopped, pods that did
+//! not ask for the sidecar still created while those that did are refused.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use aoai_e2e::ca::{fixture_key_pem, self_signed_client_cert};
+use aoai_e2e::control_plane::{ControlPlane, SERVICE_ACCOUNT_ISSUER, free_port};
+use aoai_e2e::entra::{App, MockEntra};
+use aoai_e2e::openai::MockOpenAi;
+use aoai_e2e::operator::{OperatorProcess, install_chart};
+use aoai_e2e::tokens::TokenLedger;
+use aoai_e2e::wait;
+use aoai_operator::annotations::{CONFIG_HASH, INJECT, PROXY_LABEL};
+use aoai_operator::crd::AzureOpenAIProxy;
+use base64::Engine;
+use k8s_openapi::api::admissionregistration::v1::MutatingWebhookConfiguration;
+use k8s_openapi::api::apps::v1::ReplicaSet;
+use k8s_openapi::api::coordination::v1::Lease;
+use k8s_openapi::api::core::v1::{Namespace, Pod, Secret, ServiceAccount};
+use kube::api::{Api, ListParams, Patch, PatchParams, PostParams};
+use kube::{Client, ResourceExt};
+use serde_json::{Value, json};
+
+const OPERATOR: &str = env!("CARGO_BIN_EXE_aoai-e2e-operator");
+const NS: &str = "team-a";
+const RELEASE: &str = "aoai-proxy-operator";
+const OPERATOR_NS: &str = "aoai-system";
+const TENANT: &str = "contoso.onmicrosoft.com";
+const CLIENT_ID: &str = "11111111-2222-3333-4444-555555555555";
+
+async fn apply<K>(api: &Api<K>, name: &str, object: Value) -> K
+where
+    K: kube::Resource + Clone + serde::de::DeserializeOwned + serde::Serialize + std::fmt::Debug,
+{
+    api.patch(
+        name,
+        &PatchParams::apply("aoai-e2e").force(),
+        &Patch::Apply(object),
+    )
+    .await
+    .unwrap_or_else(|e| panic!("apply {name}: {e}"))
+}
+
+fn annotated_template(proxy: &str, restart_policy: &str) -> Value {
+    json!({
+        "metadata": {"labels": {"app": "chat"}, "annotations": {INJECT: proxy}},
+        "spec": {
+            "restartPolicy": restart_policy,
+            "containers": [{"name": "app", "image": "registry.example/chat:1"}],
+        },
+    })
+}
+
+async fn status_of(proxies: &Api<AzureOpenAIProxy>, name: &str) -> Result<Value, String> {
+    let object = proxies.get(name).await.map_err(|e| e.to_string())?;
+    Ok(serde_json::to_value(&object.status).unwrap_or_default())
+}
+
+fn is_ready(status: &Value) -> bool {
+    status["conditions"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .any(|c| c["type"] == "Ready" && c["status"] == "True")
+}
+
+async fn injected_pods(client: &Client, proxy: &str) -> Vec<Pod> {
+    let pods: Api<Pod> = Api::namespaced(client.clone(), NS);
+    pods.list(&ListParams::default().labels(&format!("{PROXY_LABEL}={proxy}")))
+        .await
+        .map(|l| l.items)
+        .unwrap_or_default()
+}
+
+fn sidecar(pod: &Pod) -> &k8s_openapi::api::core::v1::Container {
+    let spec = pod.spec.as_ref().expect("a pod spec");
+    spec.init_containers
+        .iter()
+        .flatten()
+        .chain(spec.containers.iter())
+        .find(|c| c.name == "aoai-proxy")
+        .unwrap_or_else(|| panic!("pod {} has no aoai-proxy container", pod.name_any()))
+}
+
+fn config_hash(pod: &Pod) -> Option<&str> {
+    pod.annotations().get(CONFIG_HASH).map(String::as_str)
+}
+
+#[tokio::test]
+async fn the_chart_installed_operator_injects_counts_rolls_out_and_fails_closed_only_for_opted_in_pods()
+ {
+    let test = "the_chart_installed_operator_injects_counts_rolls_out_and_fails_closed_only_for_opted_in_pods";
+    let Some(plane) = ControlPlane::start_with_controller_manager(test).await else {
+        return;
+    };
+    let client = plane.client();
+    let chart = install_chart(&plane, RELEASE, OPERATOR_NS, json!({})).await;
+
+    let namespaces: Api<Namespace> = Api::all(client.clone());
+    apply(
+        &namespaces,
+        NS,
+        json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": NS}}),
+    )
+    .await;
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), NS);
+    let now = time::OffsetDateTime::now_utc().unix_timestamp();
+    let cert = self_signed_client_cert(&fixture_key_pem("client-a"), now - 3600, now + 90 * 86_400);
+    apply(
+        &secrets,
+        "openai-client-cert",
+        json!({
+            "apiVersion": "v1", "kind": "Secret", "type": "kubernetes.io/tls",
+            "metadata": {"name": "openai-client-cert", "namespace": NS},
+            "stringData": {"tls.crt": cert, "tls.key": fixture_key_pem("client-a")},
+        }),
+    )
+    .await;
+    let proxies: Api<AzureOpenAIProxy> = Api::namespaced(client.clone(), NS);
+    let openai = |log_level: &str| {
+        json!({
+            "apiVersion": "aoai-proxy.io/v1alpha1", "kind": "AzureOpenAIProxy",
+            "metadata": {"name": "openai", "namespace": NS},
+            "spec": {
+                "endpoint": "https://r.openai.azure.com",
+                "tenantId": TENANT, "clientId": CLIENT_ID,
+                "credential": {"clientCertificate": {"secretName": "openai-client-cert"}},
+                "sidecar": {"logLevel": log_level},
+                "rollout": "Restart",
+            },
+        })
+    };
+    apply(&proxies, "openai", openai("info")).await;
+
+    // The operator, as the chart's Deployment runs it: its ServiceAccount, its environment.
+    let mut operator = OperatorProcess::start(OPERATOR, &chart, "aoai-proxy-operator-0", true, &[]);
+    operator.wait_ready(Duration::from_secs(60)).await;
+    let configurations: Api<MutatingWebhookConfiguration> = Api::all(client.clone());
+    wait::until(
+        "the operator writes its CA into the chart's webhook configuration",
+        Duration::from_secs(30),
+        || async {
+            let configuration = configurations
+                .get(RELEASE)
+                .await
+                .map_err(|e| e.to_string())?;
+            let webhook = &configuration.webhooks.unwrap_or_default()[0];
+            match &webhook.client_config.ca_bundle {
+                Some(bundle) if !bundle.0.is_empty() => Ok(()),
+                _ => Err(format!(
+                    "caBundle unset; operator output:\n{}",
+                    operator.output()
+                )),
+            }
+        },
+    )
+    .await;
+    let status = wait::until("openai is Ready", Duration::from_secs(30), || async {
+        let status = status_of(&proxies, "openai").await?;
+        if is_ready(&status) {
+            Ok(status)
+        } else {
+            Err(status.to_string())
+        }
+    })
+    .await;
+    assert_eq!(status["credential"], "ClientCertificate", "{status:#}");
+
+    // A Deployment and a Job: kube-controller-manager creates their pods through the webhook.
+    let deployments: Api<k8s_openapi::api::apps::v1::Deployment> =
+        Api::namespaced(client.clone(), NS);
+    apply(&deployments, "chat", json!({
+        "apiVersion": "apps/v1", "kind": "Deployment",
+        "metadata": {"name": "chat", "namespace": NS},
+        "spec": {"replicas": 2, "selector": {"matchLabels": {"app": "chat"}}, "template": annotated_template("openai", "Always")},
+    }))
+    .await;
+    let jobs: Api<k8s_openapi::api::batch::v1::Job> = Api::namespaced(client.clone(), NS);
+    apply(
+        &jobs,
+        "batch",
+        json!({
+            "apiVersion": "batch/v1", "kind": "Job",
+            "metadata": {"name": "batch", "namespace": NS},
+            "spec": {"template": annotated_template("openai", "Never")},
+        }),
+    )
+    .await;
+    let first_hash = status["configHash"].as_str().unwrap().to_string();
+    let pods = wait::until(
+        "3 injected pods (2 of the Deployment, 1 of the Job)",
+        Duration::from_secs(60),
+        || async {
+            let pods = injected_pods(&client, "openai").await;
+            if pods.len() == 3 {
+                Ok(pods)
+            } else {
+                Err(format!(
+                    "{} pods; operator:\n{}",
+                    pods.len(),
+                    operator.output()
+                ))
+            }
+        },
+    )
+    .await;
+    for pod in &pods {
+        let sidecar = sidecar(pod);
+        assert_eq!(
+            sidecar.restart_policy.as_deref(),
+            Some("Always"),
+            "a native sidecar"
+        );
+        assert_eq!(
+            config_hash(pod),
+            Some(first_hash.as_str()),
+            "{}",
+            pod.name_any()
+        );
+    }
+    let owners: Vec<String> = pods
+        .iter()
+        .flat_map(|p| p.owner_references().iter().map(|o| o.kind.clone()))
+        .collect();
+    assert!(
+        owners.contains(&"ReplicaSet".to_string()) && owners.contains(&"Job".to_string()),
+        "{owners:?}"
+    );
+    wait::until(
+        "the status counts 3 injected pods, all current",
+        Duration::from_secs(30),
+        || async {
+            let status = status_of(&proxies, "openai").await?;
+            if status["injectedPods"] == 3 && status["currentPods"] == 3 {
+                Ok(())
+            } else {
+                Err(status.to_string())
+            }
+        },
+    )
+    .await;
+
+    // A new configuration: rollout: Restart restarts the Deployment, whose new ReplicaSet's pods
+    // carry the new hash (a Job's pods cannot be restarted: they stay as they are).
+    apply(&proxies, "openai", openai("debug")).await;
+    let second_hash = wait::until(
+        "a new config hash, rolled out",
+        Duration::from_secs(30),
+        || async {
+            let status = status_of(&proxies, "openai").await?;
+            match status["configHash"].as_str() {
+                Some(hash) if hash != first_hash && status["rolledOutHash"] == hash => {
+                    Ok(hash.to_string())
+                }
+                _ => Err(status.to_string()),
+            }
+        },
+    )
+    .await;
+    let old_replica_sets: Vec<String> = pods
+        .iter()
+        .flat_map(|p| p.owner_references().iter())
+        .filter(|o| o.kind == "ReplicaSet")
+        .map(|o| o.name.clone())
+        .collect();
+    let replica_sets: Api<ReplicaSet> = Api::namespaced(client.clone(), NS);
+    let new_pods = wait::until(
+        "pods of a new ReplicaSet with the new hash",
+        Duration::from_secs(60),
+        || async {
+            let pods = injected_pods(&client, "openai").await;
+            let new: Vec<Pod> = pods
+                .into_iter()
+                .filter(|p| {
+                    p.owner_references()
+                        .iter()
+                        .any(|o| o.kind == "ReplicaSet" && !old_replica_sets.contains(&o.name))
+                })
+                .collect();
+            if !new.is_empty()
+                && new
+                    .iter()
+                    .all(|p| config_hash(p) == Some(second_hash.as_str()))
+            {
+                Ok(new)
+            } else {
+                let sets: Vec<String> = replica_sets
+                    .list(&Default::default())
+                    .await
+                    .map(|l| l.items.iter().map(|r| r.name_any()).collect())
+                    .unwrap_or_default();
+                Err(format!("{} new pods; ReplicaSets {sets:?}", new.len()))
+            }
+        },
+    )
+    .await;
+    wait::until(
+        "the status counts the new pods as current",
+        Duration::from_secs(30),
+        || async {
+            let pods = injected_pods(&client, "openai").await;
+            let current = pods
+                .iter()
+                .filter(|p| config_hash(p) == Some(second_hash.as_str()))
+                .count();
+            let status = status_of(&proxies, "openai").await?;
+            if status["currentPods"] == current
+                && status["injectedPods"] == pods.len()
+                && current >= new_pods.len()
+            {
+                Ok(())
+            } else {
+                Err(format!(
+                    "{current} current of {} listed; status {status}",
+                    pods.len()
+                ))
+            }
+        },
+    )
+    .await;
+
+    workload_identity_token_reaches_entra_as_the_sidecar_reads_it(&plane, &client).await;
+
+    // A pod that does not ask for the sidecar never reaches the webhook: no admission is counted.
+    let pods: Api<Pod> = Api::namespaced(client.clone(), NS);
+    let pod = |name: &str, annotations: Value| -> Pod {
+        serde_json::from_value(json!({
+            "metadata": {"name": name, "annotations": annotations},
+            "spec": {"containers": [{"name": "app", "image": "registry.example/app:1"}]},
+        }))
+        .unwrap()
+    };
+    let admissions = operator.metrics().await;
+    pods.create(&PostParams::default(), &pod("plain-up", json!({})))
+        .await
+        .expect("a pod without the annotation is created");
+    let counted = |text: &str| -> Vec<String> {
+        text.lines()
+            .filter(|l| l.starts_with("aoai_operator_admissions_total{"))
+            .map(String::from)
+            .collect()
+    };
+    assert_eq!(
+        counted(&operator.metrics().await),
+        counted(&admissions),
+        "an un-annotated pod was sent to the webhook"
+    );
+    assert!(
+        counted(&admissions)
+            .iter()
+            .any(|l| l.contains("result=\"injected\"")),
+        "{admissions}"
+    );
+
+    // SIGTERM: the operator exits within the grace period and releases its Lease.
+    let exit = operator.terminate(Duration::from_secs(20));
+    assert!(exit.success(), "{exit}:\n{}", operator.output());
+    let leases: Api<Lease> = Api::namespaced(client.clone(), OPERATOR_NS);
+    let lease = leases.get(RELEASE).await.expect("the operator's Lease");
+    assert_eq!(
+        lease.spec.and_then(|s| s.holder_identity),
+        None,
+        "the Lease is released"
+    );
+
+    // With the operator down, a pod that did not ask for the sidecar is created without any call
+    // to the webhook; one that asked is refused (failurePolicy: Fail), never created without it.
+    pods.create(&PostParams::default(), &pod("plain", json!({})))
+        .await
+        .expect("a pod without the annotation is created while the operator is down");
+    let refused = pods
+        .create(
+            &PostParams::default(),
+            &pod("wants-sidecar", json!({INJECT: "openai"})),
+        )
+        .await
+        .expect_err("a pod that asked for the sidecar is refused while the operator is down");
+    assert!(
+        refused.to_string().contains("failed calling webhook"),
+        "{refused}"
+    );
+    assert!(pods.get_opt("wants-sidecar").await.unwrap().is_none());
+}
+
+/// A workload-identity AzureOpenAIProxy: the injected pod projects a service-account token with
+/// the audience Entra ID expects, at the path the sidecar reads. That token (as the kubelet would
+/// write it, from the TokenRequest API) is what the sidecar, configured by the injected
+/// environment, presents to (mock) Entra ID.
+async fn workload_identity_token_reaches_entra_as_the_sidecar_reads_it(
+    plane: &ControlPlane,
+    client: &Client,
+) {
+    let accounts: Api<ServiceAccount> = Api::namespaced(client.clone(), NS);
+    apply(&accounts, "chat-wi", json!({"apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": "chat-wi", "namespace": NS}})).await;
+    let proxies: Api<AzureOpenAIProxy> = Api::namespaced(client.clone(), NS);
+    apply(&proxies, "wi", json!({
+        "apiVersion": "aoai-proxy.io/v1alpha1", "kind": "AzureOpenAIProxy",
+        "metadata": {"name": "wi", "namespace": NS},
+        "spec": {"endpoint": "https://r.openai.azure.com", "tenantId": TENANT, "clientId": CLIENT_ID,
+                 "credential": {"workloadIdentity": {}}},
+    }))
+    .await;
+    let pods: Api<Pod> = Api::namespaced(client.clone(), NS);
+    let mut template = annotated_template("wi", "Always");
+    template["metadata"]["name"] = json!("wi-app");
+    template["spec"]["serviceAccountName"] = json!("chat-wi");
+    let pod = pods
+        .create(
+            &PostParams::default(),
+            &serde_json::from_value(template).unwrap(),
+        )
+        .await
+        .expect("the workload-identity pod is admitted");
+
+    let sidecar = sidecar(&pod);
+    let env: HashMap<String, String> = sidecar
+        .env
+        .iter()
+        .flatten()
+        .filter_map(|e| Some((e.name.clone(), e.value.clone()?)))
+        .collect();
+    let token_file = env["AZURE_FEDERATED_TOKEN_FILE"].clone();
+    let mount = sidecar
+        .volume_mounts
+        .iter()
+        .flatten()
+        .find(|m| token_file.starts_with(&format!("{}/", m.mount_path)))
+        .unwrap_or_else(|| panic!("no mount holds {token_file}"));
+    let relative = &token_file[mount.mount_path.len() + 1..];
+    let volume = pod
+        .spec
+        .as_ref()
+        .unwrap()
+        .volumes
+        .iter()
+        .flatten()
+        .find(|v| v.name == mount.name)
+        .unwrap();
+    let projection = volume
+        .projected
+        .as_ref()
+        .and_then(|p| {
+            p.sources
+                .iter()
+                .flatten()
+                .find_map(|s| s.service_account_token.clone())
+        })
+        .expect("a projected service-account token");
+    assert_eq!(
+        projection.path, relative,
+        "the token is projected at the file the sidecar reads"
+    );
+    let audience = projection.audience.clone().expect("an audience");
+    assert_eq!(audience, "api://AzureADTokenExchange");
+
+    // What the kubelet would write there, from the same API.
+    let lifetime = Duration::from_secs(projection.expiration_seconds.unwrap_or(3600) as u64);
+    let token = plane
+        .service_account_token(NS, "chat-wi", &[&audience], lifetime)
+        .await;
+    let claims: Value = serde_json::from_slice(
+        &base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .decode(token.split('.').nth(1).expect("a JWT"))
+            .expect("base64url claims"),
+    )
+    .expect("JSON claims");
+    // Entra ID's federated credential matches exactly these three.
+    assert_eq!(claims["aud"], json!([audience]));
+    assert_eq!(claims["sub"], format!("system:serviceaccount:{NS}:chat-wi"));
+    assert_eq!(claims["iss"], SERVICE_ACCOUNT_ISSUER);
+    let dir = tempfile::tempdir().unwrap();
+    let written = dir.path().join(relative);
+    std::fs::write(&written, &token).unwrap();
+
+    // The sidecar, configured by exactly what was injected, but for where Azure is.
+    let ca = aoai_e2e::ca::TestCa::new();
+    let ledger = TokenLedger::new();
+    let app = App {
+        tenant_id: env["AZURE_TENANT_ID"].clone(),
+        client_id: env["AZURE_CLIENT_ID"].clone(),
+        federated_token: Some(token.clone()),
+        ..App::default()
+    };
+    let entra = MockEntra::start(
+        app,
+        ca.server_config(),
+        Duration::from_secs(3600),
+        ledger.clone(),
+    )
+    .await;
+    let upstream = MockOpenAi::start_checking(ledger).await;
+    let mut vars = env.clone();
+    for (name, value) in [
+        ("AZURE_FEDERATED_TOKEN_FILE", written.display().to_string()),
+        ("AZURE_AUTHORITY_HOST", entra.authority()),
+        ("SSL_CERT_FILE", ca.root_pem_path().display().to_string()),
+        ("API_BASE_URL", upstream.url()),
+        ("PORT", free_port().to_string()),
+        ("AOAI_PROXY_ADMIN_HOST", "127.0.0.1".into()),
+        ("AOAI_PROXY_ADMIN_PORT", free_port().to_string()),
+    ] {
+        vars.insert(name.to_string(), value);
+    }
+    let config = aoai_proxy::config::Config::from_lookup(|name| vars.get(name).cloned())
+        .unwrap_or_else(|e| panic!("the injected environment does not configure the proxy: {e}"));
+    let proxy = aoai_proxy::Proxy::build(&config)
+        .await
+        .expect("the sidecar starts");
+    let url = format!("http://{}", proxy.forward_addr());
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let serving = tokio::spawn(proxy.serve(async {
+        let _ = stopped.await;
+    }));
+    let answer = wait::until(
+        "the sidecar holds a token",
+        Duration::from_secs(15),
+        || async {
+            let answer = aoai_e2e::client::get(&format!("{url}/health"), &[]).await;
+            if answer.status == 200 {
+                Ok(answer)
+            } else {
+                Err(answer.text())
+            }
+        },
+    )
+    .await;
+    assert_eq!(answer.json()["status"], "ok");
+    let request = &entra.requests()[0];
+    assert_eq!(
+        request.form["client_assertion"], token,
+        "the projected token is the assertion"
+    );
+    assert!(request.outcome.is_ok(), "{:?}", request.outcome);
+    let _ = stop.send(());
+    let _ = serving.await;
+}
