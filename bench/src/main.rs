@@ -5,6 +5,7 @@
 //! `aoai-bench --help` lists its flags; `aoai-bench upstream` and `aoai-bench webhook` run one
 //! part on its own.
 
+mod scale;
 mod train;
 mod upstream;
 
@@ -461,6 +462,9 @@ enum Only {
     /// traffic its PGO profile is recorded from, `--duration` seconds per wrk run; run it through
     /// `scripts/pgo-profile`.
     Train,
+    /// The operator in a cluster of production size, on the real control plane that
+    /// `KUBEBUILDER_ASSETS` names; run it through `scripts/bench-scale`.
+    Scale(scale::ScaleArgs),
 }
 
 fn main() {
@@ -486,6 +490,7 @@ fn main() {
             };
             runtime.block_on(train::run(&proxy, options.duration));
         }
+        Some(Only::Scale(args)) => runtime.block_on(scale::run(args)),
         None => runtime.block_on(run(options)),
     }
 }

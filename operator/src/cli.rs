@@ -163,6 +163,11 @@ struct RunArgs {
         default_value = "aoai-operator"
     )]
     webhook_configuration: String,
+    /// Namespaces whose Secrets the controller reads (comma-separated); every namespace when
+    /// empty. The chart's `rbac.secretNamespaces` sets it and grants Roles there only; a proxy
+    /// elsewhere that references a Secret reports `SecretUnreadable`.
+    #[arg(long, env = "AOAI_OPERATOR_SECRET_NAMESPACES", value_delimiter = ',')]
+    secret_namespaces: Vec<String>,
     /// Native sidecars for `nativeSidecar: Auto`: detected from the API server's version
     /// (Kubernetes 1.29 and later) unless forced.
     #[arg(
@@ -367,7 +372,13 @@ async fn serve(args: RunArgs) -> ExitCode {
     };
     // On SIGTERM the controller finishes its in-flight reconciles (for at most SHUTDOWN_DRAIN),
     // then the Lease is released so that a standby takes over at once.
-    let controller = controller::run(client.clone(), metrics.clone(), options, shutdown());
+    let controller = controller::run(
+        client.clone(),
+        metrics.clone(),
+        options,
+        controller::SecretNamespaces::from_list(args.secret_namespaces.clone()),
+        shutdown(),
+    );
     let drain_deadline = async {
         shutdown().await;
         tokio::time::sleep(SHUTDOWN_DRAIN).await;

@@ -1,9 +1,11 @@
 //! The controller: reconciles each `AzureOpenAIProxy`, re-run when it changes, when a Secret it
 //! references changes, and when a pod injected with it comes or goes.
 //!
-//! Secrets and pods are read from reflector caches (one watch each), never listed per reconcile.
-//! Reconcile is [`status::assess`] (pure) plus the writes it implies: the status by server-side
-//! apply, Events for transitions, and with `rollout: Restart` a restart of stale workloads.
+//! Memory does not grow with the cluster's unrelated objects. Secrets are watched by metadata
+//! only, to learn that a referenced one changed; reconcile reads the ones its proxy references,
+//! and only those. Injected pods are cached (one watch, by label). Reconcile is
+//! [`status::assess`] (pure) plus the writes it implies: the status by server-side apply, Events
+//! for transitions, and with `rollout: Restart` a restart of stale workloads.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -12,9 +14,10 @@ use std::time::{Duration, Instant};
 
 use futures_util::StreamExt;
 use k8s_openapi::api::apps::v1::{DaemonSet, Deployment, ReplicaSet, StatefulSet};
-use k8s_openapi::api::core::v1::{Pod, Secret};
+use k8s_openapi::api::core::v1::{Pod, PodStatus, Secret};
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{Api, Patch, PatchParams};
+use kube::core::PartialObjectMeta;
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use kube::runtime::reflector::{self, ObjectRef, Store};
@@ -26,7 +29,7 @@ use serde_json::json;
 use crate::annotations;
 use crate::crd::{AzureOpenAIProxy, AzureOpenAIProxyStatus, RolloutPolicy};
 use crate::metrics::Metrics;
-use crate::status::{self, Options, stale_owners};
+use crate::status::{self, Options, SecretRead, stale_owners};
 
 /// The field manager of every write the controller makes.
 pub const FIELD_MANAGER: &str = "aoai-operator";
@@ -36,6 +39,12 @@ pub const FIELD_MANAGER: &str = "aoai-operator";
 pub enum Error {
     #[error("AzureOpenAIProxy has no namespace")]
     NoNamespace,
+    #[error("cannot read Secret {name}: {source}")]
+    SecretRead {
+        name: String,
+        #[source]
+        source: kube::Error,
+    },
     #[error("cannot apply the status: {0}")]
     StatusApply(#[source] kube::Error),
     #[error("cannot restart {kind} {name}: {source}")]
@@ -51,24 +60,57 @@ impl Error {
     pub fn reason(&self) -> &'static str {
         match self {
             Error::NoNamespace => "no_namespace",
+            Error::SecretRead { .. } => "secret_read",
             Error::StatusApply(_) => "status_apply",
             Error::Rollout { .. } => "rollout",
         }
     }
 }
 
-/// What reconcile needs: the client, the caches and the options.
+/// Where the operator may read Secrets: every namespace, or only those the platform lists
+/// (`--secret-namespaces`, the chart's `rbac.secretNamespaces`, which grants Roles there only).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub enum SecretNamespaces {
+    #[default]
+    All,
+    Only(Vec<String>),
+}
+
+impl SecretNamespaces {
+    /// From the flag's list: empty means every namespace.
+    pub fn from_list(namespaces: Vec<String>) -> Self {
+        let namespaces: Vec<String> = namespaces
+            .into_iter()
+            .map(|n| n.trim().to_string())
+            .filter(|n| !n.is_empty())
+            .collect();
+        if namespaces.is_empty() {
+            Self::All
+        } else {
+            Self::Only(namespaces)
+        }
+    }
+
+    pub fn allows(&self, namespace: &str) -> bool {
+        match self {
+            Self::All => true,
+            Self::Only(namespaces) => namespaces.iter().any(|n| n == namespace),
+        }
+    }
+}
+
+/// What reconcile needs: the client, the pod cache and the options.
 pub struct Context {
     pub client: Client,
-    pub secrets: Store<Secret>,
+    pub secret_namespaces: SecretNamespaces,
     pub pods: Store<Pod>,
     pub recorder: Recorder,
     pub metrics: Arc<Metrics>,
     pub options: Options,
-    /// True once the Secret and pod caches hold every object. Reconciles read this flag rather
-    /// than await `Store::wait_until_ready`: kube-runtime's readiness future wakes only the task
-    /// that polled it last, so concurrent reconciles waiting on it never woke (the status was
-    /// never written and graceful shutdown waited on them forever).
+    /// True once the pod cache holds every injected pod. Reconciles read this flag rather than
+    /// await `Store::wait_until_ready`: kube-runtime's readiness future wakes only the task that
+    /// polled it last, so concurrent reconciles waiting on it never woke (the status was never
+    /// written and graceful shutdown waited on them forever).
     pub caches_synced: Arc<AtomicBool>,
     /// Consecutive failures per object, for the error policy's backoff.
     failures: Mutex<HashMap<ObjectRef<AzureOpenAIProxy>, u32>>,
@@ -77,7 +119,7 @@ pub struct Context {
 impl Context {
     pub fn new(
         client: Client,
-        secrets: Store<Secret>,
+        secret_namespaces: SecretNamespaces,
         pods: Store<Pod>,
         metrics: Arc<Metrics>,
         options: Options,
@@ -90,7 +132,7 @@ impl Context {
         Self {
             recorder: Recorder::new(client.clone(), reporter),
             client,
-            secrets,
+            secret_namespaces,
             pods,
             metrics,
             options,
@@ -149,24 +191,20 @@ pub async fn reconcile(proxy: Arc<AzureOpenAIProxy>, ctx: Arc<Context>) -> Resul
 async fn reconcile_inner(proxy: &AzureOpenAIProxy, ctx: &Context) -> Result<Action, Error> {
     let namespace = proxy.namespace().ok_or(Error::NoNamespace)?;
     let name = proxy.name_any();
-    // Before the caches hold every object, existing Secrets would look missing: come back once
-    // they do. The controller drives the cache watches meanwhile.
+    // Before the cache holds every pod, the counts would be wrong: come back once it does. The
+    // controller drives the cache's watch meanwhile.
     if !ctx.caches_synced.load(Ordering::Acquire) {
         return Ok(Action::requeue(CACHE_SYNC_RETRY));
     }
-    let secrets: Vec<Arc<Secret>> = referenced_secrets(proxy)
-        .into_iter()
-        .filter_map(|s| ctx.secrets.get(&ObjectRef::new(s).within(&namespace)))
-        .collect();
+    let secrets = read_secrets(ctx, &namespace, &referenced_secrets(proxy)).await?;
     let pods = injected_pods(&ctx.pods, &namespace, &name);
     let pod_refs: Vec<&Pod> = pods.iter().map(Arc::as_ref).collect();
     let mut assessment = status::assess(
         proxy,
-        |wanted| {
-            secrets
-                .iter()
-                .find(|s| s.metadata.name.as_deref() == Some(wanted))
-                .map(Arc::as_ref)
+        |wanted| match secrets.iter().find(|(name, _)| name == wanted) {
+            Some((_, Some(secret))) => SecretRead::Found(secret),
+            Some((_, None)) => SecretRead::NotFound,
+            None => SecretRead::Forbidden,
         },
         &pod_refs,
         Timestamp::now(),
@@ -213,6 +251,34 @@ async fn reconcile_inner(proxy: &AzureOpenAIProxy, ctx: &Context) -> Result<Acti
         }
     }
     Ok(Action::requeue(assessment.requeue_after))
+}
+
+/// Reads the Secrets `names` in `namespace`: (name, the Secret or `None` when it does not exist).
+/// A Secret the operator may not read is left out (RBAC restricted to other namespaces); any
+/// other failure is an error, retried with backoff.
+async fn read_secrets(
+    ctx: &Context,
+    namespace: &str,
+    names: &[&str],
+) -> Result<Vec<(String, Option<Secret>)>, Error> {
+    if !ctx.secret_namespaces.allows(namespace) {
+        return Ok(Vec::new());
+    }
+    let api: Api<Secret> = Api::namespaced(ctx.client.clone(), namespace);
+    let mut read = Vec::with_capacity(names.len());
+    for name in names {
+        match api.get_opt(name).await {
+            Ok(secret) => read.push((name.to_string(), secret)),
+            Err(kube::Error::Api(status)) if status.code == 403 => {}
+            Err(source) => {
+                return Err(Error::SecretRead {
+                    name: name.to_string(),
+                    source,
+                });
+            }
+        }
+    }
+    Ok(read)
 }
 
 /// Applies `status` with the controller's field manager (server-side apply on the subresource).
@@ -336,28 +402,31 @@ pub fn backoff(failures: u32) -> Duration {
     (Duration::from_secs(5) * 2u32.pow(exponent)).min(Duration::from_secs(300))
 }
 
-/// Runs the controller until `shutdown` resolves: watches AzureOpenAIProxies, Secrets (cached)
-/// and injected pods (cached, by label), and reconciles.
+/// Runs the controller until `shutdown` resolves: watches AzureOpenAIProxies, Secrets (metadata
+/// only, in `secret_namespaces`) and injected pods (cached, by label), and reconciles.
 pub async fn run(
     client: Client,
     metrics: Arc<Metrics>,
     options: Options,
+    secret_namespaces: SecretNamespaces,
     shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
 ) {
     let proxies: Api<AzureOpenAIProxy> = Api::all(client.clone());
-    let (secrets, secrets_writer) = reflector::store();
+    // Api<PartialObjectMeta<_>> makes metadata-only requests: no Secret's data is ever sent here.
+    let secret_apis: Vec<Api<PartialObjectMeta<Secret>>> = match &secret_namespaces {
+        SecretNamespaces::All => vec![Api::all(client.clone())],
+        SecretNamespaces::Only(namespaces) => namespaces
+            .iter()
+            .map(|n| Api::namespaced(client.clone(), n))
+            .collect(),
+    };
+    let secret_changes = futures_util::stream::select_all(secret_apis.into_iter().map(|api| {
+        watcher(api, watcher::Config::default())
+            .default_backoff()
+            .touched_objects()
+            .boxed()
+    }));
     let (pods, pods_writer) = reflector::store();
-    // Only what reconcile reads is kept: managed fields are dropped to save memory.
-    let secret_stream = reflector::reflector(
-        secrets_writer,
-        watcher(
-            Api::<Secret>::all(client.clone()),
-            watcher::Config::default(),
-        )
-        .default_backoff()
-        .modify(|s: &mut Secret| s.managed_fields_mut().clear()),
-    )
-    .touched_objects();
     let pod_stream = reflector::reflector(
         pods_writer,
         watcher(
@@ -365,7 +434,7 @@ pub async fn run(
             watcher::Config::default().labels(annotations::PROXY_LABEL),
         )
         .default_backoff()
-        .modify(|p: &mut Pod| p.managed_fields_mut().clear()),
+        .modify(keep_what_reconcile_reads),
     )
     .touched_objects();
 
@@ -374,14 +443,14 @@ pub async fn run(
     let caches_synced = Arc::new(AtomicBool::new(false));
     let context = Arc::new(Context::new(
         client,
-        secrets.clone(),
+        secret_namespaces,
         pods.clone(),
         metrics,
         options,
         caches_synced.clone(),
     ));
     let controller = controller
-        .watches_stream(secret_stream, move |secret: Secret| {
+        .watches_stream(secret_changes, move |secret: PartialObjectMeta<Secret>| {
             let namespace = secret.namespace();
             let name = secret.name_any();
             proxy_store
@@ -400,9 +469,8 @@ pub async fn run(
         })
         .graceful_shutdown_on(shutdown);
 
-    // The only task that awaits the caches' readiness (see `Context::caches_synced`).
+    // The only task that awaits the cache's readiness (see `Context::caches_synced`).
     let caches = async {
-        let _ = secrets.wait_until_ready().await;
         let _ = pods.wait_until_ready().await;
         caches_synced.store(true, Ordering::Release);
         tracing::info!("caches synced");
@@ -415,4 +483,18 @@ pub async fn run(
             }
         });
     tokio::join!(caches, run);
+}
+
+/// An injected pod as the cache keeps it: its name, labels, config hash and owners, and its phase
+/// (what the counts and rollouts read); the rest of a pod is several KiB that nothing reads.
+fn keep_what_reconcile_reads(pod: &mut Pod) {
+    pod.managed_fields_mut().clear();
+    if let Some(annotations) = pod.metadata.annotations.as_mut() {
+        annotations.retain(|key, _| key == annotations::CONFIG_HASH);
+    }
+    pod.spec = None;
+    pod.status = pod.status.take().map(|status| PodStatus {
+        phase: status.phase,
+        ..Default::default()
+    });
 }

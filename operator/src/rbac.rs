@@ -7,6 +7,9 @@
 pub enum Scope {
     /// Every namespace (a ClusterRole).
     Cluster,
+    /// Every namespace, or only those the platform lists in the chart's `rbac.secretNamespaces`
+    /// (a Role in each, and `--secret-namespaces`).
+    SecretNamespaces,
     /// The operator's own namespace (a Role).
     OperatorNamespace,
 }
@@ -56,9 +59,9 @@ pub const PERMISSIONS: &[Permission] = &[
     permission(
         "",
         &["secrets"],
-        &["list", "watch"],
-        Scope::Cluster,
-        "cache of the Secrets configurations reference (content is checked, never copied)",
+        &["get", "list", "watch"],
+        Scope::SecretNamespaces,
+        "the Secrets configurations reference: watched by metadata only, each referenced one read when its configuration is checked (content is checked, never copied or kept)",
     ),
     permission(
         "",
@@ -162,8 +165,9 @@ pub fn allows(method: &http::Method, uri: &http::Uri) -> bool {
     })
 }
 
-/// The `rules:` of the ClusterRole (`Scope::Cluster`) or Role, as the chart writes them.
-/// `own_name` is the template expression for the operator's own objects.
+/// The entries under `rules:` of the ClusterRole (`Scope::Cluster`), the operator's Role
+/// (`Scope::OperatorNamespace`) or the Secret rules (`Scope::SecretNamespaces`), as the chart
+/// writes them. `own_name` is the template expression for the operator's own objects.
 pub fn chart_rules(scope: Scope, own_name: &str) -> String {
     let list = |items: &[&str]| {
         items
@@ -172,7 +176,7 @@ pub fn chart_rules(scope: Scope, own_name: &str) -> String {
             .collect::<Vec<_>>()
             .join(", ")
     };
-    let mut rules = String::from("rules:\n");
+    let mut rules = String::new();
     for p in PERMISSIONS.iter().filter(|p| p.scope == scope) {
         rules.push_str(&format!("  # {}\n", p.why));
         rules.push_str(&format!("  - apiGroups: [\"{}\"]\n", p.group));
@@ -200,6 +204,9 @@ pub fn markdown_table() -> String {
         let scope = match (p.scope, p.own_object_only) {
             (Scope::Cluster, false) => "cluster",
             (Scope::Cluster, true) => "cluster, its own object only",
+            (Scope::SecretNamespaces, _) => {
+                "cluster, or only the namespaces in `rbac.secretNamespaces`"
+            }
             (Scope::OperatorNamespace, _) => "the operator's namespace",
         };
         table.push_str(&format!(

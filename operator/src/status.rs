@@ -33,6 +33,15 @@ pub struct Options {
     pub expiry_window: Duration,
 }
 
+/// What reading a referenced Secret gave.
+#[derive(Clone, Copy, Debug)]
+pub enum SecretRead<'a> {
+    Found(&'a Secret),
+    NotFound,
+    /// The operator may not read Secrets in that namespace: the platform restricted its RBAC.
+    Forbidden,
+}
+
 /// The outcome of one check.
 #[derive(Clone, Debug, PartialEq, Eq)]
 struct Check {
@@ -75,11 +84,11 @@ pub struct Assessment {
     pub requeue_after: Duration,
 }
 
-/// Assesses `proxy` at `now`. `secret` looks a Secret up by name in the proxy's namespace; `pods`
+/// Assesses `proxy` at `now`. `secret` reads a Secret by name in the proxy's namespace; `pods`
 /// are the pods labelled with the proxy's name.
 pub fn assess<'a>(
     proxy: &AzureOpenAIProxy,
-    secret: impl Fn(&str) -> Option<&'a Secret>,
+    secret: impl Fn(&str) -> SecretRead<'a>,
     pods: &[&Pod],
     now: Timestamp,
     options: &Options,
@@ -285,16 +294,27 @@ fn secs(seconds: i64) -> Duration {
 
 /// The bytes of `key` in Secret `name`, or the failed check that says what is missing.
 fn secret_value<'a>(
-    secret: &impl Fn(&str) -> Option<&'a Secret>,
+    secret: &impl Fn(&str) -> SecretRead<'a>,
     name: &str,
     key: &str,
 ) -> Result<&'a [u8], Check> {
-    let found = secret(name).ok_or_else(|| {
-        Check::fail(
-            "SecretNotFound",
-            format!("Secret {name} does not exist in this namespace"),
-        )
-    })?;
+    let found = match secret(name) {
+        SecretRead::Found(found) => found,
+        SecretRead::NotFound => {
+            return Err(Check::fail(
+                "SecretNotFound",
+                format!("Secret {name} does not exist in this namespace"),
+            ));
+        }
+        SecretRead::Forbidden => {
+            return Err(Check::fail(
+                "SecretUnreadable",
+                format!(
+                    "the operator may not read Secret {name}: it reads Secrets only in the namespaces the platform allows (the chart's rbac.secretNamespaces)"
+                ),
+            ));
+        }
+    };
     found
         .data
         .as_ref()
@@ -319,7 +339,7 @@ fn secret_value<'a>(
 
 /// The certificate and key from the Secret, checked as the sidecar checks them.
 fn certificate_from<'a>(
-    secret: &impl Fn(&str) -> Option<&'a Secret>,
+    secret: &impl Fn(&str) -> SecretRead<'a>,
     name: &str,
     certificate_key: &str,
     private_key_key: &str,
@@ -522,6 +542,7 @@ mod tests {
                 secrets
                     .iter()
                     .find(|s| s.metadata.name.as_deref() == Some(name))
+                    .map_or(SecretRead::NotFound, SecretRead::Found)
             },
             &pods,
             now(),
@@ -651,6 +672,20 @@ mod tests {
         assert_eq!(c.message, "Secret cert does not exist in this namespace");
         assert_eq!(condition(&a, READY).reason, "SecretNotFound");
 
+        let forbidden = assess(
+            &cert_proxy(),
+            |_| SecretRead::Forbidden,
+            &[],
+            now(),
+            &options(),
+        );
+        let c = condition(&forbidden, CREDENTIALS_VALID);
+        assert_eq!(
+            (c.status.as_str(), c.reason.as_str()),
+            ("False", "SecretUnreadable")
+        );
+        assert!(c.message.contains("rbac.secretNamespaces"), "{}", c.message);
+
         let a = run(&cert_proxy(), &[secret("cert", &[("cert.pem", "x")])], &[]);
         let c = condition(&a, CREDENTIALS_VALID);
         assert_eq!(c.reason, "SecretKeyMissing");
@@ -770,6 +805,7 @@ mod tests {
                 secrets
                     .iter()
                     .find(|s| s.metadata.name.as_deref() == Some(name))
+                    .map_or(SecretRead::NotFound, SecretRead::Found)
             },
             &pods,
             later,

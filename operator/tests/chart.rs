@@ -48,10 +48,16 @@ fn the_chart_grants_exactly_the_operator_permissions() {
         &rbac::chart_rules(Scope::Cluster, own),
     );
     generated_block(
-        rbac_file,
+        rbac_file.clone(),
         "# BEGIN generated namespace rules",
         "# END generated namespace rules",
         &rbac::chart_rules(Scope::OperatorNamespace, own),
+    );
+    generated_block(
+        rbac_file,
+        "# BEGIN generated secret rules",
+        "# END generated secret rules",
+        &rbac::chart_rules(Scope::SecretNamespaces, own),
     );
     generated_block(
         root().join("README.md"),

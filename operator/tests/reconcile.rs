@@ -9,11 +9,11 @@ mod common;
 
 use aoai_e2e::ca::{fixture_key_pem, self_signed_client_cert};
 use aoai_operator::annotations;
-use aoai_operator::controller::{self, Context, Error};
+use aoai_operator::controller::{self, Context, Error, SecretNamespaces};
 use aoai_operator::crd::{AzureOpenAIProxy, config_hash};
 use aoai_operator::metrics::Metrics;
 use aoai_operator::status::Options;
-use common::{ApiHandle, api_server, expect_no_request, next, respond};
+use common::{ApiHandle, api_server, expect_no_request, next, respond, status};
 use http::Method;
 use k8s_openapi::api::core::v1::{Pod, Secret};
 use k8s_openapi::jiff::Timestamp;
@@ -42,10 +42,18 @@ where
     store
 }
 
-fn context(client: Client, secrets: Vec<Secret>, pods: Vec<Pod>) -> Arc<Context> {
+fn context(client: Client, pods: Vec<Pod>) -> Arc<Context> {
+    context_reading(client, SecretNamespaces::All, pods)
+}
+
+fn context_reading(
+    client: Client,
+    secret_namespaces: SecretNamespaces,
+    pods: Vec<Pod>,
+) -> Arc<Context> {
     Arc::new(Context::new(
         client,
-        store(secrets),
+        secret_namespaces,
         store(pods),
         Arc::new(Metrics::new()),
         Options {
@@ -95,6 +103,22 @@ fn base64(text: &str) -> String {
     base64::engine::general_purpose::STANDARD.encode(text)
 }
 
+/// Expects the GET of Secret `name` in namespace ns and answers `secret` (404 when `None`).
+async fn expect_secret_get(handle: &mut ApiHandle, name: &str, secret: Option<Secret>) {
+    let (parts, _, send) = next(handle).await;
+    assert_eq!(
+        (parts.method.clone(), parts.uri.path()),
+        (
+            Method::GET,
+            format!("/api/v1/namespaces/ns/secrets/{name}").as_str()
+        )
+    );
+    match secret {
+        Some(secret) => respond(send, 200, &serde_json::to_value(secret).unwrap()),
+        None => respond(send, 404, &status(404, "NotFound")),
+    }
+}
+
 /// Expects the status apply; answers with the object carrying that status. Returns the status.
 async fn expect_status_apply(handle: &mut ApiHandle, spec: &Value) -> Value {
     let (parts, body, send) = next(handle).await;
@@ -142,13 +166,14 @@ fn condition<'a>(status: &'a Value, type_: &str) -> &'a Value {
 #[tokio::test]
 async fn a_valid_certificate_gets_ready_status_and_one_event_then_no_more_writes() {
     let (client, mut handle) = api_server();
-    let ctx = context(client, vec![tls_secret()], vec![]);
+    let ctx = context(client, vec![]);
     let spec = certificate_spec();
 
     let run = tokio::spawn(controller::reconcile(
         Arc::new(proxy(spec.clone())),
         ctx.clone(),
     ));
+    expect_secret_get(&mut handle, "cert", Some(tls_secret())).await;
     let status = expect_status_apply(&mut handle, &spec).await;
     assert_eq!(condition(&status, "Ready")["status"], "True");
     assert_eq!(
@@ -177,19 +202,23 @@ async fn a_valid_certificate_gets_ready_status_and_one_event_then_no_more_writes
     assert_eq!(action, Action::requeue(aoai_operator::status::RESYNC));
     expect_no_request(&mut handle).await;
 
-    // The next reconcile sees its own status: nothing to write, nothing to announce.
+    // The next reconcile reads the Secret again and sees its own status: nothing to write,
+    // nothing to announce.
     let mut applied = proxy(spec);
     applied.status = Some(serde_json::from_value(status).unwrap());
-    controller::reconcile(Arc::new(applied), ctx).await.unwrap();
+    let run = tokio::spawn(controller::reconcile(Arc::new(applied), ctx));
+    expect_secret_get(&mut handle, "cert", Some(tls_secret())).await;
+    run.await.unwrap().unwrap();
     expect_no_request(&mut handle).await;
 }
 
 #[tokio::test]
 async fn a_missing_secret_is_credentials_invalid_with_a_warning() {
     let (client, mut handle) = api_server();
-    let ctx = context(client, vec![], vec![]);
+    let ctx = context(client, vec![]);
     let spec = certificate_spec();
     let run = tokio::spawn(controller::reconcile(Arc::new(proxy(spec.clone())), ctx));
+    expect_secret_get(&mut handle, "cert", None).await;
     let status = expect_status_apply(&mut handle, &spec).await;
     let invalid = condition(&status, "CredentialsValid");
     assert_eq!(invalid["status"], "False");
@@ -236,7 +265,7 @@ async fn rollout_restart_restarts_each_stale_workload_once() {
             other
         },
     ];
-    let ctx = context(client, vec![], pods);
+    let ctx = context(client, pods);
     let run = tokio::spawn(controller::reconcile(
         Arc::new(proxy(spec.clone())),
         ctx.clone(),
@@ -309,7 +338,7 @@ async fn rollout_restart_restarts_each_stale_workload_once() {
 #[tokio::test]
 async fn a_failed_status_apply_is_an_error_retried_with_backoff() {
     let (client, mut handle) = api_server();
-    let ctx = context(client, vec![], vec![]);
+    let ctx = context(client, vec![]);
     let spec = json!({"endpoint": "https://r", "credential": {"managedIdentity": {}}});
     let object = Arc::new(proxy(spec));
     let run = tokio::spawn(controller::reconcile(object.clone(), ctx.clone()));
@@ -337,4 +366,44 @@ async fn a_failed_status_apply_is_an_error_retried_with_backoff() {
             .encode()
             .contains("aoai_operator_reconcile_errors_total{reason=\"status_apply\"} 2")
     );
+}
+
+#[tokio::test]
+async fn secrets_the_operator_may_not_read_are_reported_not_retried() {
+    // A namespace outside --secret-namespaces: not even asked for.
+    let (client, mut handle) = api_server();
+    let ctx = context_reading(client, SecretNamespaces::Only(vec!["other".into()]), vec![]);
+    let spec = certificate_spec();
+    let run = tokio::spawn(controller::reconcile(Arc::new(proxy(spec.clone())), ctx));
+    let reported = expect_status_apply(&mut handle, &spec).await;
+    assert_eq!(
+        condition(&reported, "CredentialsValid")["reason"],
+        "SecretUnreadable"
+    );
+    expect_event(&mut handle, "CredentialInvalid", "Warning").await;
+    run.await.unwrap().unwrap();
+
+    // RBAC that forbids it: the same status, no error loop.
+    let (client, mut handle) = api_server();
+    let ctx = context(client, vec![]);
+    let run = tokio::spawn(controller::reconcile(Arc::new(proxy(spec.clone())), ctx));
+    let (_, _, send) = next(&mut handle).await;
+    respond(send, 403, &status(403, "Forbidden"));
+    let reported = expect_status_apply(&mut handle, &spec).await;
+    assert_eq!(
+        condition(&reported, "CredentialsValid")["reason"],
+        "SecretUnreadable"
+    );
+    expect_event(&mut handle, "CredentialInvalid", "Warning").await;
+    run.await.unwrap().unwrap();
+
+    // Any other failure is retried with backoff, and changes no status.
+    let (client, mut handle) = api_server();
+    let ctx = context(client, vec![]);
+    let run = tokio::spawn(controller::reconcile(Arc::new(proxy(spec)), ctx));
+    let (_, _, send) = next(&mut handle).await;
+    respond(send, 500, &status(500, "InternalError"));
+    let error = run.await.unwrap().expect_err("a failed read is an error");
+    assert_eq!(error.reason(), "secret_read");
+    expect_no_request(&mut handle).await;
 }

@@ -69,6 +69,7 @@ GOOD = {
         },
         "podDisruptionBudget": {"enabled": False},
         "replicaCount": 3,
+        "rbac": {"secretNamespaces": ["team-a", "team-b"]},
     },
 }
 
@@ -91,6 +92,7 @@ BAD = [
     ({"logFormat": "xml"}, "'xml' is not one of ['text', 'json']"),
     ({"certificateExpiryWindow": "a month"}, "'a month' does not match"),
     ({"replicas": 2}, "Additional properties are not allowed ('replicas' was unexpected)"),
+    ({"rbac": {"secretNamespaces": ["Team A"]}}, "'Team A' does not match"),
 ]
 
 

@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 
 use k8s_openapi::api::authentication::v1::{TokenRequest, TokenRequestSpec};
 use k8s_openapi::api::core::v1::ServiceAccount;
-use kube::api::{Api, PostParams};
+use kube::api::{Api, Patch, PatchParams, PostParams};
 
 use crate::ca::TestCa;
 
@@ -28,6 +28,21 @@ pub struct ControlPlane {
 
 /// The issuer of the service-account tokens this control plane signs.
 pub const SERVICE_ACCOUNT_ISSUER: &str = "https://127.0.0.1/aoai-e2e";
+
+/// Creates or updates `name` to `object` by server-side apply (field manager `aoai-e2e`), as
+/// `kubectl apply --server-side` does; fails the caller on any error.
+pub async fn apply<K>(api: &Api<K>, name: &str, object: serde_json::Value) -> K
+where
+    K: kube::Resource + Clone + serde::de::DeserializeOwned + serde::Serialize + std::fmt::Debug,
+{
+    api.patch(
+        name,
+        &PatchParams::apply("aoai-e2e").force(),
+        &Patch::Apply(object),
+    )
+    .await
+    .unwrap_or_else(|e| panic!("apply {name}: {e}"))
+}
 
 pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")

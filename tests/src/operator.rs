@@ -174,6 +174,10 @@ impl OperatorProcess {
         self.process.output()
     }
 
+    pub fn pid(&self) -> u32 {
+        self.process.id()
+    }
+
     /// Waits until `/readyz` answers 200: the webhook has its cache and a certificate.
     pub async fn wait_ready(&mut self, within: Duration) {
         let deadline = Instant::now() + within;

@@ -10,7 +10,7 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use aoai_e2e::ca::{fixture_key_pem, self_signed_client_cert};
-use aoai_e2e::control_plane::{ControlPlane, SERVICE_ACCOUNT_ISSUER, free_port};
+use aoai_e2e::control_plane::{ControlPlane, SERVICE_ACCOUNT_ISSUER, apply, free_port};
 use aoai_e2e::entra::{App, MockEntra};
 use aoai_e2e::openai::MockOpenAi;
 use aoai_e2e::operator::{OperatorProcess, install_chart};
@@ -23,7 +23,7 @@ use k8s_openapi::api::admissionregistration::v1::MutatingWebhookConfiguration;
 use k8s_openapi::api::apps::v1::ReplicaSet;
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{Namespace, Pod, Secret, ServiceAccount};
-use kube::api::{Api, ListParams, Patch, PatchParams, PostParams};
+use kube::api::{Api, ListParams, PostParams};
 use kube::{Client, ResourceExt};
 use serde_json::{Value, json};
 
@@ -33,19 +33,6 @@ const RELEASE: &str = "aoai-proxy-operator";
 const OPERATOR_NS: &str = "aoai-system";
 const TENANT: &str = "contoso.onmicrosoft.com";
 const CLIENT_ID: &str = "11111111-2222-3333-4444-555555555555";
-
-async fn apply<K>(api: &Api<K>, name: &str, object: Value) -> K
-where
-    K: kube::Resource + Clone + serde::de::DeserializeOwned + serde::Serialize + std::fmt::Debug,
-{
-    api.patch(
-        name,
-        &PatchParams::apply("aoai-e2e").force(),
-        &Patch::Apply(object),
-    )
-    .await
-    .unwrap_or_else(|e| panic!("apply {name}: {e}"))
-}
 
 fn annotated_template(proxy: &str, restart_policy: &str) -> Value {
     json!({

@@ -142,6 +142,7 @@ async fn the_controller_reports_ready_then_a_broken_secret_and_the_schema_reject
             default_image: "aoai-proxy:e2e".into(),
             expiry_window: Duration::from_secs(30 * 86_400),
         },
+        controller::SecretNamespaces::All,
         async {
             let _ = stopped.await;
         },
