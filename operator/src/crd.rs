@@ -105,6 +105,79 @@ pub struct AzureOpenAIProxySpec {
     /// What to do with running workloads when this configuration changes.
     #[serde(default)]
     pub rollout: RolloutPolicy,
+
+    /// An HTTP proxy the sidecar reaches Azure through (the upstream and Entra ID), injected as
+    /// HTTPS_PROXY and NO_PROXY. Direct when unset.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub egress_proxy: Option<EgressProxySpec>,
+
+    /// A CA bundle the sidecar trusts in addition to the system roots, for the upstream and the
+    /// identity calls (API Management, a private-endpoint gateway, a TLS-inspecting firewall):
+    /// mounted read-only and re-read when it changes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub trust: Option<TrustSpec>,
+}
+
+/// The egress proxy: its URL inline, or (when it carries credentials) from a Secret.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[x_kube(validation = Rule::new("[has(self.httpsProxy), has(self.httpsProxyFrom)].filter(x, x).size() == 1").message("set exactly one of httpsProxy and httpsProxyFrom"))]
+#[serde(rename_all = "camelCase")]
+pub struct EgressProxySpec {
+    /// The proxy, as http://host:port. Credentials do not belong in a spec: put the whole URL
+    /// (http://user:password@host:port) in a Secret and use httpsProxyFrom.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[x_kube(validation = Rule::new("!self.contains('@')").message("httpsProxy must not carry credentials: use httpsProxyFrom with a Secret"))]
+    #[schemars(length(min = 1, max = 2048), regex(pattern = r"^(http://)?[A-Za-z0-9.\-\[\]:]+(:[0-9]{1,5})?/?$"))]
+    pub https_proxy: Option<String>,
+    /// The proxy URL from a Secret key (the URL may carry user:password@).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub https_proxy_from: Option<SecretKeyRef>,
+    /// Hosts reached directly (NO_PROXY): host names (with their subdomains), IP addresses,
+    /// CIDR ranges, each optionally with :port, or "*".
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 64))]
+    pub no_proxy: Vec<String>,
+}
+
+/// A key of a Secret in the same namespace.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, schemars::JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct SecretKeyRef {
+    /// Secret in the same namespace.
+    #[schemars(length(min = 1, max = 253), regex(pattern = SECRET_NAME_PATTERN))]
+    pub secret_name: String,
+    /// The key holding the value.
+    #[schemars(length(min = 1, max = 253), regex(pattern = SECRET_KEY_PATTERN))]
+    pub key: String,
+}
+
+/// The CA bundle: a key of a ConfigMap or of a Secret in the same namespace.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[x_kube(validation = Rule::new("[has(self.configMap), has(self.secret)].filter(x, x).size() == 1").message("set exactly one of configMap and secret"))]
+#[serde(rename_all = "camelCase")]
+pub struct TrustSpec {
+    /// The bundle in a ConfigMap of the same namespace (CA certificates are public).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub config_map: Option<BundleRef>,
+    /// The bundle in a Secret of the same namespace.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secret: Option<BundleRef>,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, schemars::JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct BundleRef {
+    /// The ConfigMap's or Secret's name.
+    #[schemars(length(min = 1, max = 253), regex(pattern = SECRET_NAME_PATTERN))]
+    pub name: String,
+    /// The key holding the PEM bundle.
+    #[serde(default = "default_bundle_key")]
+    #[schemars(length(min = 1, max = 253), regex(pattern = SECRET_KEY_PATTERN))]
+    pub key: String,
+}
+
+fn default_bundle_key() -> String {
+    "ca.crt".into()
 }
 
 /// Azure clouds.

@@ -49,6 +49,10 @@ const INBOUND_KEYS_DIR: &str = "/var/run/secrets/aoai-proxy/inbound-keys";
 const AZURE_TOKEN_VOLUME: &str = "aoai-proxy-azure-token";
 const AZURE_TOKEN_DIR: &str = "/var/run/secrets/azure/tokens";
 const AZURE_TOKEN_FILE: &str = "azure-identity-token";
+const TRUST_VOLUME: &str = "aoai-proxy-trust";
+const TRUST_DIR: &str = "/etc/aoai-proxy/trust";
+/// The bundle's file in TRUST_DIR, whatever its key in the ConfigMap or Secret.
+const TRUST_FILE: &str = "ca.crt";
 /// The UID of the distroless `nonroot` user the image runs as.
 const NONROOT_UID: i64 = 65532;
 
@@ -342,6 +346,32 @@ fn sidecar_container(
             "AOAI_PROXY_INBOUND_KEYS_FILE",
             format!("{INBOUND_KEYS_DIR}/{}", keys.key),
         ));
+    }
+
+    if let Some(egress) = &spec.egress_proxy {
+        match (&egress.https_proxy, &egress.https_proxy_from) {
+            (Some(url), _) => vars.push(env("HTTPS_PROXY", url)),
+            (None, Some(from)) => vars.push(json!({"name": "HTTPS_PROXY", "valueFrom": {
+                "secretKeyRef": {"name": from.secret_name, "key": from.key}}})),
+            (None, None) => {}
+        }
+        if !egress.no_proxy.is_empty() {
+            vars.push(env("NO_PROXY", egress.no_proxy.join(",")));
+        }
+    }
+    if let Some(trust) = &spec.trust {
+        // Mounted as a directory (no subPath), so that the kubelet updates the file in place and
+        // the sidecar re-reads it.
+        let items = |key: &str| json!([{"key": key, "path": TRUST_FILE}]);
+        match (&trust.config_map, &trust.secret) {
+            (Some(map), _) => volumes.push(json!({"name": TRUST_VOLUME, "configMap": {
+                "name": map.name, "items": items(&map.key), "defaultMode": 0o444}})),
+            (None, Some(secret)) => volumes.push(json!({"name": TRUST_VOLUME, "secret": {
+                "secretName": secret.name, "items": items(&secret.key), "defaultMode": 0o444}})),
+            (None, None) => {}
+        }
+        mounts.push(json!({"name": TRUST_VOLUME, "mountPath": TRUST_DIR, "readOnly": true}));
+        vars.push(env("SSL_CERT_FILE", format!("{TRUST_DIR}/{TRUST_FILE}")));
     }
 
     let probe = |path: &str, period: i32, failures: i32| json!({"httpGet": {"path": path, "port": admin_port}, "periodSeconds": period, "failureThreshold": failures, "timeoutSeconds": 2});

@@ -58,10 +58,10 @@ pub const PERMISSIONS: &[Permission] = &[
     ),
     permission(
         "",
-        &["secrets"],
+        &["secrets", "configmaps"],
         &["get", "list", "watch"],
         Scope::SecretNamespaces,
-        "the Secrets configurations reference: watched by metadata only, each referenced one read when its configuration is checked (content is checked, never copied or kept)",
+        "the Secrets (and CA-bundle ConfigMaps) configurations reference: watched by metadata only, each referenced one read when its configuration is checked (content is checked, never copied or kept)",
     ),
     permission(
         "",

@@ -7,18 +7,24 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use aoai_proxy::credentials::certificate::ClientCertificate;
-use k8s_openapi::api::core::v1::{Pod, Secret};
+use aoai_proxy::egress::{NoProxy, ProxyUrl};
+use k8s_openapi::api::core::v1::{ConfigMap, Pod, Secret};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use k8s_openapi::jiff::Timestamp;
 
 use crate::annotations;
-use crate::crd::{AzureOpenAIProxy, AzureOpenAIProxyStatus, CredentialKind, config_hash};
+use crate::crd::{
+    AzureOpenAIProxy, AzureOpenAIProxyStatus, CredentialKind, EgressProxySpec, TrustSpec,
+    config_hash,
+};
 
 /// Condition types.
 pub const READY: &str = "Ready";
 pub const CREDENTIALS_VALID: &str = "CredentialsValid";
 pub const INBOUND_KEYS_VALID: &str = "InboundKeysValid";
 pub const CERTIFICATE_EXPIRING: &str = "CertificateExpiring";
+pub const TRUST_VALID: &str = "TrustValid";
+pub const EGRESS_PROXY_VALID: &str = "EgressProxyValid";
 
 /// How long to wait before looking again when nothing is due sooner (Secrets and pods trigger
 /// reconciles on their own; this only bounds drift).
@@ -33,14 +39,16 @@ pub struct Options {
     pub expiry_window: Duration,
 }
 
-/// What reading a referenced Secret gave.
+/// What reading a referenced object (a Secret, a ConfigMap) gave.
 #[derive(Clone, Copy, Debug)]
-pub enum SecretRead<'a> {
-    Found(&'a Secret),
+pub enum Read<'a, T> {
+    Found(&'a T),
     NotFound,
-    /// The operator may not read Secrets in that namespace: the platform restricted its RBAC.
+    /// The operator may not read it: the platform restricted its RBAC to other namespaces.
     Forbidden,
 }
+
+pub type SecretRead<'a> = Read<'a, Secret>;
 
 /// The outcome of one check.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -84,11 +92,12 @@ pub struct Assessment {
     pub requeue_after: Duration,
 }
 
-/// Assesses `proxy` at `now`. `secret` reads a Secret by name in the proxy's namespace; `pods`
-/// are the pods labelled with the proxy's name.
-pub fn assess<'a>(
+/// Assesses `proxy` at `now`. `secret` and `config_map` read an object by name in the proxy's
+/// namespace; `pods` are the pods labelled with the proxy's name.
+pub fn assess<'a, 'b>(
     proxy: &AzureOpenAIProxy,
     secret: impl Fn(&str) -> SecretRead<'a>,
+    config_map: impl Fn(&str) -> Read<'b, ConfigMap>,
     pods: &[&Pod],
     now: Timestamp,
     options: &Options,
@@ -229,10 +238,18 @@ pub fn assess<'a>(
         )
     });
 
-    let ready = if !credentials.ok {
-        Check::fail(credentials.reason, credentials.message.clone())
-    } else if let Some(inbound) = inbound.as_ref().filter(|c| !c.ok) {
-        Check::fail(inbound.reason, inbound.message.clone())
+    let trust = spec.trust.as_ref().map(|trust| trust_check(trust, &secret, &config_map));
+    let egress = spec
+        .egress_proxy
+        .as_ref()
+        .map(|egress| egress_check(egress, &secret));
+
+    let failed = [Some(&credentials), inbound.as_ref(), trust.as_ref(), egress.as_ref()]
+        .into_iter()
+        .flatten()
+        .find(|c| !c.ok);
+    let ready = if let Some(failed) = failed {
+        Check::fail(failed.reason, failed.message.clone())
     } else {
         Check::pass(
             "Ready",
@@ -263,6 +280,11 @@ pub fn assess<'a>(
             now,
         ));
     }
+    for (type_, check) in [(TRUST_VALID, &trust), (EGRESS_PROXY_VALID, &egress)] {
+        if let Some(check) = check {
+            conditions.push(condition(&previous, type_, check, generation, now));
+        }
+    }
 
     let live: Vec<&&Pod> = pods.iter().filter(|p| !is_finished(p)).collect();
     let current = live
@@ -286,6 +308,118 @@ pub fn assess<'a>(
         transitions,
         requeue_after,
     }
+}
+
+/// The CA bundle of `spec.trust` exists and holds at least one PEM certificate.
+fn trust_check<'a, 'b>(
+    trust: &TrustSpec,
+    secret: &impl Fn(&str) -> SecretRead<'a>,
+    config_map: &impl Fn(&str) -> Read<'b, ConfigMap>,
+) -> Check {
+    let (what, key, bytes) = match (&trust.config_map, &trust.secret) {
+        (Some(map), _) => {
+            let what = format!("ConfigMap {}", map.name);
+            let bytes = match config_map(&map.name) {
+                Read::Found(found) => found
+                    .data
+                    .as_ref()
+                    .and_then(|d| d.get(&map.key))
+                    .map(|v| v.as_bytes().to_vec())
+                    .or_else(|| {
+                        let binary = found.binary_data.as_ref()?;
+                        binary.get(&map.key).map(|v| v.0.clone())
+                    }),
+                Read::NotFound => {
+                    return Check::fail(
+                        "ConfigMapNotFound",
+                        format!("{what} does not exist in this namespace"),
+                    );
+                }
+                Read::Forbidden => {
+                    return Check::fail(
+                        "ConfigMapUnreadable",
+                        format!("the operator may not read {what}"),
+                    );
+                }
+            };
+            (what, &map.key, bytes)
+        }
+        (None, Some(reference)) => {
+            let what = format!("Secret {}", reference.name);
+            match secret_value(secret, &reference.name, &reference.key) {
+                Ok(bytes) => (what, &reference.key, Some(bytes.to_vec())),
+                Err(check) => return check,
+            }
+        }
+        (None, None) => {
+            return Check::fail("InvalidSpec", "set exactly one of configMap and secret");
+        }
+    };
+    let Some(bytes) = bytes else {
+        return Check::fail(
+            "BundleKeyMissing",
+            format!("{what} has no key {key}"),
+        );
+    };
+    use rustls_pki_types::pem::PemObject;
+    let certificates = rustls_pki_types::CertificateDer::pem_slice_iter(&bytes)
+        .collect::<Result<Vec<_>, _>>();
+    match certificates {
+        Ok(certificates) if !certificates.is_empty() => Check::pass(
+            "BundleValid",
+            format!(
+                "{what} key {key} holds {} CA certificate(s), trusted by the sidecar beside the system roots",
+                certificates.len()
+            ),
+        ),
+        Ok(_) => Check::fail(
+            "BundleInvalid",
+            format!("{what} key {key} holds no PEM certificate"),
+        ),
+        Err(e) => Check::fail(
+            "BundleInvalid",
+            format!("{what} key {key} is not a PEM bundle: {e}"),
+        ),
+    }
+}
+
+/// A proxy URL from a Secret (`httpsProxyFrom`) exists and parses as the sidecar reads it.
+fn egress_check<'a>(egress: &EgressProxySpec, secret: &impl Fn(&str) -> SecretRead<'a>) -> Check {
+    let (what, url) = match (&egress.https_proxy, &egress.https_proxy_from) {
+        (Some(url), _) => ("httpsProxy".to_string(), url.as_bytes().to_vec()),
+        (None, Some(from)) => match secret_value(secret, &from.secret_name, &from.key) {
+            Ok(url) => (
+                format!("Secret {} key {}", from.secret_name, from.key),
+                url.to_vec(),
+            ),
+            Err(check) => return check,
+        },
+        (None, None) => {
+            return Check::fail(
+                "InvalidSpec",
+                "set exactly one of httpsProxy and httpsProxyFrom",
+            );
+        }
+    };
+    let url = String::from_utf8_lossy(&url);
+    if let Err(e) = ProxyUrl::parse(url.trim()) {
+        // The parse error names what is wrong, never the credentials.
+        return Check::fail("EgressProxyInvalid", format!("{what}: the proxy URL {e}"));
+    }
+    if let Some(entry) = egress
+        .no_proxy
+        .iter()
+        .find(|entry| NoProxy::parse(entry).is_err())
+    {
+        return Check::fail(
+            "EgressProxyInvalid",
+            format!("noProxy entry {entry:?} is not a host, an IP address or a CIDR range"),
+        );
+    }
+    Check::pass(
+        "EgressProxyValid",
+        format!("the sidecar reaches Azure through the proxy in {what}"),
+    )
 }
 
 fn secs(seconds: i64) -> Duration {
@@ -544,6 +678,7 @@ mod tests {
                     .find(|s| s.metadata.name.as_deref() == Some(name))
                     .map_or(SecretRead::NotFound, SecretRead::Found)
             },
+            |_| Read::NotFound,
             &pods,
             now(),
             &options(),
@@ -675,6 +810,7 @@ mod tests {
         let forbidden = assess(
             &cert_proxy(),
             |_| SecretRead::Forbidden,
+            |_| Read::NotFound,
             &[],
             now(),
             &options(),
@@ -807,6 +943,7 @@ mod tests {
                     .find(|s| s.metadata.name.as_deref() == Some(name))
                     .map_or(SecretRead::NotFound, SecretRead::Found)
             },
+            |_| Read::NotFound,
             &pods,
             later,
             &options(),

@@ -13,6 +13,7 @@ use std::time::Duration;
 use http::Uri;
 use http::uri::{Authority, PathAndQuery, Scheme};
 
+use crate::egress::{Egress, NoProxy, ProxyUrl};
 use crate::units::{parse_bytes, parse_duration};
 
 /// One environment variable: its name, its default (if any) and what it does.
@@ -165,8 +166,27 @@ pub const ENV_VARS: &[EnvVar] = &[
     var(
         "SSL_CERT_FILE",
         None,
-        "PEM bundle trusted in addition to the system roots, for the upstream and the identity endpoints.",
+        "PEM bundle trusted in addition to the system roots, for the upstream and the identity endpoints; re-read when it changes.",
     ),
+    // Egress through an HTTP proxy, as the Azure SDKs read it.
+    var(
+        "HTTPS_PROXY",
+        None,
+        "HTTP proxy for https targets (the upstream and Entra ID), as http://[user:password@]host:port; connections are CONNECT tunnels. The credentials are never logged.",
+    ),
+    var("https_proxy", None, "Same as HTTPS_PROXY."),
+    var(
+        "HTTP_PROXY",
+        None,
+        "HTTP proxy for http targets (an http upstream or identity endpoint), CONNECT tunnels too.",
+    ),
+    var("http_proxy", None, "Same as HTTP_PROXY."),
+    var(
+        "NO_PROXY",
+        None,
+        "Hosts reached without the proxy, comma-separated: * (all), a host name (with its subdomains; .corp and *.corp alike), an IP address or a CIDR range, each optionally with :port. 169.254.169.254 (IMDS) and other link-local addresses never use the proxy.",
+    ),
+    var("no_proxy", None, "Same as NO_PROXY."),
     // Inbound authentication.
     var(
         "EXPECTED_KEY",
@@ -496,6 +516,7 @@ pub struct Config {
     pub authority_host: String,
     pub scope: String,
     pub extra_roots: Option<PathBuf>,
+    pub egress: Egress,
     pub inbound: InboundAuthConfig,
     pub limits: Limits,
     pub log_level: String,
@@ -695,6 +716,24 @@ impl Config {
             None => DEFAULT_SCOPE.to_string(),
         };
         let extra_roots = env.get("SSL_CERT_FILE").map(PathBuf::from);
+        let proxy = |name, alias| -> Result<Option<ProxyUrl>, ConfigError> {
+            match env.get_aliased(name, alias)? {
+                Some((variable, text)) => ProxyUrl::parse(&text)
+                    .map(Some)
+                    .map_err(|message| error(variable, message)),
+                None => Ok(None),
+            }
+        };
+        let egress = Egress {
+            https: proxy("HTTPS_PROXY", "https_proxy")?,
+            http: proxy("HTTP_PROXY", "http_proxy")?,
+            no_proxy: match env.get_aliased("NO_PROXY", "no_proxy")? {
+                Some((variable, text)) => {
+                    NoProxy::parse(&text).map_err(|message| error(variable, message))?
+                }
+                None => NoProxy::default(),
+            },
+        };
 
         let mut keys: Vec<Secret> = Vec::new();
         if let Some(key) = env.get("EXPECTED_KEY") {
@@ -770,6 +809,7 @@ impl Config {
             authority_host,
             scope,
             extra_roots,
+            egress,
             inbound,
             limits,
             log_level,

@@ -23,6 +23,7 @@ use crate::metrics::{InFlight, Metrics, UpstreamError};
 use crate::token::TokenSource;
 use crate::units::format_duration;
 use crate::upstream::{PooledBody, RequestError, UpstreamClient};
+use crate::websocket::{self, Sessions};
 
 /// Everything a request needs, shared by all connections.
 pub struct Forwarder {
@@ -33,6 +34,8 @@ pub struct Forwarder {
     pub metrics: Arc<Metrics>,
     pub upstream_timeout: Duration,
     pub max_request_body: Option<u64>,
+    /// Open WebSocket sessions, which outlive their handshake request.
+    pub sessions: Arc<Sessions>,
 }
 
 impl Forwarder {
@@ -59,6 +62,12 @@ impl Forwarder {
                     let result = tokio::time::timeout(self.upstream_timeout, sent).await;
                     (self.finish(result, in_flight), original_uri)
                 }
+                Prepared::Upgrade(upgrade) => {
+                    let (request, client, original_uri) = *upgrade;
+                    // Boxed: rare, and it would otherwise grow every request's future.
+                    let response = Box::pin(self.upgrade(request, client, in_flight)).await;
+                    (response, original_uri)
+                }
             };
             let status = response.status().as_u16();
             let elapsed = started.elapsed();
@@ -77,12 +86,48 @@ impl Forwarder {
             Err(error) => return Prepared::Answered(error.into_response(), parts.uri),
         };
         let original_uri = std::mem::replace(&mut parts.uri, target);
+        let upgrade = (parts.method == Method::GET && websocket::is_upgrade(&parts.headers))
+            .then(|| parts.extensions.remove::<hyper::upgrade::OnUpgrade>())
+            .flatten();
         headers::rewrite_request(&mut parts.headers, authorization);
         // The client picks HTTP/1.1 or HTTP/2 per upstream connection (ALPN), whatever the caller
         // used.
         parts.version = Version::HTTP_11;
         let body = RequestBody::new(body, self.max_request_body, self.metrics.clone());
-        Prepared::Forward(Request::from_parts(parts, body), original_uri)
+        match upgrade {
+            Some(client) => {
+                websocket::restore_upgrade_headers(&mut parts.headers);
+                let request = Request::from_parts(parts, body);
+                Prepared::Upgrade(Box::new((request, client, original_uri)))
+            }
+            None => Prepared::Forward(Request::from_parts(parts, body), original_uri),
+        }
+    }
+
+    /// A WebSocket handshake: on the upstream's 101, the caller gets 101 and both connections
+    /// become one tunnel; any other answer goes back as it came.
+    async fn upgrade(
+        &self,
+        request: Request<RequestBody>,
+        client: hyper::upgrade::OnUpgrade,
+        in_flight: InFlight,
+    ) -> Response<ResponseBody> {
+        let sent = self.client.send_upgrade(request);
+        let result = tokio::time::timeout(self.upstream_timeout, sent).await;
+        let mut response = match result {
+            Ok(Ok(response)) if response.status() == StatusCode::SWITCHING_PROTOCOLS => response,
+            Ok(Ok(response)) => {
+                return self.finish(Ok(Ok(response.map(PooledBody::unpooled))), in_flight);
+            }
+            Ok(Err(error)) => return self.finish(Ok(Err(error)), in_flight),
+            Err(elapsed) => return self.finish(Err(elapsed), in_flight),
+        };
+        let upstream = hyper::upgrade::on(&mut response);
+        websocket::spawn_tunnel(client, upstream, self.sessions.clone(), self.metrics.clone());
+        let (mut parts, _) = response.into_parts();
+        headers::rewrite_response(&mut parts.headers);
+        websocket::restore_upgrade_headers(&mut parts.headers);
+        Response::from_parts(parts, ResponseBody::empty())
     }
 
     /// `Ok(None)` for a health check; otherwise the upstream target and the `Authorization` to
@@ -192,6 +237,8 @@ impl Forwarder {
 enum Prepared {
     /// To send upstream.
     Forward(Request<RequestBody>, http::Uri),
+    /// A WebSocket handshake to send upstream, with the caller's side of the upgrade.
+    Upgrade(Box<(Request<RequestBody>, hyper::upgrade::OnUpgrade, http::Uri)>),
     /// Answered by the proxy: health, or a refusal.
     Answered(Response<ResponseBody>, http::Uri),
 }

@@ -6,6 +6,7 @@
 pub mod body;
 pub mod config;
 pub mod credentials;
+pub mod egress;
 pub mod error;
 pub mod forward;
 pub mod headers;
@@ -18,6 +19,7 @@ pub mod tls;
 pub mod token;
 pub mod units;
 pub mod upstream;
+pub mod websocket;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -86,10 +88,16 @@ impl Proxy {
         token: Arc<TokenSource>,
     ) -> Result<Self, StartError> {
         let metrics = Arc::new(Metrics::new());
-        let roots = tls::root_store(config.extra_roots.as_deref())?;
-        let connector =
-            upstream::connector(tls::client_config(roots), config.limits.connect_timeout);
-        let mut tasks = Vec::new();
+        let trust = tls::Trust::load(config.extra_roots.as_deref())?;
+        let egress = Arc::new(config.egress.clone());
+        let connect_timeout = config.limits.connect_timeout;
+        let tls = tls::client_config(trust.clone());
+        let connector = upstream::connector(tls.clone(), connect_timeout, egress.clone());
+        let upgrade_connector = upstream::http1_connector(tls, connect_timeout, egress);
+        if let Some(proxy) = &config.egress.https {
+            tracing::info!(proxy = %proxy, "https connections go through the egress proxy (NO_PROXY aside)");
+        }
+        let mut tasks = vec![tokio::spawn(trust.watch())];
         let auth = if config.inbound.enabled() {
             let auth = Arc::new(InboundAuth::new(&config.inbound)?);
             if auth.key_count() == 0 {
@@ -106,6 +114,7 @@ impl Proxy {
             upstream: config.upstream.clone(),
             client: upstream::UpstreamClient::new(
                 connector.clone(),
+                upgrade_connector,
                 &config.upstream,
                 config.limits.pool_idle_timeout,
             ),
@@ -114,6 +123,7 @@ impl Proxy {
             metrics: metrics.clone(),
             upstream_timeout: config.limits.upstream_timeout,
             max_request_body: config.limits.max_request_body,
+            sessions: Default::default(),
         });
         let server = Server::bind(
             config.listen,

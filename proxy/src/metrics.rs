@@ -84,6 +84,8 @@ pub struct Metrics {
     token_valid: Gauge<i64, AtomicI64>,
     refreshes: Family<RefreshLabels, Counter>,
     auth_failures: Family<ReasonLabels, Counter>,
+    websocket_sessions: Counter,
+    websocket_open: Gauge,
 }
 
 impl Default for Metrics {
@@ -185,6 +187,19 @@ impl Metrics {
             auth_failures.clone(),
         );
 
+        let websocket_sessions = Counter::default();
+        registry.register(
+            "websocket_sessions",
+            "WebSocket sessions opened (upstream answered 101), e.g. the Realtime API",
+            websocket_sessions.clone(),
+        );
+        let websocket_open = Gauge::default();
+        registry.register(
+            "websocket_sessions_open",
+            "WebSocket sessions open now",
+            websocket_open.clone(),
+        );
+
         Self {
             registry,
             requests,
@@ -198,6 +213,8 @@ impl Metrics {
             token_valid,
             refreshes,
             auth_failures,
+            websocket_sessions,
+            websocket_open,
         }
     }
 
@@ -236,6 +253,13 @@ impl Metrics {
     pub fn in_flight(&self) -> InFlight {
         self.in_flight.inc();
         InFlight(self.in_flight.clone())
+    }
+
+    /// Counts a WebSocket session and marks it open until the returned guard drops.
+    pub fn websocket_session(&self) -> InFlight {
+        self.websocket_sessions.inc();
+        self.websocket_open.inc();
+        InFlight(self.websocket_open.clone())
     }
 
     pub fn token_refresh(&self, credential: &'static str, success: bool) {
@@ -278,7 +302,7 @@ impl Metrics {
     }
 }
 
-/// Decrements the in-flight gauge when dropped.
+/// Decrements its gauge (requests in flight, open sessions) when dropped.
 pub struct InFlight(Gauge);
 
 impl Drop for InFlight {

@@ -118,8 +118,12 @@ impl Server {
         drop(self.admin);
         logging::flush_access_log();
         let open = graceful.count();
-        tracing::info!(open_connections = open, grace = ?self.shutdown_grace, "shutting down: no new connections; waiting for open requests");
-        let drained = graceful.shutdown();
+        let sessions = self.forwarder.sessions.clone();
+        tracing::info!(open_connections = open, websocket_sessions = sessions.open(), grace = ?self.shutdown_grace, "shutting down: no new connections; waiting for open requests and sessions");
+        let drained = async {
+            graceful.shutdown().await;
+            sessions.closed().await;
+        };
         let grace_over = tokio::time::sleep(self.shutdown_grace);
         tokio::pin!(drained, grace_over);
         loop {
@@ -129,7 +133,8 @@ impl Server {
                     break;
                 }
                 () = &mut grace_over => {
-                    tracing::warn!("grace period over; closing the remaining connections");
+                    tracing::warn!(websocket_sessions = sessions.open(), "grace period over; closing the remaining connections and sessions");
+                    sessions.close_all();
                     break;
                 }
                 _ = tick.tick() => logging::flush_access_log(),
@@ -145,9 +150,10 @@ impl Server {
         let service = service_fn(move |request: Request<Incoming>| {
             forwarder.clone().handle(request, client_ip)
         });
+        // With upgrades: a WebSocket handshake hands its connection to a tunnel (`websocket`).
         let connection = self
             .builder
-            .serve_connection(TokioIo::new(stream), service)
+            .serve_connection_with_upgrades(TokioIo::new(stream), service)
             .into_owned();
         let connection = graceful.watch(connection);
         tokio::spawn(async move {

@@ -2,14 +2,20 @@
 //!
 //! The usual convention (OpenSSL, Go) lets `SSL_CERT_FILE` replace the system store; the proxy adds
 //! it instead, so that a private CA can be trusted without losing the public roots that Azure
-//! endpoints need. Crypto is rustls with ring: no OpenSSL.
+//! endpoints need. The bundle is re-read when it changes (a rotated ConfigMap or Secret), for the
+//! connections opened after that. Crypto is rustls with ring: no OpenSSL.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::time::Duration;
 
-use rustls::{ClientConfig, RootCertStore};
-use rustls_pki_types::CertificateDer;
+use arc_swap::ArcSwap;
+use rustls::client::WebPkiServerVerifier;
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::crypto::CryptoProvider;
+use rustls::{ClientConfig, DigitallySignedStruct, RootCertStore, SignatureScheme};
 use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::{CertificateDer, ServerName, UnixTime};
 
 /// System CA bundles, the first that exists is used (Debian/Ubuntu/Alpine/distroless, RHEL/Fedora,
 /// openSUSE, macOS/BSD).
@@ -68,11 +74,119 @@ pub fn root_store(extra: Option<&Path>) -> Result<RootCertStore, TlsError> {
     Ok(roots)
 }
 
-/// A rustls client configuration over `roots`, with the ring provider.
-pub fn client_config(roots: RootCertStore) -> ClientConfig {
-    ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+fn provider() -> Arc<CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
+fn verifier(roots: RootCertStore) -> Arc<WebPkiServerVerifier> {
+    WebPkiServerVerifier::builder_with_provider(Arc::new(roots), provider())
+        .build()
+        .expect("a root store with at least one root, or an empty one, builds a verifier")
+}
+
+/// How often `SSL_CERT_FILE` is looked at for changes.
+pub const TRUST_FILE_POLL: Duration = Duration::from_secs(10);
+
+/// The server-certificate check of every outbound connection: WebPKI against the current roots,
+/// which [`Trust::watch`] replaces when `SSL_CERT_FILE` changes.
+#[derive(Debug)]
+pub struct Trust {
+    current: ArcSwap<WebPkiServerVerifier>,
+    extra: Option<PathBuf>,
+}
+
+impl Trust {
+    /// The system roots plus `extra`; an unreadable or empty `extra` is a start-up error.
+    pub fn load(extra: Option<&Path>) -> Result<Arc<Self>, TlsError> {
+        Ok(Arc::new(Self {
+            current: ArcSwap::new(verifier(root_store(extra)?)),
+            extra: extra.map(Path::to_path_buf),
+        }))
+    }
+
+    /// Re-reads `SSL_CERT_FILE` every [`TRUST_FILE_POLL`]; a new bundle applies to the
+    /// connections opened after it, and one that does not parse is logged and ignored (the roots
+    /// read before stay).
+    pub async fn watch(self: Arc<Self>) {
+        let Some(path) = self.extra.clone() else {
+            return;
+        };
+        let mut last = std::fs::read(&path).ok();
+        let mut warned = false;
+        loop {
+            tokio::time::sleep(TRUST_FILE_POLL).await;
+            let content = std::fs::read(&path).ok();
+            if content == last {
+                continue;
+            }
+            match root_store(Some(&path)) {
+                Ok(roots) => {
+                    self.current.store(verifier(roots));
+                    tracing::info!(bundle = %path.display(), "SSL_CERT_FILE changed; trusted roots reloaded");
+                    last = content;
+                    warned = false;
+                }
+                Err(e) if !warned => {
+                    tracing::warn!("{e}; keeping the roots read before");
+                    warned = true;
+                }
+                Err(_) => {}
+            }
+        }
+    }
+}
+
+impl ServerCertVerifier for Trust {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        server_name: &ServerName<'_>,
+        ocsp_response: &[u8],
+        now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        self.current.load().verify_server_cert(
+            end_entity,
+            intermediates,
+            server_name,
+            ocsp_response,
+            now,
+        )
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.current
+            .load()
+            .verify_tls12_signature(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.current
+            .load()
+            .verify_tls13_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.current.load().supported_verify_schemes()
+    }
+}
+
+/// A rustls client configuration that checks servers with `trust`, with the ring provider.
+pub fn client_config(trust: Arc<Trust>) -> ClientConfig {
+    ClientConfig::builder_with_provider(provider())
         .with_safe_default_protocol_versions()
         .expect("ring supports the default protocol versions")
-        .with_root_certificates(roots)
+        .dangerous()
+        .with_custom_certificate_verifier(trust)
         .with_no_client_auth()
 }

@@ -29,23 +29,47 @@ use rustls::ClientConfig;
 use tower_service::Service;
 
 use crate::config::Upstream;
+use crate::egress::{Egress, EgressConnector};
 
-pub type Connector = HttpsConnector<HttpConnector>;
+pub type Connector = HttpsConnector<EgressConnector>;
 
 /// An https-or-http connector with TCP_NODELAY and a connect timeout (TCP and TLS together are
-/// bounded by the caller's request timeout).
-pub fn connector(tls: ClientConfig, connect_timeout: Duration) -> Connector {
+/// bounded by the caller's request timeout), through the egress proxy where `egress` says.
+/// ALPN offers h2 and http/1.1 (the server picks).
+pub fn connector(tls: ClientConfig, connect_timeout: Duration, egress: Arc<Egress>) -> Connector {
+    build_connector(tls, connect_timeout, egress, true)
+}
+
+/// The same, offering http/1.1 only: a WebSocket handshake is an HTTP/1.1 Upgrade.
+pub fn http1_connector(
+    tls: ClientConfig,
+    connect_timeout: Duration,
+    egress: Arc<Egress>,
+) -> Connector {
+    build_connector(tls, connect_timeout, egress, false)
+}
+
+fn build_connector(
+    tls: ClientConfig,
+    connect_timeout: Duration,
+    egress: Arc<Egress>,
+    http2: bool,
+) -> Connector {
     let mut http = HttpConnector::new();
     http.enforce_http(false);
     http.set_nodelay(true);
     http.set_connect_timeout(Some(connect_timeout));
     http.set_keepalive(Some(Duration::from_secs(60)));
-    hyper_rustls::HttpsConnectorBuilder::new()
+    let builder = hyper_rustls::HttpsConnectorBuilder::new()
         .with_tls_config(tls)
         .https_or_http()
-        .enable_http1()
-        .enable_http2()
-        .wrap_connector(http)
+        .enable_http1();
+    let http = EgressConnector::new(http, egress);
+    if http2 {
+        builder.enable_http2().wrap_connector(http)
+    } else {
+        builder.wrap_connector(http)
+    }
 }
 
 /// A pooled client for any host over `connector`; idle connections close after `idle_timeout`.
@@ -82,6 +106,8 @@ pub struct UpstreamClient<B> {
 
 struct Pool<B> {
     connector: Connector,
+    /// HTTP/1.1 only, for WebSocket handshakes.
+    upgrade_connector: Connector,
     /// Scheme and authority: what the connector dials, and the base of HTTP/2 request URIs.
     origin: Uri,
     /// The `Host` header of HTTP/1.1 requests (the default port left out).
@@ -108,7 +134,12 @@ where
     B::Error: Into<BoxError>,
 {
     /// Must be called within a Tokio runtime: it starts the task that closes idle connections.
-    pub fn new(connector: Connector, upstream: &Upstream, idle_timeout: Duration) -> Self {
+    pub fn new(
+        connector: Connector,
+        upgrade_connector: Connector,
+        upstream: &Upstream,
+        idle_timeout: Duration,
+    ) -> Self {
         let origin = Uri::builder()
             .scheme(upstream.scheme.clone())
             .authority(upstream.authority.clone())
@@ -117,6 +148,7 @@ where
             .expect("a parsed upstream is a valid URI");
         let pool = Arc::new(Pool {
             connector,
+            upgrade_connector,
             host: host_header(&origin),
             origin,
             idle_timeout,
@@ -157,6 +189,40 @@ where
                 .await
                 .map_err(SendFailure::into_error)
         }
+    }
+}
+
+impl<B> UpstreamClient<B>
+where
+    B: Body<Data = Bytes> + Send + Unpin + 'static,
+    B::Error: Into<BoxError>,
+{
+    /// Sends a WebSocket handshake on a connection of its own (HTTP/1.1, never pooled: after a
+    /// 101 it carries the session). The response's upgrade, when it is 101, is that connection.
+    pub async fn send_upgrade(
+        &self,
+        mut request: Request<B>,
+    ) -> Result<Response<Incoming>, RequestError> {
+        let mut connector = self.pool.upgrade_connector.clone();
+        std::future::poll_fn(|cx| connector.poll_ready(cx))
+            .await
+            .map_err(RequestError::Connect)?;
+        let stream = connector
+            .call(self.pool.origin.clone())
+            .await
+            .map_err(RequestError::Connect)?;
+        let (mut sender, connection) = http1::Builder::new().handshake(stream).await?;
+        tokio::spawn(async move {
+            if let Err(e) = connection.with_upgrades().await {
+                tracing::debug!("upstream WebSocket connection ended: {e}");
+            }
+        });
+        request
+            .headers_mut()
+            .entry(HOST)
+            .or_insert(self.pool.host.clone());
+        *request.version_mut() = Version::HTTP_11;
+        Ok(sender.send_request(request).await?)
     }
 }
 
@@ -360,6 +426,11 @@ pub struct PooledBody<B> {
 }
 
 impl<B> PooledBody<B> {
+    /// A body that goes back to no pool (a WebSocket handshake's connection is its own).
+    pub fn unpooled(inner: Incoming) -> Self {
+        Self::new(inner, None)
+    }
+
     fn new(inner: Incoming, give_back: Option<GiveBack<B>>) -> Self {
         let mut body = Self { inner, give_back };
         if body.inner.is_end_stream() {
