@@ -85,7 +85,7 @@ fn verifier(roots: RootCertStore) -> Arc<WebPkiServerVerifier> {
 }
 
 /// How often `SSL_CERT_FILE` is looked at for changes.
-pub const TRUST_FILE_POLL: Duration = Duration::from_secs(10);
+pub const TRUST_FILE_POLL: Duration = Duration::from_secs(2);
 
 /// The server-certificate check of every outbound connection: WebPKI against the current roots,
 /// which [`Trust::watch`] replaces when `SSL_CERT_FILE` changes.

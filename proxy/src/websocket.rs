@@ -14,6 +14,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use http::header::{self, HeaderMap, HeaderValue};
 use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::TokioIo;
+use tokio::io::AsyncWriteExt;
 use tokio::sync::{Notify, watch};
 
 use crate::metrics::Metrics;
@@ -119,12 +120,21 @@ pub fn spawn_tunnel(
         let tunnel = async {
             let (client, upstream) =
                 tokio::try_join!(client, upstream).map_err(std::io::Error::other)?;
-            let (mut client, mut upstream) = (TokioIo::new(client), TokioIo::new(upstream));
-            tokio::io::copy_bidirectional(&mut client, &mut upstream).await
+            let (mut client_read, mut client_write) = tokio::io::split(TokioIo::new(client));
+            let (mut upstream_read, mut upstream_write) =
+                tokio::io::split(TokioIo::new(upstream));
+            // A WebSocket closes in-band (Close frames), then over TCP: once either side's
+            // connection ends, the session is over, and the other side is closed too.
+            let ended = tokio::select! {
+                sent = tokio::io::copy(&mut client_read, &mut upstream_write) => sent.map(|n| ("caller", n)),
+                received = tokio::io::copy(&mut upstream_read, &mut client_write) => received.map(|n| ("upstream", n)),
+            };
+            let _ = tokio::join!(client_write.shutdown(), upstream_write.shutdown());
+            ended
         };
         tokio::select! {
             result = tunnel => match result {
-                Ok((sent, received)) => tracing::debug!(sent, received, "websocket session closed"),
+                Ok((side, bytes)) => tracing::debug!(closed_by = side, bytes, "websocket session closed"),
                 Err(e) => tracing::debug!("websocket session ended: {e}"),
             },
             _ = close.wait_for(|close| *close) => tracing::info!("websocket session closed at shutdown"),

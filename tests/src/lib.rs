@@ -7,12 +7,14 @@
 pub mod ca;
 pub mod client;
 pub mod control_plane;
+pub mod egress_proxy;
 pub mod entra;
 pub mod generated;
 pub mod managed_identity;
 pub mod openai;
 pub mod operator;
 pub mod process;
+pub mod realtime;
 pub mod server;
 pub mod tokens;
 pub mod wait;
