@@ -127,7 +127,10 @@ pub struct EgressProxySpec {
     /// (http://user:password@host:port) in a Secret and use httpsProxyFrom.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[x_kube(validation = Rule::new("!self.contains('@')").message("httpsProxy must not carry credentials: use httpsProxyFrom with a Secret"))]
-    #[schemars(length(min = 1, max = 2048), regex(pattern = r"^(http://)?[A-Za-z0-9.\-\[\]:]+(:[0-9]{1,5})?/?$"))]
+    #[schemars(
+        length(min = 1, max = 2048),
+        regex(pattern = r"^(http://)?[A-Za-z0-9.\-\[\]:]+(:[0-9]{1,5})?/?$")
+    )]
     pub https_proxy: Option<String>,
     /// The proxy URL from a Secret key (the URL may carry user:password@).
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -238,16 +238,24 @@ pub fn assess<'a, 'b>(
         )
     });
 
-    let trust = spec.trust.as_ref().map(|trust| trust_check(trust, &secret, &config_map));
+    let trust = spec
+        .trust
+        .as_ref()
+        .map(|trust| trust_check(trust, &secret, &config_map));
     let egress = spec
         .egress_proxy
         .as_ref()
         .map(|egress| egress_check(egress, &secret));
 
-    let failed = [Some(&credentials), inbound.as_ref(), trust.as_ref(), egress.as_ref()]
-        .into_iter()
-        .flatten()
-        .find(|c| !c.ok);
+    let failed = [
+        Some(&credentials),
+        inbound.as_ref(),
+        trust.as_ref(),
+        egress.as_ref(),
+    ]
+    .into_iter()
+    .flatten()
+    .find(|c| !c.ok);
     let ready = if let Some(failed) = failed {
         Check::fail(failed.reason, failed.message.clone())
     } else {
@@ -356,14 +364,11 @@ fn trust_check<'a, 'b>(
         }
     };
     let Some(bytes) = bytes else {
-        return Check::fail(
-            "BundleKeyMissing",
-            format!("{what} has no key {key}"),
-        );
+        return Check::fail("BundleKeyMissing", format!("{what} has no key {key}"));
     };
     use rustls_pki_types::pem::PemObject;
-    let certificates = rustls_pki_types::CertificateDer::pem_slice_iter(&bytes)
-        .collect::<Result<Vec<_>, _>>();
+    let certificates =
+        rustls_pki_types::CertificateDer::pem_slice_iter(&bytes).collect::<Result<Vec<_>, _>>();
     match certificates {
         Ok(certificates) if !certificates.is_empty() => Check::pass(
             "BundleValid",
@@ -950,5 +955,110 @@ mod tests {
         );
         assert_eq!(second.status, first.status);
         assert!(second.transitions.is_empty());
+    }
+
+    #[test]
+    fn a_trust_bundle_and_an_egress_proxy_are_checked_without_showing_secrets() {
+        let managed = |extra: serde_json::Value| {
+            let mut spec = serde_json::json!({
+                "endpoint": "https://r.openai.azure.com",
+                "credential": {"managedIdentity": {}},
+            });
+            spec.as_object_mut()
+                .unwrap()
+                .extend(extra.as_object().unwrap().clone());
+            serde_json::from_value::<AzureOpenAIProxy>(serde_json::json!({
+                "apiVersion": "aoai-proxy.io/v1alpha1", "kind": "AzureOpenAIProxy",
+                "metadata": {"name": "p", "namespace": "ns", "generation": 1},
+                "spec": spec,
+            }))
+            .unwrap()
+        };
+        let ca = aoai_e2e::ca::TestCa::new();
+        let pem = std::fs::read_to_string(ca.root_pem_path()).unwrap();
+        let map = |data: &[(&str, &str)]| ConfigMap {
+            metadata: ObjectMeta {
+                name: Some("corp-ca".into()),
+                ..Default::default()
+            },
+            data: Some(
+                data.iter()
+                    .map(|(k, v)| (k.to_string(), v.to_string()))
+                    .collect(),
+            ),
+            ..Default::default()
+        };
+        let check =
+            |proxy: &AzureOpenAIProxy, secrets: &[Secret], maps: &[ConfigMap], type_: &str| {
+                let a = assess(
+                    proxy,
+                    |name| {
+                        secrets
+                            .iter()
+                            .find(|s| s.metadata.name.as_deref() == Some(name))
+                            .map_or(Read::NotFound, Read::Found)
+                    },
+                    |name| {
+                        maps.iter()
+                            .find(|m| m.metadata.name.as_deref() == Some(name))
+                            .map_or(Read::NotFound, Read::Found)
+                    },
+                    &[],
+                    now(),
+                    &options(),
+                );
+                let c = condition(&a, type_).clone();
+                (
+                    c.status,
+                    c.reason,
+                    c.message,
+                    condition(&a, READY).status.clone(),
+                )
+            };
+        let trusting = managed(serde_json::json!({"trust": {"configMap": {"name": "corp-ca"}}}));
+        let (status, reason, message, ready) =
+            check(&trusting, &[], &[map(&[("ca.crt", &pem)])], TRUST_VALID);
+        assert_eq!(
+            (status.as_str(), reason.as_str(), ready.as_str()),
+            ("True", "BundleValid", "True"),
+            "{message}"
+        );
+        assert!(message.contains("1 CA certificate"), "{message}");
+        for (maps, expected) in [
+            (vec![], "ConfigMapNotFound"),
+            (vec![map(&[("other", &pem)])], "BundleKeyMissing"),
+            (
+                vec![map(&[("ca.crt", "not a certificate")])],
+                "BundleInvalid",
+            ),
+        ] {
+            let (status, reason, _, ready) = check(&trusting, &[], &maps, TRUST_VALID);
+            assert_eq!(
+                (status.as_str(), reason.as_str(), ready.as_str()),
+                ("False", expected, "False")
+            );
+        }
+
+        let proxied = managed(serde_json::json!({"egressProxy": {
+            "httpsProxyFrom": {"secretName": "egress", "key": "url"}, "noProxy": [".svc"]}}));
+        let good = secret("egress", &[("url", "http://user:hunter2@proxy.corp:3128")]);
+        let (status, reason, message, _) = check(&proxied, &[good], &[], EGRESS_PROXY_VALID);
+        assert_eq!(
+            (status.as_str(), reason.as_str()),
+            ("True", "EgressProxyValid"),
+            "{message}"
+        );
+        let bad = secret("egress", &[("url", "https://user:hunter2@proxy.corp:3128")]);
+        let (status, reason, message, ready) = check(&proxied, &[bad], &[], EGRESS_PROXY_VALID);
+        assert_eq!(
+            (status.as_str(), reason.as_str(), ready.as_str()),
+            ("False", "EgressProxyInvalid", "False")
+        );
+        assert!(
+            message.contains("http://") && !message.contains("hunter2"),
+            "{message}"
+        );
+        let (_, reason, _, _) = check(&proxied, &[], &[], EGRESS_PROXY_VALID);
+        assert_eq!(reason, "SecretNotFound");
     }
 }

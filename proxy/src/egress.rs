@@ -115,8 +115,10 @@ fn percent_decode(text: &str) -> Vec<u8> {
     while i < bytes.len() {
         let hex = |b: u8| (b as char).to_digit(16).map(|d| d as u8);
         if bytes[i] == b'%'
-            && let (Some(Some(high)), Some(Some(low))) =
-                (bytes.get(i + 1).map(|b| hex(*b)), bytes.get(i + 2).map(|b| hex(*b)))
+            && let (Some(Some(high)), Some(Some(low))) = (
+                bytes.get(i + 1).map(|b| hex(*b)),
+                bytes.get(i + 2).map(|b| hex(*b)),
+            )
         {
             out.push(high * 16 + low);
             i += 3;
@@ -266,10 +268,7 @@ fn is_link_local(host: &str) -> bool {
 impl Egress {
     /// The proxy that a connection to `target` goes through, if any.
     pub fn proxy_for(&self, target: &Uri) -> Option<&ProxyUrl> {
-        let host = target
-            .host()?
-            .trim_start_matches('[')
-            .trim_end_matches(']');
+        let host = target.host()?.trim_start_matches('[').trim_end_matches(']');
         let https = target.scheme() == Some(&http::uri::Scheme::HTTPS);
         let port = target.port_u16().unwrap_or(if https { 443 } else { 80 });
         if is_link_local(host) || self.no_proxy.matches(host, port) {
@@ -369,7 +368,12 @@ const MAX_CONNECT_RESPONSE: usize = 16 * 1024;
 
 /// Asks `proxy` (already connected on `stream`) for a tunnel to `host:port` and reads its answer;
 /// on `200` the stream is the tunnel.
-pub async fn tunnel<S>(stream: &mut S, proxy: &ProxyUrl, host: &str, port: u16) -> Result<(), TunnelError>
+pub async fn tunnel<S>(
+    stream: &mut S,
+    proxy: &ProxyUrl,
+    host: &str,
+    port: u16,
+) -> Result<(), TunnelError>
 where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
 {
@@ -456,11 +460,20 @@ mod tests {
             proxy.authorization.as_deref(),
             Some("Basic YWxpY2U6czNjckB0") // alice:s3cr@t
         );
-        assert_eq!(ProxyUrl::parse("proxy:8080").unwrap().address(), "proxy:8080");
-        assert_eq!(ProxyUrl::parse("http://[::1]:3128").unwrap().address(), "[::1]:3128");
+        assert_eq!(
+            ProxyUrl::parse("proxy:8080").unwrap().address(),
+            "proxy:8080"
+        );
+        assert_eq!(
+            ProxyUrl::parse("http://[::1]:3128").unwrap().address(),
+            "[::1]:3128"
+        );
         assert_eq!(ProxyUrl::parse("http://proxy.corp").unwrap().port, 80);
         let error = ProxyUrl::parse("https://alice:pw@proxy:443").unwrap_err();
-        assert!(error.contains("http://") && !error.contains("pw"), "{error}");
+        assert!(
+            error.contains("http://") && !error.contains("pw"),
+            "{error}"
+        );
         assert!(ProxyUrl::parse("http://").is_err());
     }
 
@@ -470,7 +483,10 @@ mod tests {
             "http://proxy:3128",
             "internal.corp, .svc, *.cluster.local, 10.0.0.0/8, 192.168.1.7, api.example:8443, [::1]:9000",
         );
-        assert_eq!(via(&e, "https://r.openai.azure.com/"), Some("http://proxy:3128".into()));
+        assert_eq!(
+            via(&e, "https://r.openai.azure.com/"),
+            Some("http://proxy:3128".into())
+        );
         for direct in [
             "https://internal.corp/",
             "https://a.b.internal.corp/",
@@ -491,7 +507,10 @@ mod tests {
         ] {
             assert!(via(&e, proxied).is_some(), "{proxied}");
         }
-        assert_eq!(via(&egress("proxy:1", "*"), "https://r.openai.azure.com/"), None);
+        assert_eq!(
+            via(&egress("proxy:1", "*"), "https://r.openai.azure.com/"),
+            None
+        );
     }
 
     #[test]
@@ -523,7 +542,9 @@ mod tests {
                 .unwrap();
             String::from_utf8_lossy(&buffer[..n]).to_string()
         });
-        tunnel(&mut ours, &proxy, "r.openai.azure.com", 443).await.unwrap();
+        tunnel(&mut ours, &proxy, "r.openai.azure.com", 443)
+            .await
+            .unwrap();
         let mut rest = [0u8; 3];
         ours.read_exact(&mut rest).await.unwrap();
         assert_eq!(&rest, b"TLS", "the tunnel's first bytes are left for TLS");

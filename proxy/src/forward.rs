@@ -123,7 +123,12 @@ impl Forwarder {
             Err(elapsed) => return self.finish(Err(elapsed), in_flight),
         };
         let upstream = hyper::upgrade::on(&mut response);
-        websocket::spawn_tunnel(client, upstream, self.sessions.clone(), self.metrics.clone());
+        websocket::spawn_tunnel(
+            client,
+            upstream,
+            self.sessions.clone(),
+            self.metrics.clone(),
+        );
         let (mut parts, _) = response.into_parts();
         headers::rewrite_response(&mut parts.headers);
         websocket::restore_upgrade_headers(&mut parts.headers);

@@ -121,8 +121,7 @@ pub fn spawn_tunnel(
             let (client, upstream) =
                 tokio::try_join!(client, upstream).map_err(std::io::Error::other)?;
             let (mut client_read, mut client_write) = tokio::io::split(TokioIo::new(client));
-            let (mut upstream_read, mut upstream_write) =
-                tokio::io::split(TokioIo::new(upstream));
+            let (mut upstream_read, mut upstream_write) = tokio::io::split(TokioIo::new(upstream));
             // A WebSocket closes in-band (Close frames), then over TCP: once either side's
             // connection ends, the session is over, and the other side is closed too.
             let ended = tokio::select! {
@@ -162,19 +161,34 @@ mod tests {
 
     #[test]
     fn an_upgrade_needs_both_headers_in_any_case() {
-        assert!(is_upgrade(&map(&[("upgrade", "websocket"), ("connection", "Upgrade")])));
-        assert!(is_upgrade(&map(&[("upgrade", "WebSocket"), ("connection", "keep-alive, upgrade")])));
+        assert!(is_upgrade(&map(&[
+            ("upgrade", "websocket"),
+            ("connection", "Upgrade")
+        ])));
+        assert!(is_upgrade(&map(&[
+            ("upgrade", "WebSocket"),
+            ("connection", "keep-alive, upgrade")
+        ])));
         assert!(!is_upgrade(&map(&[("upgrade", "websocket")])));
-        assert!(!is_upgrade(&map(&[("upgrade", "h2c"), ("connection", "upgrade")])));
+        assert!(!is_upgrade(&map(&[
+            ("upgrade", "h2c"),
+            ("connection", "upgrade")
+        ])));
     }
 
     #[test]
     fn the_handshake_keeps_upgrade_and_drops_a_key_subprotocol() {
-        let mut headers = map(&[("sec-websocket-protocol", "realtime, openai-insecure-api-key.sk-123, openai-beta.realtime-v1")]);
+        let mut headers = map(&[(
+            "sec-websocket-protocol",
+            "realtime, openai-insecure-api-key.sk-123, openai-beta.realtime-v1",
+        )]);
         restore_upgrade_headers(&mut headers);
         assert_eq!(headers["connection"], "Upgrade");
         assert_eq!(headers["upgrade"], "websocket");
-        assert_eq!(headers["sec-websocket-protocol"], "realtime, openai-beta.realtime-v1");
+        assert_eq!(
+            headers["sec-websocket-protocol"],
+            "realtime, openai-beta.realtime-v1"
+        );
         let mut only_key = map(&[("sec-websocket-protocol", "openai-insecure-api-key.sk-123")]);
         restore_upgrade_headers(&mut only_key);
         assert!(!only_key.contains_key("sec-websocket-protocol"));

@@ -37,10 +37,16 @@ impl World {
             secret: Some(SECRET.into()),
             ..App::default()
         };
-        let entra = MockEntra::start(app, ca.server_config(), Duration::from_secs(3600), ledger).await;
+        let entra =
+            MockEntra::start(app, ca.server_config(), Duration::from_secs(3600), ledger).await;
         let upstream = MockOpenAi::start_tls(ca.server_config()).await;
         let egress = MockEgressProxy::start(Some(PROXY_CREDENTIALS)).await;
-        Self { ca, entra, upstream, egress }
+        Self {
+            ca,
+            entra,
+            upstream,
+            egress,
+        }
     }
 
     fn env(&self, extra: &[(&str, &str)]) -> Vec<(String, String)> {
@@ -50,7 +56,10 @@ impl World {
             ("AZURE_CLIENT_ID".into(), CLIENT.into()),
             ("AZURE_CLIENT_SECRET".into(), SECRET.into()),
             ("AZURE_AUTHORITY_HOST".into(), self.entra.authority()),
-            ("SSL_CERT_FILE".into(), self.ca.root_pem_path().display().to_string()),
+            (
+                "SSL_CERT_FILE".into(),
+                self.ca.root_pem_path().display().to_string(),
+            ),
         ];
         vars.extend(extra.iter().map(|(k, v)| (k.to_string(), v.to_string())));
         vars
@@ -58,7 +67,10 @@ impl World {
 }
 
 fn vars(owned: &[(String, String)]) -> Vec<(&str, &str)> {
-    owned.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect()
+    owned
+        .iter()
+        .map(|(k, v)| (k.as_str(), v.as_str()))
+        .collect()
 }
 
 async fn chat(url: &str) -> aoai_e2e::client::Answer {
@@ -79,31 +91,65 @@ async fn the_upstream_and_entra_id_are_reached_through_the_proxy_with_its_creden
     proxy.wait_healthy(Duration::from_secs(15)).await;
     let answer = chat(&proxy.url).await;
     assert_eq!(answer.status, StatusCode::OK, "{}", answer.text());
-    assert!(world.egress.tunnels_to(world.upstream.server.addr) >= 1, "{:?}", world.egress.tunnels());
-    let entra_addr: std::net::SocketAddr = world.entra.authority().trim_start_matches("https://").parse().unwrap();
-    assert!(world.egress.tunnels_to(entra_addr) >= 1, "{:?}", world.egress.tunnels());
+    assert!(
+        world.egress.tunnels_to(world.upstream.server.addr) >= 1,
+        "{:?}",
+        world.egress.tunnels()
+    );
+    let entra_addr: std::net::SocketAddr = world
+        .entra
+        .authority()
+        .trim_start_matches("https://")
+        .parse()
+        .unwrap();
+    assert!(
+        world.egress.tunnels_to(entra_addr) >= 1,
+        "{:?}",
+        world.egress.tunnels()
+    );
     let output = proxy.output();
-    assert!(output.contains(&format!("http://{}", world.egress.addr)), "the proxy is named:\n{output}");
-    assert_no_secrets(&output, &["proxy-pass-W0rd".to_string(), SECRET.to_string()]);
+    assert!(
+        output.contains(&format!("http://{}", world.egress.addr)),
+        "the proxy is named:\n{output}"
+    );
+    assert_no_secrets(
+        &output,
+        &["proxy-pass-W0rd".to_string(), SECRET.to_string()],
+    );
 }
 
 #[tokio::test]
 async fn no_proxy_bypasses_it_and_the_lowercase_names_work_too() {
     let world = World::new().await;
     let proxy_url = world.egress.url(Some(PROXY_CREDENTIALS));
-    let env = world.env(&[("https_proxy", &proxy_url), ("no_proxy", "localhost,127.0.0.0/8")]);
+    let env = world.env(&[
+        ("https_proxy", &proxy_url),
+        ("no_proxy", "localhost,127.0.0.0/8"),
+    ]);
     let mut proxy = ProxyProcess::spawn(&vars(&env));
     proxy.wait_healthy(Duration::from_secs(15)).await;
     assert_eq!(chat(&proxy.url).await.status, StatusCode::OK);
-    assert!(world.egress.tunnels().is_empty(), "{:?}", world.egress.tunnels());
+    assert!(
+        world.egress.tunnels().is_empty(),
+        "{:?}",
+        world.egress.tunnels()
+    );
 }
 
 #[tokio::test]
 async fn a_proxy_that_refuses_gives_a_json_502_naming_it_and_never_its_password() {
     let world = World::new().await;
-    let entra = world.entra.authority().trim_start_matches("https://").to_string();
+    let entra = world
+        .entra
+        .authority()
+        .trim_start_matches("https://")
+        .to_string();
     for (credentials, refuse, status) in [
-        (Some("egress-user:wrong-pass-Xy"), false, "407 Proxy Authentication Required"),
+        (
+            Some("egress-user:wrong-pass-Xy"),
+            false,
+            "407 Proxy Authentication Required",
+        ),
         (Some(PROXY_CREDENTIALS), true, "403 Forbidden"),
     ] {
         if refuse {
@@ -116,8 +162,14 @@ async fn a_proxy_that_refuses_gives_a_json_502_naming_it_and_never_its_password(
         proxy.wait_healthy(Duration::from_secs(15)).await;
         let answer = chat(&proxy.url).await;
         assert_eq!(answer.status, StatusCode::BAD_GATEWAY, "{}", answer.text());
-        let message = answer.json()["error"]["message"].as_str().unwrap().to_string();
-        let named = format!("the egress proxy http://{} refused CONNECT {}: {status}", world.egress.addr, world.upstream.server.addr);
+        let message = answer.json()["error"]["message"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        let named = format!(
+            "the egress proxy http://{} refused CONNECT {}: {status}",
+            world.egress.addr, world.upstream.server.addr
+        );
         assert!(message.contains(&named), "{message}");
         let password = credentials.unwrap().split(':').nth(1).unwrap().to_string();
         assert!(!message.contains(&password));
@@ -129,8 +181,16 @@ async fn a_proxy_that_refuses_gives_a_json_502_naming_it_and_never_its_password(
 async fn a_bad_proxy_setting_stops_the_proxy_at_start_naming_the_variable() {
     let world = World::new().await;
     for (name, value, message) in [
-        ("HTTPS_PROXY", "https://user:secret-pw@proxy:3128", "HTTPS_PROXY: must be an http:// proxy URL"),
-        ("NO_PROXY", "10.0.0.0/99", "NO_PROXY: NO_PROXY entry \"10.0.0.0/99\""),
+        (
+            "HTTPS_PROXY",
+            "https://user:secret-pw@proxy:3128",
+            "HTTPS_PROXY: must be an http:// proxy URL",
+        ),
+        (
+            "NO_PROXY",
+            "10.0.0.0/99",
+            "NO_PROXY: NO_PROXY entry \"10.0.0.0/99\"",
+        ),
     ] {
         let env = world.env(&[(name, value)]);
         let (status, output) = common::process::run_to_exit(&vars(&env), Duration::from_secs(10));

@@ -13,7 +13,9 @@ use common::{TestProxy, fixed_token};
 use http::StatusCode;
 
 async fn models(url: &str) -> StatusCode {
-    aoai_e2e::client::get(&format!("{url}/openai/v1/models"), &[]).await.status
+    aoai_e2e::client::get(&format!("{url}/openai/v1/models"), &[])
+        .await
+        .status
 }
 
 #[tokio::test]
@@ -34,17 +36,28 @@ async fn the_bundle_is_re_read_when_it_changes() {
         fixed_token(),
     )
     .await;
-    assert_eq!(models(&proxy.url).await, StatusCode::BAD_GATEWAY, "not trusted yet");
+    assert_eq!(
+        models(&proxy.url).await,
+        StatusCode::BAD_GATEWAY,
+        "not trusted yet"
+    );
 
     std::fs::copy(private_ca.root_pem_path(), &bundle).unwrap();
     let deadline = Instant::now() + Duration::from_secs(10);
     while models(&proxy.url).await != StatusCode::OK {
-        assert!(Instant::now() < deadline, "the rewritten bundle was not picked up");
+        assert!(
+            Instant::now() < deadline,
+            "the rewritten bundle was not picked up"
+        );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 
     std::fs::write(&bundle, "not a certificate").unwrap();
     tokio::time::sleep(aoai_proxy::tls::TRUST_FILE_POLL * 2).await;
-    assert_eq!(models(&proxy.url).await, StatusCode::OK, "a broken bundle keeps the roots read before");
+    assert_eq!(
+        models(&proxy.url).await,
+        StatusCode::OK,
+        "a broken bundle keeps the roots read before"
+    );
     proxy.stop().await;
 }

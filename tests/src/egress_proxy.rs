@@ -60,7 +60,10 @@ impl MockEgressProxy {
     }
 
     pub fn tunnels_to(&self, target: SocketAddr) -> usize {
-        self.tunnels().get(&target.to_string()).copied().unwrap_or(0)
+        self.tunnels()
+            .get(&target.to_string())
+            .copied()
+            .unwrap_or(0)
     }
 
     /// From now on, every CONNECT is answered 403.
@@ -89,7 +92,9 @@ async fn connect(mut stream: TcpStream, state: Arc<State>) {
     let target = match request_line.split(' ').collect::<Vec<_>>().as_slice() {
         ["CONNECT", target, _] => target.to_string(),
         _ => {
-            let _ = stream.write_all(b"HTTP/1.1 405 Method Not Allowed\r\n\r\n").await;
+            let _ = stream
+                .write_all(b"HTTP/1.1 405 Method Not Allowed\r\n\r\n")
+                .await;
             return;
         }
     };
@@ -104,12 +109,18 @@ async fn connect(mut stream: TcpStream, state: Arc<State>) {
     }
     if state.credentials.is_some() && authorization != state.credentials {
         let _ = stream
-            .write_all(b"HTTP/1.1 407 Proxy Authentication Required\r\nProxy-Authenticate: Basic\r\n\r\n")
+            .write_all(
+                b"HTTP/1.1 407 Proxy Authentication Required\r\nProxy-Authenticate: Basic\r\n\r\n",
+            )
             .await;
         return;
     }
     let loopback = target.starts_with("127.0.0.1:") || target.starts_with("localhost:");
-    let Some(port) = target.rsplit_once(':').map(|(_, p)| p.to_string()).filter(|_| loopback) else {
+    let Some(port) = target
+        .rsplit_once(':')
+        .map(|(_, p)| p.to_string())
+        .filter(|_| loopback)
+    else {
         let _ = stream.write_all(b"HTTP/1.1 403 Forbidden\r\n\r\n").await;
         return;
     };
@@ -117,7 +128,12 @@ async fn connect(mut stream: TcpStream, state: Arc<State>) {
         let _ = stream.write_all(b"HTTP/1.1 502 Bad Gateway\r\n\r\n").await;
         return;
     };
-    *state.tunnels.lock().unwrap().entry(format!("127.0.0.1:{port}")).or_default() += 1;
+    *state
+        .tunnels
+        .lock()
+        .unwrap()
+        .entry(format!("127.0.0.1:{port}"))
+        .or_default() += 1;
     if stream
         .write_all(b"HTTP/1.1 200 Connection established\r\n\r\n")
         .await

@@ -101,7 +101,10 @@ async fn session(stream: tokio::net::TcpStream, state: Arc<State>) {
             .and_then(|v| v.to_str().ok())
             .is_some_and(|v| v.starts_with("Bearer ") && v.len() > 7);
         if !bearer || headers.contains_key("api-key") {
-            return Err(refusal(401, "an Entra ID bearer token and no api-key are required"));
+            return Err(refusal(
+                401,
+                "an Entra ID bearer token and no api-key are required",
+            ));
         }
         // Azure picks the first subprotocol the client offers.
         let mut response = response;
@@ -111,7 +114,9 @@ async fn session(stream: tokio::net::TcpStream, state: Arc<State>) {
             .and_then(|v| v.split(',').next())
             .and_then(|p| p.trim().parse().ok())
         {
-            response.headers_mut().insert("sec-websocket-protocol", first);
+            response
+                .headers_mut()
+                .insert("sec-websocket-protocol", first);
         }
         Ok(response)
     };
@@ -119,7 +124,11 @@ async fn session(stream: tokio::net::TcpStream, state: Arc<State>) {
         return;
     };
     let created = serde_json::json!({"type": "session.created", "session": {"id": "sess_mock"}});
-    if socket.send(Message::text(created.to_string())).await.is_err() {
+    if socket
+        .send(Message::text(created.to_string()))
+        .await
+        .is_err()
+    {
         return;
     }
     while let Some(Ok(message)) = socket.next().await {

@@ -1,0 +1,206 @@
+//! The sidecar exactly as the operator injects it, run for real on 127.0.0.1: the golden output
+//! of `deployment-egress-proxy-private-ca` (an API Management gateway signed by the company's CA,
+//! reached through an egress proxy whose URL is in a Secret) is started as a kubelet would start
+//! it: its volumes written from the referenced Secrets and ConfigMaps into a scratch folder, its
+//! `valueFrom` resolved, then its environment given to the proxy's own parser. Only where Azure
+//! is changes: the upstream and Entra ID are loopback mocks whose certificates come from the
+//! private CA, so the call succeeds only if the mounted bundle is trusted, and goes through the
+//! egress proxy only if the injected HTTPS_PROXY is read.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use aoai_e2e::ca::TestCa;
+use aoai_e2e::control_plane::free_port;
+use aoai_e2e::egress_proxy::MockEgressProxy;
+use aoai_e2e::entra::{App, MockEntra};
+use aoai_e2e::openai::MockOpenAi;
+use aoai_e2e::tokens::TokenLedger;
+use aoai_e2e::wait;
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::{Container, PodSpec};
+
+const GOLDEN: &str = concat!(
+    env!("CARGO_MANIFEST_DIR"),
+    "/tests/golden/deployment-egress-proxy-private-ca.out.yaml"
+);
+const TENANT: &str = "contoso.onmicrosoft.com";
+const CLIENT: &str = "11111111-2222-3333-4444-555555555555";
+const SECRET: &str = "client-secret-from-the-mounted-file";
+
+/// What the kubelet would do for `container` of `pod`: write each mounted volume's items under
+/// `root` (contents from `objects`: (kind, name, key) → value) and resolve `valueFrom`. Returns the
+/// environment with every path under a mount moved under `root`.
+fn as_the_kubelet_would(
+    pod: &PodSpec,
+    container: &Container,
+    objects: &HashMap<(&str, &str, &str), String>,
+    root: &Path,
+) -> HashMap<String, String> {
+    let mut moved: Vec<(String, PathBuf)> = Vec::new();
+    for mount in container.volume_mounts.iter().flatten() {
+        let volume = pod
+            .volumes
+            .iter()
+            .flatten()
+            .find(|v| v.name == mount.name)
+            .unwrap();
+        let dir = root.join(mount.mount_path.trim_start_matches('/'));
+        std::fs::create_dir_all(&dir).unwrap();
+        let (kind, name, items) = match (&volume.secret, &volume.config_map) {
+            (Some(secret), _) => (
+                "Secret",
+                secret.secret_name.clone().unwrap(),
+                secret.items.clone(),
+            ),
+            (None, Some(map)) => ("ConfigMap", map.name.clone(), map.items.clone()),
+            _ => continue,
+        };
+        for item in items.into_iter().flatten() {
+            let value = objects
+                .get(&(kind, name.as_str(), item.key.as_str()))
+                .unwrap_or_else(|| panic!("the test holds no {kind} {name} key {}", item.key));
+            std::fs::write(dir.join(&item.path), value).unwrap();
+        }
+        moved.push((mount.mount_path.clone(), dir));
+    }
+    container
+        .env
+        .iter()
+        .flatten()
+        .map(|var| {
+            let value = match (&var.value, &var.value_from) {
+                (Some(value), _) => value.clone(),
+                (None, Some(from)) => {
+                    let key = from
+                        .secret_key_ref
+                        .as_ref()
+                        .expect("only secretKeyRef is injected");
+                    objects[&("Secret", key.name.as_str(), key.key.as_str())].clone()
+                }
+                (None, None) => String::new(),
+            };
+            let value = moved
+                .iter()
+                .find_map(|(mount, dir)| {
+                    let rest = value.strip_prefix(&format!("{mount}/"))?;
+                    Some(dir.join(rest).display().to_string())
+                })
+                .unwrap_or(value);
+            (var.name.clone(), value)
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn the_injected_sidecar_trusts_the_private_ca_and_goes_through_the_egress_proxy() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let private_ca = TestCa::new();
+    let ledger = TokenLedger::new();
+    let app = App {
+        tenant_id: TENANT.into(),
+        client_id: CLIENT.into(),
+        secret: Some(SECRET.into()),
+        ..App::default()
+    };
+    let entra = MockEntra::start(
+        app,
+        private_ca.server_config(),
+        Duration::from_secs(3600),
+        ledger,
+    )
+    .await;
+    let gateway = MockOpenAi::start_tls(private_ca.server_config()).await;
+    let egress = MockEgressProxy::start(Some("team-a:egress-pw")).await;
+
+    let text = std::fs::read_to_string(GOLDEN).unwrap();
+    let deployment: Deployment = serde_saphyr::from_str(
+        text.split("\n---\n")
+            .find(|d| d.contains("kind: Deployment"))
+            .unwrap(),
+    )
+    .unwrap();
+    let pod = deployment.spec.unwrap().template.spec.unwrap();
+    let sidecar = pod
+        .init_containers
+        .iter()
+        .flatten()
+        .find(|c| c.name == "aoai-proxy")
+        .expect("the injected sidecar")
+        .clone();
+    let objects = HashMap::from([
+        (
+            ("Secret", "openai-client-secret", "client-secret"),
+            SECRET.to_string(),
+        ),
+        (
+            ("Secret", "egress-proxy", "url"),
+            egress.url(Some("team-a:egress-pw")),
+        ),
+        (
+            ("ConfigMap", "corp-ca", "bundle.pem"),
+            std::fs::read_to_string(private_ca.root_pem_path()).unwrap(),
+        ),
+    ]);
+    let root = tempfile::tempdir().unwrap();
+    let mut env = as_the_kubelet_would(&pod, &sidecar, &objects, root.path());
+    assert!(env["SSL_CERT_FILE"].starts_with(&root.path().display().to_string()));
+    for (name, value) in [
+        ("API_BASE_URL", format!("{}/openai-gw", gateway.url())),
+        ("AZURE_AUTHORITY_HOST", entra.authority()),
+        ("PORT", free_port().to_string()),
+        ("AOAI_PROXY_ADMIN_HOST", "127.0.0.1".into()),
+        ("AOAI_PROXY_ADMIN_PORT", free_port().to_string()),
+    ] {
+        env.insert(name.to_string(), value);
+    }
+    let config = aoai_proxy::config::Config::from_lookup(|name| env.get(name).cloned())
+        .unwrap_or_else(|e| panic!("the injected environment does not configure the proxy: {e}"));
+    let proxy = aoai_proxy::Proxy::build(&config)
+        .await
+        .expect("the sidecar starts");
+    let url = format!("http://{}", proxy.forward_addr());
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let serving = tokio::spawn(proxy.serve(async {
+        let _ = stopped.await;
+    }));
+
+    wait::until(
+        "the sidecar holds a token",
+        Duration::from_secs(15),
+        || async {
+            let answer = aoai_e2e::client::get(&format!("{url}/health"), &[]).await;
+            if answer.status == 200 {
+                Ok(())
+            } else {
+                Err(answer.text())
+            }
+        },
+    )
+    .await;
+    let answer = aoai_e2e::client::post_json(
+        &format!("{url}/openai/deployments/gpt-4o/chat/completions?api-version=2024-10-21"),
+        &[],
+        &serde_json::json!({"messages": [{"role": "user", "content": "hi"}]}),
+    )
+    .await;
+    assert_eq!(answer.status, 200, "{}", answer.text());
+    assert_eq!(
+        gateway.requests()[0].path_and_query,
+        "/openai-gw/openai/deployments/gpt-4o/chat/completions?api-version=2024-10-21"
+    );
+    assert!(
+        egress.tunnels_to(gateway.server.addr) >= 1,
+        "{:?}",
+        egress.tunnels()
+    );
+    let entra_addr = entra
+        .authority()
+        .trim_start_matches("https://")
+        .parse()
+        .unwrap();
+    assert!(egress.tunnels_to(entra_addr) >= 1, "{:?}", egress.tunnels());
+    let _ = stop.send(());
+    let _ = serving.await;
+}
