@@ -7,7 +7,11 @@
 //! - `x-mock-reset-after: K` aborts the connection after K streamed chunks.
 //!
 //! `POST .../chat/completions` answers a chat completion (SSE when the body asks `"stream": true`);
-//! anything else answers a JSON echo of method, path, query and body size. Every response carries
+//! `POST .../responses` a Responses API answer (SSE events when streamed); `GET .../models` a model
+//! list; `POST .../embeddings` an embedding; a multipart `POST .../files` a file object;
+//! `POST .../audio/transcriptions` (multipart) a transcription; `GET .../content` with
+//! `x-mock-download-bytes: N` a streamed download of N bytes; anything else a JSON echo of method,
+//! path, query and body size. Every response carries
 //! end-to-end headers Azure sends (request ids, rate limits) and hop-by-hop ones that must not pass.
 
 use std::net::SocketAddr;
@@ -165,6 +169,8 @@ async fn respond(
         } else {
             json(200, &completion())
         }
+    } else if let Some(answer) = other_api(&parts, &body) {
+        answer
     } else {
         json(
             200,
@@ -186,6 +192,127 @@ async fn respond(
     headers.insert("connection", "keep-alive, x-upstream-hop".parse().unwrap());
     headers.insert("x-upstream-hop", "must-not-pass".parse().unwrap());
     response
+}
+
+/// The Azure OpenAI APIs beside chat completions, answered in the shapes the SDKs parse.
+fn other_api(parts: &http::request::Parts, body: &Bytes) -> Option<Response<MockBody>> {
+    let path = parts.uri.path();
+    let post = parts.method == Method::POST;
+    let answer = if post && path.ends_with("/responses") {
+        let request: serde_json::Value = serde_json::from_slice(body).unwrap_or_default();
+        if request["stream"] == serde_json::Value::Bool(true) {
+            return Some(stream_response());
+        }
+        json(200, &response_object("completed"))
+    } else if parts.method == Method::GET && path.ends_with("/models") {
+        json(
+            200,
+            &serde_json::json!({"object": "list", "data": [
+                {"id": "gpt-4o", "object": "model", "created": 1_700_000_000, "owned_by": "system"},
+                {"id": "text-embedding-3-small", "object": "model", "created": 1_700_000_000, "owned_by": "system"},
+            ]}),
+        )
+    } else if post && path.ends_with("/embeddings") {
+        json(
+            200,
+            &serde_json::json!({
+                "object": "list", "model": "text-embedding-3-small",
+                "data": [{"object": "embedding", "index": 0, "embedding": [0.25, -0.5, 1.0]}],
+                "usage": {"prompt_tokens": 2, "total_tokens": 2},
+            }),
+        )
+    } else if post && path.ends_with("/files") && is_multipart(parts) {
+        json(
+            200,
+            &serde_json::json!({
+                "id": "file-mock", "object": "file", "bytes": body.len(), "created_at": 1_700_000_000,
+                "filename": "upload.jsonl", "purpose": "batch", "status": "processed",
+            }),
+        )
+    } else if post && path.ends_with("/audio/transcriptions") {
+        json(
+            200,
+            &serde_json::json!({
+                "text": format!("transcribed {} bytes", body.len()),
+                "usage": {"type": "duration", "seconds": 1.5},
+            }),
+        )
+    } else if parts.method == Method::GET && path.ends_with("/content") {
+        let size = header_number(&parts.headers, "x-mock-download-bytes")?;
+        return Some(download(size));
+    } else {
+        return None;
+    };
+    Some(answer)
+}
+
+fn is_multipart(parts: &http::request::Parts) -> bool {
+    parts
+        .headers
+        .get("content-type")
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("multipart/form-data"))
+}
+
+fn response_object(status: &str) -> serde_json::Value {
+    serde_json::json!({
+        "id": "resp_mock", "object": "response", "created_at": 1_700_000_000,
+        "model": "gpt-4o", "status": status, "output": [],
+    })
+}
+
+/// A streamed Responses API answer: created, five text deltas, completed.
+fn stream_response() -> Response<MockBody> {
+    let (tx, body) = channel_body();
+    tokio::spawn(async move {
+        let mut events = vec![(
+            "response.created",
+            serde_json::json!({"type": "response.created", "sequence_number": 0, "response": response_object("in_progress")}),
+        )];
+        for i in 0..5u64 {
+            events.push(("response.output_text.delta", serde_json::json!({
+                "type": "response.output_text.delta", "sequence_number": i + 1, "item_id": "msg_mock",
+                "output_index": 0, "content_index": 0, "delta": format!("part{i} "),
+            })));
+        }
+        events.push((
+            "response.completed",
+            serde_json::json!({"type": "response.completed", "sequence_number": 6, "response": response_object("completed")}),
+        ));
+        for (name, event) in events {
+            let frame = format!("event: {name}\ndata: {event}\n\n");
+            if tx.send(Ok(Bytes::from(frame))).await.is_err() {
+                return;
+            }
+        }
+    });
+    Response::builder()
+        .status(200)
+        .header("content-type", "text/event-stream")
+        .body(body)
+        .expect("valid response")
+}
+
+/// `size` bytes, sent 64 KiB at a time as the reader takes them.
+fn download(size: u64) -> Response<MockBody> {
+    let (tx, body) = channel_body();
+    tokio::spawn(async move {
+        let chunk = Bytes::from(vec![b'x'; 64 * 1024]);
+        let mut left = size;
+        while left > 0 {
+            let n = left.min(chunk.len() as u64) as usize;
+            if tx.send(Ok(chunk.slice(..n))).await.is_err() {
+                return;
+            }
+            left -= n as u64;
+        }
+    });
+    Response::builder()
+        .status(200)
+        .header("content-type", "application/octet-stream")
+        .header("content-length", size.to_string())
+        .body(body)
+        .expect("valid response")
 }
 
 fn completion() -> serde_json::Value {

@@ -178,6 +178,11 @@ impl OperatorProcess {
         self.process.id()
     }
 
+    /// Peak resident memory (VmHWM) so far, in KiB.
+    pub fn peak_rss_kib(&self) -> u64 {
+        self.process.peak_rss_kib()
+    }
+
     /// Waits until `/readyz` answers 200: the webhook has its cache and a certificate.
     pub async fn wait_ready(&mut self, within: Duration) {
         let deadline = Instant::now() + within;

@@ -79,6 +79,7 @@ fn refusal(status: u16, message: &str) -> ErrorResponse {
     response
 }
 
+#[allow(clippy::result_large_err, reason = "tungstenite's callback type")]
 async fn session(stream: tokio::net::TcpStream, state: Arc<State>) {
     let check = |request: &Request, response: Response| -> Result<Response, ErrorResponse> {
         let headers = request.headers().clone();
@@ -143,7 +144,9 @@ async fn session(stream: tokio::net::TcpStream, state: Arc<State>) {
                 }
             }
             Message::Binary(bytes) => {
-                if socket.send(Message::binary(bytes)).await.is_err() {
+                // Echoed as it came.
+                let sent = socket.send(Message::binary(bytes)).await;
+                if sent.is_err() {
                     return;
                 }
             }

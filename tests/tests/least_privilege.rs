@@ -193,7 +193,7 @@ async fn secrets_are_read_only_where_the_platform_allows_and_unrelated_ones_are_
     .await;
 
     // 300 × 48 KiB of unrelated Secrets is 14 MiB: none of it is held.
-    let peak_kib = peak_rss_kib(operator.pid());
+    let peak_kib = operator.peak_rss_kib();
     println!("operator peak RSS: {} KiB", peak_kib);
     assert!(peak_kib < 48 * 1024, "peak RSS {} MiB", peak_kib / 1024);
     let output = operator.output();
@@ -204,13 +204,4 @@ async fn secrets_are_read_only_where_the_platform_allows_and_unrelated_ones_are_
     assert!(!output.contains("not-for-the-operator"));
     let exit = operator.terminate(Duration::from_secs(15));
     assert!(exit.success(), "{exit}:\n{}", operator.output());
-}
-
-fn peak_rss_kib(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .unwrap_or_default()
-        .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))
-        .and_then(|v| v.split_whitespace().next()?.parse().ok())
-        .expect("VmHWM in /proc/<pid>/status")
 }

@@ -108,6 +108,11 @@ impl ProxyProcess {
         self.process.output()
     }
 
+    /// Peak resident memory (VmHWM) so far, in KiB.
+    pub fn peak_rss_kib(&self) -> u64 {
+        self.process.peak_rss_kib()
+    }
+
     /// Waits until the output contains `needle`.
     pub async fn wait_for_output(&self, needle: &str, within: Duration) {
         self.process.wait_for_output(needle, within).await
