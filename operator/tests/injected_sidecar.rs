@@ -16,8 +16,8 @@ use aoai_e2e::control_plane::free_port;
 use aoai_e2e::egress_proxy::MockEgressProxy;
 use aoai_e2e::entra::{App, MockEntra};
 use aoai_e2e::openai::MockOpenAi;
+use aoai_e2e::sidecar::Sidecar;
 use aoai_e2e::tokens::TokenLedger;
-use aoai_e2e::wait;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{Container, PodSpec};
 
@@ -155,36 +155,9 @@ async fn the_injected_sidecar_trusts_the_private_ca_and_goes_through_the_egress_
     ] {
         env.insert(name.to_string(), value);
     }
-    let config = aoai_proxy::config::Config::from_lookup(|name| env.get(name).cloned())
-        .unwrap_or_else(|e| panic!("the injected environment does not configure the proxy: {e}"));
-    let proxy = aoai_proxy::Proxy::build(&config)
-        .await
-        .expect("the sidecar starts");
-    let url = format!("http://{}", proxy.forward_addr());
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let serving = tokio::spawn(proxy.serve(async {
-        let _ = stopped.await;
-    }));
-
-    wait::until(
-        "the sidecar holds a token",
-        Duration::from_secs(15),
-        || async {
-            let answer = aoai_e2e::client::get(&format!("{url}/health"), &[]).await;
-            if answer.status == 200 {
-                Ok(())
-            } else {
-                Err(answer.text())
-            }
-        },
-    )
-    .await;
-    let answer = aoai_e2e::client::post_json(
-        &format!("{url}/openai/deployments/gpt-4o/chat/completions?api-version=2024-10-21"),
-        &[],
-        &serde_json::json!({"messages": [{"role": "user", "content": "hi"}]}),
-    )
-    .await;
+    let sidecar = Sidecar::start(&env).await;
+    let url = sidecar.url.clone();
+    let answer = aoai_e2e::client::chat(&url).await;
     assert_eq!(answer.status, 200, "{}", answer.text());
     assert_eq!(
         gateway.requests()[0].path_and_query,
@@ -201,6 +174,5 @@ async fn the_injected_sidecar_trusts_the_private_ca_and_goes_through_the_egress_
         .parse()
         .unwrap();
     assert!(egress.tunnels_to(entra_addr) >= 1, "{:?}", egress.tunnels());
-    let _ = stop.send(());
-    let _ = serving.await;
+    sidecar.stop().await;
 }

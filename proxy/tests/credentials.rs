@@ -10,6 +10,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use aoai_e2e::ca::{TestCa, fixture_key_pem, fixtures_dir, self_signed_client_cert};
+use aoai_e2e::client::chat;
 use aoai_e2e::client::get;
 use aoai_e2e::entra::{App, MockEntra};
 use aoai_e2e::managed_identity::MockManagedIdentity;
@@ -148,15 +149,6 @@ fn der(cert_pem: &str) -> Vec<u8> {
     let cert: rustls_pki_types::CertificateDer<'static> =
         rustls_pki_types::pem::PemObject::from_pem_slice(cert_pem.as_bytes()).unwrap();
     cert.to_vec()
-}
-
-async fn chat(url: &str) -> aoai_e2e::client::Answer {
-    aoai_e2e::client::post_json(
-        &format!("{url}/openai/deployments/gpt-4o/chat/completions?api-version=2024-10-21"),
-        &[],
-        &serde_json::json!({"messages": [{"role": "user", "content": "hi"}]}),
-    )
-    .await
 }
 
 #[tokio::test]

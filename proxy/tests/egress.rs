@@ -8,6 +8,7 @@ mod common;
 use std::time::Duration;
 
 use aoai_e2e::ca::TestCa;
+use aoai_e2e::client::chat;
 use aoai_e2e::egress_proxy::MockEgressProxy;
 use aoai_e2e::entra::{App, MockEntra};
 use aoai_e2e::openai::MockOpenAi;
@@ -71,15 +72,6 @@ fn vars(owned: &[(String, String)]) -> Vec<(&str, &str)> {
         .iter()
         .map(|(k, v)| (k.as_str(), v.as_str()))
         .collect()
-}
-
-async fn chat(url: &str) -> aoai_e2e::client::Answer {
-    aoai_e2e::client::post_json(
-        &format!("{url}/openai/deployments/gpt-4o/chat/completions?api-version=2024-10-21"),
-        &[],
-        &serde_json::json!({"messages": [{"role": "user", "content": "hi"}]}),
-    )
-    .await
 }
 
 #[tokio::test]

@@ -87,3 +87,13 @@ pub async fn post_json(url: &str, headers: &[(&str, &str)], json: &serde_json::V
     }
     fetch(builder.body(body(json.to_string())).expect("valid request")).await
 }
+
+/// A chat completion request, as an Azure OpenAI SDK sends it, to the service at `url`.
+pub async fn chat(url: &str) -> Answer {
+    post_json(
+        &format!("{url}/openai/deployments/gpt-4o/chat/completions?api-version=2024-10-21"),
+        &[],
+        &serde_json::json!({"messages": [{"role": "user", "content": "hi"}]}),
+    )
+    .await
+}

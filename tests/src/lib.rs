@@ -16,5 +16,6 @@ pub mod operator;
 pub mod process;
 pub mod realtime;
 pub mod server;
+pub mod sidecar;
 pub mod tokens;
 pub mod wait;

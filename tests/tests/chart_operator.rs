@@ -494,36 +494,12 @@ async fn workload_identity_token_reaches_entra_as_the_sidecar_reads_it(
     ] {
         vars.insert(name.to_string(), value);
     }
-    let config = aoai_proxy::config::Config::from_lookup(|name| vars.get(name).cloned())
-        .unwrap_or_else(|e| panic!("the injected environment does not configure the proxy: {e}"));
-    let proxy = aoai_proxy::Proxy::build(&config)
-        .await
-        .expect("the sidecar starts");
-    let url = format!("http://{}", proxy.forward_addr());
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let serving = tokio::spawn(proxy.serve(async {
-        let _ = stopped.await;
-    }));
-    let answer = wait::until(
-        "the sidecar holds a token",
-        Duration::from_secs(15),
-        || async {
-            let answer = aoai_e2e::client::get(&format!("{url}/health"), &[]).await;
-            if answer.status == 200 {
-                Ok(answer)
-            } else {
-                Err(answer.text())
-            }
-        },
-    )
-    .await;
-    assert_eq!(answer.json()["status"], "ok");
+    let sidecar = aoai_e2e::sidecar::Sidecar::start(&vars).await;
     let request = &entra.requests()[0];
     assert_eq!(
         request.form["client_assertion"], token,
         "the projected token is the assertion"
     );
     assert!(request.outcome.is_ok(), "{:?}", request.outcome);
-    let _ = stop.send(());
-    let _ = serving.await;
+    sidecar.stop().await;
 }
