@@ -197,7 +197,8 @@ pub enum AzureCloud {
 impl AzureCloud {
     pub fn authority_host(self) -> &'static str {
         match self {
-            AzureCloud::AzurePublicCloud => "https://login.microsoftonline.com",
+            // The proxy's own defaults: one statement of the public cloud's values.
+            AzureCloud::AzurePublicCloud => aoai_proxy::config::DEFAULT_AUTHORITY_HOST,
             AzureCloud::AzureUSGovernment => "https://login.microsoftonline.us",
             AzureCloud::AzureChinaCloud => "https://login.chinacloudapi.cn",
         }
@@ -205,7 +206,7 @@ impl AzureCloud {
 
     pub fn scope(self) -> &'static str {
         match self {
-            AzureCloud::AzurePublicCloud => "https://cognitiveservices.azure.com/.default",
+            AzureCloud::AzurePublicCloud => aoai_proxy::config::DEFAULT_SCOPE,
             AzureCloud::AzureUSGovernment => "https://cognitiveservices.azure.us/.default",
             AzureCloud::AzureChinaCloud => "https://cognitiveservices.azure.cn/.default",
         }
@@ -252,12 +253,14 @@ impl CredentialKind {
     }
 
     /// The proxy's `AOAI_PROXY_CREDENTIAL` value.
-    pub fn proxy_name(self) -> &'static str {
+    /// The proxy's own kind (its `AOAI_PROXY_CREDENTIAL` value).
+    pub fn proxy_kind(self) -> aoai_proxy::config::CredentialKind {
+        use aoai_proxy::config::CredentialKind as Proxy;
         match self {
-            CredentialKind::ClientCertificate => "certificate",
-            CredentialKind::ClientSecret => "secret",
-            CredentialKind::WorkloadIdentity => "workload-identity",
-            CredentialKind::ManagedIdentity => "managed-identity",
+            CredentialKind::ClientCertificate => Proxy::Certificate,
+            CredentialKind::ClientSecret => Proxy::Secret,
+            CredentialKind::WorkloadIdentity => Proxy::WorkloadIdentity,
+            CredentialKind::ManagedIdentity => Proxy::ManagedIdentity,
         }
     }
 }

@@ -7,6 +7,7 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
+use aoai_proxy::config::names;
 use k8s_openapi::api::core::v1::{Container, EnvVar, PodSpec, Volume};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use serde_json::json;
@@ -226,17 +227,17 @@ fn sidecar_container(
 ) -> (Container, Vec<Volume>) {
     let spec = &proxy.spec;
     let mut vars = vec![
-        env("API_BASE_URL", &spec.endpoint),
+        env(names::API_BASE_URL, &spec.endpoint),
         // Forwarding on loopback only: whoever reaches this port gets Azure-authenticated calls.
-        env("HOST", "127.0.0.1"),
-        env("PORT", port.to_string()),
+        env(names::HOST, "127.0.0.1"),
+        env(names::PORT, port.to_string()),
         // The admin listener (health, metrics; never forwarded) is reachable for the kubelet.
-        env("AOAI_PROXY_ADMIN_HOST", "0.0.0.0"),
-        env("AOAI_PROXY_ADMIN_PORT", admin_port.to_string()),
-        env("AZURE_AUTHORITY_HOST", spec.authority_host()),
-        env("AZURE_SCOPE", spec.scope()),
+        env(names::AOAI_PROXY_ADMIN_HOST, "0.0.0.0"),
+        env(names::AOAI_PROXY_ADMIN_PORT, admin_port.to_string()),
+        env(names::AZURE_AUTHORITY_HOST, spec.authority_host()),
+        env(names::AZURE_SCOPE, spec.scope()),
         env(
-            "AOAI_PROXY_LOG_LEVEL",
+            names::AOAI_PROXY_LOG_LEVEL,
             overrides
                 .log_level
                 .unwrap_or(spec.sidecar.log_level)
@@ -245,12 +246,15 @@ fn sidecar_container(
     ];
     let kind = spec.credential.kind();
     if let Some(kind) = kind {
-        vars.push(env("AOAI_PROXY_CREDENTIAL", kind.proxy_name()));
+        vars.push(env(
+            names::AOAI_PROXY_CREDENTIAL,
+            kind.proxy_kind().as_str(),
+        ));
     }
     if kind != Some(CredentialKind::ManagedIdentity) {
         for (name, value) in [
-            ("AZURE_TENANT_ID", &spec.tenant_id),
-            ("AZURE_CLIENT_ID", &spec.client_id),
+            (names::AZURE_TENANT_ID, &spec.tenant_id),
+            (names::AZURE_CLIENT_ID, &spec.client_id),
         ] {
             if let Some(value) = value {
                 vars.push(env(name, value));
@@ -281,17 +285,17 @@ fn sidecar_container(
                 json!({"name": CREDENTIAL_VOLUME, "mountPath": CREDENTIAL_DIR, "readOnly": true}),
             );
             vars.push(env(
-                "AZURE_CERTIFICATE_PATH",
+                names::AZURE_CERTIFICATE_PATH,
                 format!("{CREDENTIAL_DIR}/{}", c.certificate_key),
             ));
             if c.private_key_key != c.certificate_key {
                 vars.push(env(
-                    "AOAI_PROXY_CERTIFICATE_KEY_PATH",
+                    names::AOAI_PROXY_CERTIFICATE_KEY_PATH,
                     format!("{CREDENTIAL_DIR}/{}", c.private_key_key),
                 ));
             }
             if c.send_certificate_chain {
-                vars.push(env("AZURE_CLIENT_SEND_CERTIFICATE_CHAIN", "true"));
+                vars.push(env(names::AZURE_CLIENT_SEND_CERTIFICATE_CHAIN, "true"));
             }
         }
         Some(CredentialKind::ClientSecret) => {
@@ -302,7 +306,7 @@ fn sidecar_container(
             );
             // A file, not an env var: a rotated Secret is picked up at the next refresh.
             vars.push(env(
-                "AOAI_PROXY_CLIENT_SECRET_FILE",
+                names::AOAI_PROXY_CLIENT_SECRET_FILE,
                 format!("{CREDENTIAL_DIR}/{}", c.key),
             ));
         }
@@ -315,20 +319,20 @@ fn sidecar_container(
                 json!({"name": AZURE_TOKEN_VOLUME, "mountPath": AZURE_TOKEN_DIR, "readOnly": true}),
             );
             vars.push(env(
-                "AZURE_FEDERATED_TOKEN_FILE",
+                names::AZURE_FEDERATED_TOKEN_FILE,
                 format!("{AZURE_TOKEN_DIR}/{AZURE_TOKEN_FILE}"),
             ));
         }
         Some(CredentialKind::ManagedIdentity) => {
             let m = credential.managed_identity.as_ref().expect("kind checked");
             if let Some(id) = &m.client_id {
-                vars.push(env("AZURE_CLIENT_ID", id));
+                vars.push(env(names::AZURE_CLIENT_ID, id));
             }
             if let Some(id) = &m.object_id {
-                vars.push(env("AOAI_PROXY_MANAGED_IDENTITY_OBJECT_ID", id));
+                vars.push(env(names::AOAI_PROXY_MANAGED_IDENTITY_OBJECT_ID, id));
             }
             if let Some(id) = &m.resource_id {
-                vars.push(env("AOAI_PROXY_MANAGED_IDENTITY_RESOURCE_ID", id));
+                vars.push(env(names::AOAI_PROXY_MANAGED_IDENTITY_RESOURCE_ID, id));
             }
         }
         None => {}
@@ -343,20 +347,20 @@ fn sidecar_container(
             json!({"name": INBOUND_KEYS_VOLUME, "mountPath": INBOUND_KEYS_DIR, "readOnly": true}),
         );
         vars.push(env(
-            "AOAI_PROXY_INBOUND_KEYS_FILE",
+            names::AOAI_PROXY_INBOUND_KEYS_FILE,
             format!("{INBOUND_KEYS_DIR}/{}", keys.key),
         ));
     }
 
     if let Some(egress) = &spec.egress_proxy {
         match (&egress.https_proxy, &egress.https_proxy_from) {
-            (Some(url), _) => vars.push(env("HTTPS_PROXY", url)),
-            (None, Some(from)) => vars.push(json!({"name": "HTTPS_PROXY", "valueFrom": {
+            (Some(url), _) => vars.push(env(names::HTTPS_PROXY, url)),
+            (None, Some(from)) => vars.push(json!({"name": names::HTTPS_PROXY, "valueFrom": {
                 "secretKeyRef": {"name": from.secret_name, "key": from.key}}})),
             (None, None) => {}
         }
         if !egress.no_proxy.is_empty() {
-            vars.push(env("NO_PROXY", egress.no_proxy.join(",")));
+            vars.push(env(names::NO_PROXY, egress.no_proxy.join(",")));
         }
     }
     if let Some(trust) = &spec.trust {
@@ -371,7 +375,10 @@ fn sidecar_container(
             (None, None) => {}
         }
         mounts.push(json!({"name": TRUST_VOLUME, "mountPath": TRUST_DIR, "readOnly": true}));
-        vars.push(env("SSL_CERT_FILE", format!("{TRUST_DIR}/{TRUST_FILE}")));
+        vars.push(env(
+            names::SSL_CERT_FILE,
+            format!("{TRUST_DIR}/{TRUST_FILE}"),
+        ));
     }
 
     let probe = |path: &str, period: i32, failures: i32| json!({"httpGet": {"path": path, "port": admin_port}, "periodSeconds": period, "failureThreshold": failures, "timeoutSeconds": 2});

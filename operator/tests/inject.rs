@@ -1,12 +1,16 @@
 //! Golden files for `aoai-operator inject` (the webhook's mutation, offline): each
 //! `tests/golden/NAME.in.yaml` must give exactly `NAME.out.yaml` on stdout and `NAME.stderr` on
-//! stderr, and injecting the output again must change nothing.
+//! stderr, and injecting the output again must change nothing; and every sidecar in them, started as
+//! the kubelet would, must configure the proxy its AzureOpenAIProxy describes (the contract).
 //!
 //! `UPDATE_GOLDEN=1 cargo test -p aoai-operator --test inject` rewrites the expected files; review
 //! the diff before committing it.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
+
+use k8s_openapi::api::core::v1::PodSpec;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 
 const IMAGE: &str = "ghcr.io/aoai-proxy/aoai-proxy:golden";
 
@@ -133,4 +137,67 @@ fn without_a_proxy_or_a_cluster_inject_says_so() {
     let (_, stderr, code) = run_inject(&pod, &[]);
     assert_eq!(code, Some(1));
     assert!(stderr.contains("the input is not YAML"), "{stderr}");
+}
+
+/// Every object of `value` (a document, a List's items, a template's nesting) that is a pod: its
+/// metadata and spec, where the spec holds containers.
+fn pods_in(value: &serde_json::Value, found: &mut Vec<(ObjectMeta, PodSpec)>) {
+    if let Some(object) = value.as_object() {
+        if let (Some(meta), Some(spec)) = (object.get("metadata"), object.get("spec"))
+            && spec.get("containers").is_some()
+        {
+            found.push((
+                serde_json::from_value(meta.clone()).unwrap(),
+                serde_json::from_value(spec.clone()).unwrap(),
+            ));
+        }
+        object.values().for_each(|v| pods_in(v, found));
+    } else if let Some(items) = value.as_array() {
+        items.iter().for_each(|v| pods_in(v, found));
+    }
+}
+
+#[test]
+fn every_injected_sidecar_in_the_golden_files_configures_the_proxy_it_names() {
+    use aoai_operator::inject::{parse, proxies_in};
+    let mut checked = Vec::new();
+    for input in cases() {
+        let stem = input
+            .to_string_lossy()
+            .trim_end_matches(".in.yaml")
+            .to_string();
+        let proxies = proxies_in(&parse(&std::fs::read_to_string(&input).unwrap()).unwrap());
+        let output = parse(&std::fs::read_to_string(format!("{stem}.out.yaml")).unwrap()).unwrap();
+        let mut pods = Vec::new();
+        output.iter().for_each(|d| pods_in(d, &mut pods));
+        for (meta, spec) in pods {
+            let has_sidecar = spec
+                .init_containers
+                .iter()
+                .flatten()
+                .chain(&spec.containers)
+                .any(|c| c.name == aoai_operator::mutate::CONTAINER_NAME);
+            if !has_sidecar {
+                continue;
+            }
+            let annotations = meta.annotations.clone().unwrap_or_default();
+            let name = &annotations[aoai_operator::annotations::INJECT];
+            let proxy = proxies
+                .iter()
+                .find(|p| p.metadata.name.as_ref() == Some(name))
+                .unwrap();
+            let what = format!(
+                "{} {}",
+                stem.rsplit('/').next().unwrap(),
+                meta.name.clone().unwrap_or_default()
+            );
+            checked.push(aoai_e2e::contract::assert_sidecar_configures(
+                &what, &meta, &spec, proxy,
+            ));
+        }
+    }
+    assert!(
+        checked.len() >= 6,
+        "too few injected sidecars checked: {checked:#?}"
+    );
 }

@@ -8,18 +8,17 @@
 //! egress proxy only if the injected HTTPS_PROXY is read.
 
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use aoai_e2e::ca::TestCa;
 use aoai_e2e::control_plane::free_port;
 use aoai_e2e::egress_proxy::MockEgressProxy;
 use aoai_e2e::entra::{App, MockEntra};
+use aoai_e2e::kubelet::{self, Source};
 use aoai_e2e::openai::MockOpenAi;
 use aoai_e2e::sidecar::Sidecar;
 use aoai_e2e::tokens::TokenLedger;
 use k8s_openapi::api::apps::v1::Deployment;
-use k8s_openapi::api::core::v1::{Container, PodSpec};
 
 const GOLDEN: &str = concat!(
     env!("CARGO_MANIFEST_DIR"),
@@ -28,70 +27,6 @@ const GOLDEN: &str = concat!(
 const TENANT: &str = "contoso.onmicrosoft.com";
 const CLIENT: &str = "11111111-2222-3333-4444-555555555555";
 const SECRET: &str = "client-secret-from-the-mounted-file";
-
-/// What the kubelet would do for `container` of `pod`: write each mounted volume's items under
-/// `root` (contents from `objects`: (kind, name, key) → value) and resolve `valueFrom`. Returns the
-/// environment with every path under a mount moved under `root`.
-fn as_the_kubelet_would(
-    pod: &PodSpec,
-    container: &Container,
-    objects: &HashMap<(&str, &str, &str), String>,
-    root: &Path,
-) -> HashMap<String, String> {
-    let mut moved: Vec<(String, PathBuf)> = Vec::new();
-    for mount in container.volume_mounts.iter().flatten() {
-        let volume = pod
-            .volumes
-            .iter()
-            .flatten()
-            .find(|v| v.name == mount.name)
-            .unwrap();
-        let dir = root.join(mount.mount_path.trim_start_matches('/'));
-        std::fs::create_dir_all(&dir).unwrap();
-        let (kind, name, items) = match (&volume.secret, &volume.config_map) {
-            (Some(secret), _) => (
-                "Secret",
-                secret.secret_name.clone().unwrap(),
-                secret.items.clone(),
-            ),
-            (None, Some(map)) => ("ConfigMap", map.name.clone(), map.items.clone()),
-            _ => continue,
-        };
-        for item in items.into_iter().flatten() {
-            let value = objects
-                .get(&(kind, name.as_str(), item.key.as_str()))
-                .unwrap_or_else(|| panic!("the test holds no {kind} {name} key {}", item.key));
-            std::fs::write(dir.join(&item.path), value).unwrap();
-        }
-        moved.push((mount.mount_path.clone(), dir));
-    }
-    container
-        .env
-        .iter()
-        .flatten()
-        .map(|var| {
-            let value = match (&var.value, &var.value_from) {
-                (Some(value), _) => value.clone(),
-                (None, Some(from)) => {
-                    let key = from
-                        .secret_key_ref
-                        .as_ref()
-                        .expect("only secretKeyRef is injected");
-                    objects[&("Secret", key.name.as_str(), key.key.as_str())].clone()
-                }
-                (None, None) => String::new(),
-            };
-            let value = moved
-                .iter()
-                .find_map(|(mount, dir)| {
-                    let rest = value.strip_prefix(&format!("{mount}/"))?;
-                    Some(dir.join(rest).display().to_string())
-                })
-                .unwrap_or(value);
-            (var.name.clone(), value)
-        })
-        .collect()
-}
 
 #[tokio::test]
 async fn the_injected_sidecar_trusts_the_private_ca_and_goes_through_the_egress_proxy() {
@@ -131,20 +66,26 @@ async fn the_injected_sidecar_trusts_the_private_ca_and_goes_through_the_egress_
         .clone();
     let objects = HashMap::from([
         (
-            ("Secret", "openai-client-secret", "client-secret"),
+            (Source::Secret, "openai-client-secret", "client-secret"),
             SECRET.to_string(),
         ),
         (
-            ("Secret", "egress-proxy", "url"),
+            (Source::Secret, "egress-proxy", "url"),
             egress.url(Some("team-a:egress-pw")),
         ),
         (
-            ("ConfigMap", "corp-ca", "bundle.pem"),
+            (Source::ConfigMap, "corp-ca", "bundle.pem"),
             std::fs::read_to_string(private_ca.root_pem_path()).unwrap(),
         ),
     ]);
+    let content = |kind, name: &str, key: &str| {
+        objects
+            .get(&(kind, name, key))
+            .unwrap_or_else(|| panic!("the test holds no {kind:?} {name} key {key}"))
+            .clone()
+    };
     let root = tempfile::tempdir().unwrap();
-    let mut env = as_the_kubelet_would(&pod, &sidecar, &objects, root.path());
+    let mut env = kubelet::environment(&pod, &sidecar, &content, "", root.path());
     assert!(env["SSL_CERT_FILE"].starts_with(&root.path().display().to_string()));
     for (name, value) in [
         ("API_BASE_URL", format!("{}/openai-gw", gateway.url())),

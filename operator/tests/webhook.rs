@@ -178,6 +178,22 @@ fn sidecar(pod: &Pod) -> &Container {
     &init[0]
 }
 
+/// The contract: the injected sidecar, started as the kubelet would, configures the proxy its
+/// AzureOpenAIProxy describes.
+fn assert_configures(what: &str, pod: &Pod) {
+    let name = &pod.metadata.annotations.as_ref().unwrap()[aoai_operator::annotations::INJECT];
+    let proxy = proxies()
+        .into_iter()
+        .find(|p| p.metadata.name.as_ref() == Some(name))
+        .unwrap();
+    aoai_e2e::contract::assert_sidecar_configures(
+        what,
+        &pod.metadata,
+        pod.spec.as_ref().unwrap(),
+        &proxy,
+    );
+}
+
 #[tokio::test]
 async fn recorded_pod_creates_come_back_with_a_hardened_native_sidecar() {
     let server = start(proxies()).await;
@@ -198,6 +214,7 @@ async fn recorded_pod_creates_come_back_with_a_hardened_native_sidecar() {
         assert_eq!(status, StatusCode::OK, "{name}");
         let pod = patched_pod(&review, &answer);
         let proxy = sidecar(&pod);
+        assert_configures(name, &pod);
 
         // Forwarding on loopback only; probes and metrics on the admin port.
         assert_eq!(env_of(proxy, "HOST"), Some("127.0.0.1"), "{name}");
@@ -354,6 +371,7 @@ async fn workload_identity_projects_the_token_and_inbound_keys_come_from_the_sec
     );
     let pod = patched_pod(&review, &answer);
     let proxy = sidecar(&pod);
+    assert_configures("pod-workload-identity.json", &pod);
     assert_eq!(
         env_of(proxy, "AZURE_FEDERATED_TOKEN_FILE"),
         Some("/var/run/secrets/azure/tokens/azure-identity-token")

@@ -38,230 +38,287 @@ pub const DEFAULT_AUTHORITY_HOST: &str = "https://login.microsoftonline.com";
 /// The Azure Instance Metadata Service, the managed-identity endpoint on VMs and AKS nodes.
 pub const DEFAULT_IMDS_HOST: &str = "http://169.254.169.254";
 
+/// The variable names, one constant each: the operator writes these into the containers it
+/// injects, so that a renamed variable fails to compile there instead of going unread.
+pub mod names {
+    pub const API_BASE_URL: &str = "API_BASE_URL";
+    pub const TARGET_URL: &str = "TARGET_URL";
+    pub const HOST: &str = "HOST";
+    pub const PORT: &str = "PORT";
+    pub const AOAI_PROXY_ADMIN_HOST: &str = "AOAI_PROXY_ADMIN_HOST";
+    pub const AOAI_PROXY_ADMIN_PORT: &str = "AOAI_PROXY_ADMIN_PORT";
+    pub const AOAI_PROXY_CREDENTIAL: &str = "AOAI_PROXY_CREDENTIAL";
+    pub const AZURE_TENANT_ID: &str = "AZURE_TENANT_ID";
+    pub const AZURE_CLIENT_ID: &str = "AZURE_CLIENT_ID";
+    pub const AZURE_CERTIFICATE_PATH: &str = "AZURE_CERTIFICATE_PATH";
+    pub const AZURE_CLIENT_CERTIFICATE_PATH: &str = "AZURE_CLIENT_CERTIFICATE_PATH";
+    pub const AOAI_PROXY_CERTIFICATE_KEY_PATH: &str = "AOAI_PROXY_CERTIFICATE_KEY_PATH";
+    pub const AZURE_CLIENT_CERTIFICATE_PASSWORD: &str = "AZURE_CLIENT_CERTIFICATE_PASSWORD";
+    pub const AZURE_CLIENT_SEND_CERTIFICATE_CHAIN: &str = "AZURE_CLIENT_SEND_CERTIFICATE_CHAIN";
+    pub const AZURE_CLIENT_SECRET: &str = "AZURE_CLIENT_SECRET";
+    pub const AOAI_PROXY_CLIENT_SECRET_FILE: &str = "AOAI_PROXY_CLIENT_SECRET_FILE";
+    pub const AZURE_FEDERATED_TOKEN_FILE: &str = "AZURE_FEDERATED_TOKEN_FILE";
+    pub const AZURE_AUTHORITY_HOST: &str = "AZURE_AUTHORITY_HOST";
+    pub const IDENTITY_ENDPOINT: &str = "IDENTITY_ENDPOINT";
+    pub const IDENTITY_HEADER: &str = "IDENTITY_HEADER";
+    pub const AZURE_POD_IDENTITY_AUTHORITY_HOST: &str = "AZURE_POD_IDENTITY_AUTHORITY_HOST";
+    pub const AOAI_PROXY_MANAGED_IDENTITY_OBJECT_ID: &str = "AOAI_PROXY_MANAGED_IDENTITY_OBJECT_ID";
+    pub const AOAI_PROXY_MANAGED_IDENTITY_RESOURCE_ID: &str =
+        "AOAI_PROXY_MANAGED_IDENTITY_RESOURCE_ID";
+    pub const AZURE_SCOPE: &str = "AZURE_SCOPE";
+    pub const AZURE_OPENAI_SCOPE: &str = "AZURE_OPENAI_SCOPE";
+    pub const SSL_CERT_FILE: &str = "SSL_CERT_FILE";
+    pub const HTTPS_PROXY: &str = "HTTPS_PROXY";
+    pub const HTTPS_PROXY_LOWERCASE: &str = "https_proxy";
+    pub const HTTP_PROXY: &str = "HTTP_PROXY";
+    pub const HTTP_PROXY_LOWERCASE: &str = "http_proxy";
+    pub const NO_PROXY: &str = "NO_PROXY";
+    pub const NO_PROXY_LOWERCASE: &str = "no_proxy";
+    pub const EXPECTED_KEY: &str = "EXPECTED_KEY";
+    pub const AOAI_PROXY_INBOUND_KEYS: &str = "AOAI_PROXY_INBOUND_KEYS";
+    pub const AOAI_PROXY_INBOUND_KEYS_FILE: &str = "AOAI_PROXY_INBOUND_KEYS_FILE";
+    pub const AOAI_PROXY_AUTH_MAX_FAILURES: &str = "AOAI_PROXY_AUTH_MAX_FAILURES";
+    pub const AOAI_PROXY_AUTH_FAILURE_WINDOW: &str = "AOAI_PROXY_AUTH_FAILURE_WINDOW";
+    pub const AOAI_PROXY_AUTH_LOCKOUT: &str = "AOAI_PROXY_AUTH_LOCKOUT";
+    pub const AOAI_PROXY_CONNECT_TIMEOUT: &str = "AOAI_PROXY_CONNECT_TIMEOUT";
+    pub const AOAI_PROXY_IDENTITY_TIMEOUT: &str = "AOAI_PROXY_IDENTITY_TIMEOUT";
+    pub const AOAI_PROXY_UPSTREAM_TIMEOUT: &str = "AOAI_PROXY_UPSTREAM_TIMEOUT";
+    pub const AOAI_PROXY_POOL_IDLE_TIMEOUT: &str = "AOAI_PROXY_POOL_IDLE_TIMEOUT";
+    pub const AOAI_PROXY_HEADER_READ_TIMEOUT: &str = "AOAI_PROXY_HEADER_READ_TIMEOUT";
+    pub const AOAI_PROXY_MAX_REQUEST_BODY: &str = "AOAI_PROXY_MAX_REQUEST_BODY";
+    pub const AOAI_PROXY_SHUTDOWN_GRACE: &str = "AOAI_PROXY_SHUTDOWN_GRACE";
+    pub const AOAI_PROXY_LOG_LEVEL: &str = "AOAI_PROXY_LOG_LEVEL";
+    pub const AOAI_PROXY_LOG_FORMAT: &str = "AOAI_PROXY_LOG_FORMAT";
+}
+
 /// Every environment variable the proxy reads, in the order `--help` and the README list them.
 pub const ENV_VARS: &[EnvVar] = &[
     // Upstream and listener (seed sidecar names first, then aliases).
     var(
-        "API_BASE_URL",
+        names::API_BASE_URL,
         None,
         "Azure OpenAI endpoint to forward to, e.g. https://my-resource.openai.azure.com. May carry a path prefix. Required (or TARGET_URL).",
     ),
     var(
-        "TARGET_URL",
+        names::TARGET_URL,
         None,
         "Alias of API_BASE_URL (the Go managed-identity proxy's name), e.g. https://my-resource.openai.azure.com/openai/.",
     ),
     var(
-        "HOST",
+        names::HOST,
         Some("0.0.0.0"),
         "Address the forwarding listener binds. Use 127.0.0.1 in a pod: whoever reaches this port gets Azure-authenticated calls.",
     ),
-    var("PORT", Some("8080"), "Port of the forwarding listener."),
     var(
-        "AOAI_PROXY_ADMIN_HOST",
+        names::PORT,
+        Some("8080"),
+        "Port of the forwarding listener.",
+    ),
+    var(
+        names::AOAI_PROXY_ADMIN_HOST,
         Some("0.0.0.0"),
         "Address of the admin listener (/health, /livez, /readyz, /metrics; never forwarded).",
     ),
     var(
-        "AOAI_PROXY_ADMIN_PORT",
+        names::AOAI_PROXY_ADMIN_PORT,
         Some("8081"),
         "Port of the admin listener.",
     ),
     // Credential selection.
     var(
-        "AOAI_PROXY_CREDENTIAL",
+        names::AOAI_PROXY_CREDENTIAL,
         None,
         "Credential to use: certificate, secret, workload-identity or managed-identity. Inferred from the variables below when unset.",
     ),
     var(
-        "AZURE_TENANT_ID",
+        names::AZURE_TENANT_ID,
         None,
         "Entra ID tenant (GUID or domain). Required for certificate, secret and workload-identity credentials.",
     ),
     var(
-        "AZURE_CLIENT_ID",
+        names::AZURE_CLIENT_ID,
         None,
         "Application (client) id. Required for certificate, secret and workload identity; for managed identity, selects a user-assigned identity.",
     ),
     var(
-        "AZURE_CERTIFICATE_PATH",
+        names::AZURE_CERTIFICATE_PATH,
         None,
         "PEM file with the client certificate and its private key (the seed sidecar's name). Selects the certificate credential.",
     ),
     var(
-        "AZURE_CLIENT_CERTIFICATE_PATH",
+        names::AZURE_CLIENT_CERTIFICATE_PATH,
         None,
         "Azure SDK name for the certificate file: PEM, or PKCS#12 when AZURE_CLIENT_CERTIFICATE_PASSWORD is set.",
     ),
     var(
-        "AOAI_PROXY_CERTIFICATE_KEY_PATH",
+        names::AOAI_PROXY_CERTIFICATE_KEY_PATH,
         None,
         "PEM private key file, when the certificate file holds only the certificate (tls.key of a kubernetes.io/tls Secret).",
     ),
     var(
-        "AZURE_CLIENT_CERTIFICATE_PASSWORD",
+        names::AZURE_CLIENT_CERTIFICATE_PASSWORD,
         None,
         "Password of a PKCS#12 certificate file.",
     ),
     var(
-        "AZURE_CLIENT_SEND_CERTIFICATE_CHAIN",
+        names::AZURE_CLIENT_SEND_CERTIFICATE_CHAIN,
         Some("false"),
         "Send the certificate chain (x5c) in the client assertion, for subject-name/issuer authentication.",
     ),
     var(
-        "AZURE_CLIENT_SECRET",
+        names::AZURE_CLIENT_SECRET,
         None,
         "Client secret. Selects the secret credential.",
     ),
     var(
-        "AOAI_PROXY_CLIENT_SECRET_FILE",
+        names::AOAI_PROXY_CLIENT_SECRET_FILE,
         None,
         "File holding the client secret, re-read at each token refresh (a rotated Kubernetes Secret needs no restart). Selects the secret credential.",
     ),
     var(
-        "AZURE_FEDERATED_TOKEN_FILE",
+        names::AZURE_FEDERATED_TOKEN_FILE,
         None,
         "Projected service-account token for workload identity, read at each exchange. Selects the workload-identity credential.",
     ),
     var(
-        "AZURE_AUTHORITY_HOST",
+        names::AZURE_AUTHORITY_HOST,
         Some(DEFAULT_AUTHORITY_HOST),
         "Entra ID authority: https://login.microsoftonline.us (US Government), https://login.chinacloudapi.cn (China), or any https host.",
     ),
     var(
-        "IDENTITY_ENDPOINT",
+        names::IDENTITY_ENDPOINT,
         None,
         "App Service style managed-identity endpoint (with IDENTITY_HEADER). Selects the managed-identity credential.",
     ),
     var(
-        "IDENTITY_HEADER",
+        names::IDENTITY_HEADER,
         None,
         "Secret header value for IDENTITY_ENDPOINT.",
     ),
     var(
-        "AZURE_POD_IDENTITY_AUTHORITY_HOST",
+        names::AZURE_POD_IDENTITY_AUTHORITY_HOST,
         Some(DEFAULT_IMDS_HOST),
         "Base URL of the Instance Metadata Service used for managed identity (the Azure SDKs' override).",
     ),
     var(
-        "AOAI_PROXY_MANAGED_IDENTITY_OBJECT_ID",
+        names::AOAI_PROXY_MANAGED_IDENTITY_OBJECT_ID,
         None,
         "User-assigned managed identity by object (principal) id.",
     ),
     var(
-        "AOAI_PROXY_MANAGED_IDENTITY_RESOURCE_ID",
+        names::AOAI_PROXY_MANAGED_IDENTITY_RESOURCE_ID,
         None,
         "User-assigned managed identity by Azure resource id.",
     ),
     var(
-        "AZURE_SCOPE",
+        names::AZURE_SCOPE,
         Some(DEFAULT_SCOPE),
         "Scope of the token the proxy requests.",
     ),
     var(
-        "AZURE_OPENAI_SCOPE",
+        names::AZURE_OPENAI_SCOPE,
         None,
         "Alias of AZURE_SCOPE (the Go managed-identity proxy's name).",
     ),
     var(
-        "SSL_CERT_FILE",
+        names::SSL_CERT_FILE,
         None,
         "PEM bundle trusted in addition to the system roots, for the upstream and the identity endpoints; re-read when it changes.",
     ),
     // Egress through an HTTP proxy, as the Azure SDKs read it.
     var(
-        "HTTPS_PROXY",
+        names::HTTPS_PROXY,
         None,
         "HTTP proxy for https targets (the upstream and Entra ID), as http://[user:password@]host:port; connections are CONNECT tunnels. The credentials are never logged.",
     ),
-    var("https_proxy", None, "Same as HTTPS_PROXY."),
+    var(names::HTTPS_PROXY_LOWERCASE, None, "Same as HTTPS_PROXY."),
     var(
-        "HTTP_PROXY",
+        names::HTTP_PROXY,
         None,
         "HTTP proxy for http targets (an http upstream or identity endpoint), CONNECT tunnels too.",
     ),
-    var("http_proxy", None, "Same as HTTP_PROXY."),
+    var(names::HTTP_PROXY_LOWERCASE, None, "Same as HTTP_PROXY."),
     var(
-        "NO_PROXY",
+        names::NO_PROXY,
         None,
         "Hosts reached without the proxy, comma-separated: * (all), a host name (with its subdomains; .corp and *.corp alike), an IP address or a CIDR range, each optionally with :port. 169.254.169.254 (IMDS) and other link-local addresses never use the proxy.",
     ),
-    var("no_proxy", None, "Same as NO_PROXY."),
+    var(names::NO_PROXY_LOWERCASE, None, "Same as NO_PROXY."),
     // Inbound authentication.
     var(
-        "EXPECTED_KEY",
+        names::EXPECTED_KEY,
         None,
         "A key callers must present (api-key: K or Authorization: Bearer K). Inbound authentication is off when no key is configured.",
     ),
     var(
-        "AOAI_PROXY_INBOUND_KEYS",
+        names::AOAI_PROXY_INBOUND_KEYS,
         None,
         "Comma-separated keys callers may present, in addition to EXPECTED_KEY.",
     ),
     var(
-        "AOAI_PROXY_INBOUND_KEYS_FILE",
+        names::AOAI_PROXY_INBOUND_KEYS_FILE,
         None,
         "File with one accepted key per line, re-read when it changes (a rotated Kubernetes Secret needs no restart).",
     ),
     var(
-        "AOAI_PROXY_AUTH_MAX_FAILURES",
+        names::AOAI_PROXY_AUTH_MAX_FAILURES,
         Some("10"),
         "Failed key checks from one client IP, within the window, that lock that IP out.",
     ),
     var(
-        "AOAI_PROXY_AUTH_FAILURE_WINDOW",
+        names::AOAI_PROXY_AUTH_FAILURE_WINDOW,
         Some("1m"),
         "Window in which failed key checks are counted.",
     ),
     var(
-        "AOAI_PROXY_AUTH_LOCKOUT",
+        names::AOAI_PROXY_AUTH_LOCKOUT,
         Some("5m"),
         "How long a locked-out IP gets 429 with Retry-After.",
     ),
     // Timeouts and limits.
     var(
-        "AOAI_PROXY_CONNECT_TIMEOUT",
+        names::AOAI_PROXY_CONNECT_TIMEOUT,
         Some("10s"),
         "Timeout to connect to the upstream (TCP and TLS).",
     ),
     var(
-        "AOAI_PROXY_IDENTITY_TIMEOUT",
+        names::AOAI_PROXY_IDENTITY_TIMEOUT,
         Some("30s"),
         "Timeout of one call to the identity endpoint (Entra ID or managed identity); a hung endpoint is retried after it.",
     ),
     var(
-        "AOAI_PROXY_UPSTREAM_TIMEOUT",
+        names::AOAI_PROXY_UPSTREAM_TIMEOUT,
         Some("10m"),
         "Timeout for the upstream's response headers; a streamed body may last longer. Exceeded: 504.",
     ),
     var(
-        "AOAI_PROXY_POOL_IDLE_TIMEOUT",
+        names::AOAI_PROXY_POOL_IDLE_TIMEOUT,
         Some("90s"),
         "How long an idle upstream connection stays in the pool.",
     ),
     var(
-        "AOAI_PROXY_HEADER_READ_TIMEOUT",
+        names::AOAI_PROXY_HEADER_READ_TIMEOUT,
         Some("10s"),
         "Time a client has to send its request headers (cuts off slow clients).",
     ),
     var(
-        "AOAI_PROXY_MAX_REQUEST_BODY",
+        names::AOAI_PROXY_MAX_REQUEST_BODY,
         None,
         "Largest request body accepted (e.g. 25Mi); larger gets 413. Unlimited when unset.",
     ),
     var(
-        "AOAI_PROXY_SHUTDOWN_GRACE",
+        names::AOAI_PROXY_SHUTDOWN_GRACE,
         Some("25s"),
         "On SIGTERM/SIGINT, how long in-flight requests and streams may run before the proxy exits.",
     ),
     // Logs.
     var(
-        "AOAI_PROXY_LOG_LEVEL",
+        names::AOAI_PROXY_LOG_LEVEL,
         Some("info"),
         "Log level or tracing filter (error, warn, info, debug, or e.g. info,aoai_proxy=debug). Request lines are at info.",
     ),
     var(
-        "AOAI_PROXY_LOG_FORMAT",
+        names::AOAI_PROXY_LOG_FORMAT,
         Some("text"),
         "Log format: text or json.",
     ),
@@ -445,15 +502,51 @@ pub enum SecretSource {
     File(PathBuf),
 }
 
+/// The credential kinds, as `AOAI_PROXY_CREDENTIAL` names them (the operator writes these).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CredentialKind {
+    Certificate,
+    Secret,
+    WorkloadIdentity,
+    ManagedIdentity,
+}
+
+impl CredentialKind {
+    pub const ALL: [Self; 4] = [
+        Self::Certificate,
+        Self::Secret,
+        Self::WorkloadIdentity,
+        Self::ManagedIdentity,
+    ];
+
+    /// The value of `AOAI_PROXY_CREDENTIAL`; also the label in logs and metrics.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Self::Certificate => "certificate",
+            Self::Secret => "secret",
+            Self::WorkloadIdentity => "workload-identity",
+            Self::ManagedIdentity => "managed-identity",
+        }
+    }
+
+    pub fn parse(text: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|kind| kind.as_str() == text)
+    }
+}
+
 impl Credential {
+    pub fn credential_kind(&self) -> CredentialKind {
+        match self {
+            Credential::Certificate { .. } => CredentialKind::Certificate,
+            Credential::Secret { .. } => CredentialKind::Secret,
+            Credential::WorkloadIdentity { .. } => CredentialKind::WorkloadIdentity,
+            Credential::ManagedIdentity { .. } => CredentialKind::ManagedIdentity,
+        }
+    }
+
     /// Short name used in logs and metric labels.
     pub fn kind(&self) -> &'static str {
-        match self {
-            Credential::Certificate { .. } => "certificate",
-            Credential::Secret { .. } => "secret",
-            Credential::WorkloadIdentity { .. } => "workload-identity",
-            Credential::ManagedIdentity { .. } => "managed-identity",
-        }
+        self.credential_kind().as_str()
     }
 }
 
@@ -682,40 +775,40 @@ impl Config {
     pub fn from_lookup(lookup: impl Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {
         let env = Env(lookup);
 
-        let (base_var, base) = env.get_aliased("API_BASE_URL", "TARGET_URL")?.ok_or_else(|| {
+        let (base_var, base) = env.get_aliased(names::API_BASE_URL, names::TARGET_URL)?.ok_or_else(|| {
             error(
-                "API_BASE_URL",
+                names::API_BASE_URL,
                 "is required: the Azure OpenAI endpoint, e.g. https://my-resource.openai.azure.com (or set TARGET_URL)",
             )
         })?;
         let upstream = Upstream::parse(&base).map_err(|m| error(base_var, m))?;
 
-        let host = env.parsed("HOST", IpAddr::from([0, 0, 0, 0]), parse_ip)?;
-        let port = env.parsed("PORT", 8080, parse_port)?;
+        let host = env.parsed(names::HOST, IpAddr::from([0, 0, 0, 0]), parse_ip)?;
+        let port = env.parsed(names::PORT, 8080, parse_port)?;
         let admin_host = env.parsed(
-            "AOAI_PROXY_ADMIN_HOST",
+            names::AOAI_PROXY_ADMIN_HOST,
             IpAddr::from([0, 0, 0, 0]),
             parse_ip,
         )?;
-        let admin_port = env.parsed("AOAI_PROXY_ADMIN_PORT", 8081, parse_port)?;
+        let admin_port = env.parsed(names::AOAI_PROXY_ADMIN_PORT, 8081, parse_port)?;
         if admin_port == port {
             return Err(error(
-                "AOAI_PROXY_ADMIN_PORT",
+                names::AOAI_PROXY_ADMIN_PORT,
                 format!("{admin_port} is also PORT; the admin listener needs its own port"),
             ));
         }
 
         let credential = credential_from(&env)?;
         let authority_host = env.parsed(
-            "AZURE_AUTHORITY_HOST",
+            names::AZURE_AUTHORITY_HOST,
             DEFAULT_AUTHORITY_HOST.to_string(),
             parse_authority_host,
         )?;
-        let scope = match env.get_aliased("AZURE_SCOPE", "AZURE_OPENAI_SCOPE")? {
+        let scope = match env.get_aliased(names::AZURE_SCOPE, names::AZURE_OPENAI_SCOPE)? {
             Some((name, text)) => parse_scope(&text).map_err(|m| error(name, m))?,
             None => DEFAULT_SCOPE.to_string(),
         };
-        let extra_roots = env.get("SSL_CERT_FILE").map(PathBuf::from);
+        let extra_roots = env.get(names::SSL_CERT_FILE).map(PathBuf::from);
         let proxy = |name, alias| -> Result<Option<ProxyUrl>, ConfigError> {
             match env.get_aliased(name, alias)? {
                 Some((variable, text)) => ProxyUrl::parse(&text)
@@ -725,9 +818,9 @@ impl Config {
             }
         };
         let egress = Egress {
-            https: proxy("HTTPS_PROXY", "https_proxy")?,
-            http: proxy("HTTP_PROXY", "http_proxy")?,
-            no_proxy: match env.get_aliased("NO_PROXY", "no_proxy")? {
+            https: proxy(names::HTTPS_PROXY, names::HTTPS_PROXY_LOWERCASE)?,
+            http: proxy(names::HTTP_PROXY, names::HTTP_PROXY_LOWERCASE)?,
+            no_proxy: match env.get_aliased(names::NO_PROXY, names::NO_PROXY_LOWERCASE)? {
                 Some((variable, text)) => {
                     NoProxy::parse(&text).map_err(|message| error(variable, message))?
                 }
@@ -736,10 +829,10 @@ impl Config {
         };
 
         let mut keys: Vec<Secret> = Vec::new();
-        if let Some(key) = env.get("EXPECTED_KEY") {
+        if let Some(key) = env.get(names::EXPECTED_KEY) {
             keys.push(Secret::new(key));
         }
-        if let Some(list) = env.get("AOAI_PROXY_INBOUND_KEYS") {
+        if let Some(list) = env.get(names::AOAI_PROXY_INBOUND_KEYS) {
             keys.extend(
                 list.split(',')
                     .map(str::trim)
@@ -749,41 +842,55 @@ impl Config {
         }
         let inbound = InboundAuthConfig {
             keys,
-            keys_file: env.get("AOAI_PROXY_INBOUND_KEYS_FILE").map(PathBuf::from),
-            max_failures: env.parsed("AOAI_PROXY_AUTH_MAX_FAILURES", 10, |t| {
+            keys_file: env
+                .get(names::AOAI_PROXY_INBOUND_KEYS_FILE)
+                .map(PathBuf::from),
+            max_failures: env.parsed(names::AOAI_PROXY_AUTH_MAX_FAILURES, 10, |t| {
                 match t.parse::<u32>() {
                     Ok(n) if n > 0 => Ok(n),
                     _ => Err(format!("{t:?} is not a positive whole number")),
                 }
             })?,
-            failure_window: env
-                .duration("AOAI_PROXY_AUTH_FAILURE_WINDOW", Duration::from_secs(60))?,
-            lockout: env.duration("AOAI_PROXY_AUTH_LOCKOUT", Duration::from_secs(300))?,
+            failure_window: env.duration(
+                names::AOAI_PROXY_AUTH_FAILURE_WINDOW,
+                Duration::from_secs(60),
+            )?,
+            lockout: env.duration(names::AOAI_PROXY_AUTH_LOCKOUT, Duration::from_secs(300))?,
         };
 
         let defaults = Limits::default();
         let limits = Limits {
             connect_timeout: env
-                .duration("AOAI_PROXY_CONNECT_TIMEOUT", defaults.connect_timeout)?,
-            identity_timeout: env
-                .duration("AOAI_PROXY_IDENTITY_TIMEOUT", defaults.identity_timeout)?,
-            upstream_timeout: env
-                .duration("AOAI_PROXY_UPSTREAM_TIMEOUT", defaults.upstream_timeout)?,
-            pool_idle_timeout: env
-                .duration("AOAI_PROXY_POOL_IDLE_TIMEOUT", defaults.pool_idle_timeout)?,
+                .duration(names::AOAI_PROXY_CONNECT_TIMEOUT, defaults.connect_timeout)?,
+            identity_timeout: env.duration(
+                names::AOAI_PROXY_IDENTITY_TIMEOUT,
+                defaults.identity_timeout,
+            )?,
+            upstream_timeout: env.duration(
+                names::AOAI_PROXY_UPSTREAM_TIMEOUT,
+                defaults.upstream_timeout,
+            )?,
+            pool_idle_timeout: env.duration(
+                names::AOAI_PROXY_POOL_IDLE_TIMEOUT,
+                defaults.pool_idle_timeout,
+            )?,
             header_read_timeout: env.duration(
-                "AOAI_PROXY_HEADER_READ_TIMEOUT",
+                names::AOAI_PROXY_HEADER_READ_TIMEOUT,
                 defaults.header_read_timeout,
             )?,
-            max_request_body: env.parsed("AOAI_PROXY_MAX_REQUEST_BODY", None, |t| {
+            max_request_body: env.parsed(names::AOAI_PROXY_MAX_REQUEST_BODY, None, |t| {
                 parse_bytes(t).map(Some)
             })?,
-            shutdown_grace: env.duration("AOAI_PROXY_SHUTDOWN_GRACE", defaults.shutdown_grace)?,
+            shutdown_grace: env
+                .duration(names::AOAI_PROXY_SHUTDOWN_GRACE, defaults.shutdown_grace)?,
         };
         for (name, value) in [
-            ("AOAI_PROXY_CONNECT_TIMEOUT", limits.connect_timeout),
-            ("AOAI_PROXY_UPSTREAM_TIMEOUT", limits.upstream_timeout),
-            ("AOAI_PROXY_HEADER_READ_TIMEOUT", limits.header_read_timeout),
+            (names::AOAI_PROXY_CONNECT_TIMEOUT, limits.connect_timeout),
+            (names::AOAI_PROXY_UPSTREAM_TIMEOUT, limits.upstream_timeout),
+            (
+                names::AOAI_PROXY_HEADER_READ_TIMEOUT,
+                limits.header_read_timeout,
+            ),
         ] {
             if value.is_zero() {
                 return Err(error(name, "must be greater than zero"));
@@ -791,14 +898,15 @@ impl Config {
         }
 
         let log_level = env
-            .get("AOAI_PROXY_LOG_LEVEL")
+            .get(names::AOAI_PROXY_LOG_LEVEL)
             .unwrap_or_else(|| "info".into());
-        let log_format = env.parsed("AOAI_PROXY_LOG_FORMAT", LogFormat::Text, |t| {
-            match t.to_ascii_lowercase().as_str() {
-                "text" => Ok(LogFormat::Text),
-                "json" => Ok(LogFormat::Json),
-                _ => Err(format!("{t:?} is not a log format (use text or json)")),
-            }
+        let log_format = env.parsed(names::AOAI_PROXY_LOG_FORMAT, LogFormat::Text, |t| match t
+            .to_ascii_lowercase()
+            .as_str()
+        {
+            "text" => Ok(LogFormat::Text),
+            "json" => Ok(LogFormat::Json),
+            _ => Err(format!("{t:?} is not a log format (use text or json)")),
         })?;
 
         Ok(Config {
@@ -821,57 +929,61 @@ impl Config {
 /// Chooses the credential: `AOAI_PROXY_CREDENTIAL` when set, otherwise the one kind whose variables
 /// are present; managed identity when none is (as the Go managed-identity proxy did).
 fn credential_from<F: Fn(&str) -> Option<String>>(env: &Env<F>) -> Result<Credential, ConfigError> {
-    let certificate = env.get_aliased("AZURE_CERTIFICATE_PATH", "AZURE_CLIENT_CERTIFICATE_PATH")?;
-    let secret_inline = env.get("AZURE_CLIENT_SECRET");
-    let secret_file = env.get("AOAI_PROXY_CLIENT_SECRET_FILE");
-    let federated = env.get("AZURE_FEDERATED_TOKEN_FILE");
-    let identity_endpoint = env.get("IDENTITY_ENDPOINT");
+    let certificate = env.get_aliased(
+        names::AZURE_CERTIFICATE_PATH,
+        names::AZURE_CLIENT_CERTIFICATE_PATH,
+    )?;
+    let secret_inline = env.get(names::AZURE_CLIENT_SECRET);
+    let secret_file = env.get(names::AOAI_PROXY_CLIENT_SECRET_FILE);
+    let federated = env.get(names::AZURE_FEDERATED_TOKEN_FILE);
+    let identity_endpoint = env.get(names::IDENTITY_ENDPOINT);
 
-    let kind = match env.get("AOAI_PROXY_CREDENTIAL") {
-        Some(kind) => match kind.as_str() {
-            "certificate" | "secret" | "workload-identity" | "managed-identity" => kind,
-            _ => {
-                return Err(error(
-                    "AOAI_PROXY_CREDENTIAL",
-                    format!("{kind:?} is not a credential kind (use {CREDENTIAL_KINDS})"),
-                ));
-            }
-        },
+    let kind = match env.get(names::AOAI_PROXY_CREDENTIAL) {
+        Some(text) => CredentialKind::parse(&text).ok_or_else(|| {
+            error(
+                names::AOAI_PROXY_CREDENTIAL,
+                format!("{text:?} is not a credential kind (use {CREDENTIAL_KINDS})"),
+            )
+        })?,
         None => {
-            let mut present: Vec<(&str, &str)> = Vec::new();
+            let mut present: Vec<(CredentialKind, &str)> = Vec::new();
             if let Some((name, _)) = &certificate {
-                present.push(("certificate", name));
+                present.push((CredentialKind::Certificate, name));
             }
             if secret_inline.is_some() {
-                present.push(("secret", "AZURE_CLIENT_SECRET"));
+                present.push((CredentialKind::Secret, names::AZURE_CLIENT_SECRET));
             }
             if secret_file.is_some() {
-                present.push(("secret", "AOAI_PROXY_CLIENT_SECRET_FILE"));
+                present.push((CredentialKind::Secret, names::AOAI_PROXY_CLIENT_SECRET_FILE));
             }
             if federated.is_some() {
-                present.push(("workload-identity", "AZURE_FEDERATED_TOKEN_FILE"));
+                present.push((
+                    CredentialKind::WorkloadIdentity,
+                    names::AZURE_FEDERATED_TOKEN_FILE,
+                ));
             }
             if identity_endpoint.is_some() {
-                present.push(("managed-identity", "IDENTITY_ENDPOINT"));
+                present.push((CredentialKind::ManagedIdentity, names::IDENTITY_ENDPOINT));
             }
-            let mut kinds: Vec<&str> = present.iter().map(|(k, _)| *k).collect();
+            let mut kinds: Vec<&str> = present.iter().map(|(k, _)| k.as_str()).collect();
             kinds.dedup();
-            match kinds.as_slice() {
-                [one] => one.to_string(),
-                [] if env.get("AZURE_TENANT_ID").is_some() => {
+            match present.as_slice() {
+                [(one, _)] => *one,
+                [(one, _), rest @ ..] if rest.iter().all(|(k, _)| k == one) => *one,
+                [] if env.get(names::AZURE_TENANT_ID).is_some() => {
                     return Err(error(
-                        "AOAI_PROXY_CREDENTIAL",
+                        names::AOAI_PROXY_CREDENTIAL,
                         "AZURE_TENANT_ID is set but no credential is: set AZURE_CERTIFICATE_PATH, AZURE_CLIENT_SECRET or AZURE_FEDERATED_TOKEN_FILE, or AOAI_PROXY_CREDENTIAL=managed-identity",
                     ));
                 }
-                [] => "managed-identity".to_string(),
+                [] => CredentialKind::ManagedIdentity,
                 _ => {
-                    let names: Vec<&str> = present.iter().map(|(_, n)| *n).collect();
+                    let variables: Vec<&str> = present.iter().map(|(_, n)| *n).collect();
                     return Err(error(
-                        "AOAI_PROXY_CREDENTIAL",
+                        names::AOAI_PROXY_CREDENTIAL,
                         format!(
                             "several credentials are configured ({}); set AOAI_PROXY_CREDENTIAL to one of {}",
-                            names.join(", "),
+                            variables.join(", "),
                             kinds.join(", ")
                         ),
                     ));
@@ -881,18 +993,18 @@ fn credential_from<F: Fn(&str) -> Option<String>>(env: &Env<F>) -> Result<Creden
     };
 
     let tenant_and_client = |why: &str| -> Result<(String, String), ConfigError> {
-        let tenant = env.required("AZURE_TENANT_ID", why)?;
-        let tenant = check_tenant(&tenant).map_err(|m| error("AZURE_TENANT_ID", m))?;
-        let client = env.required("AZURE_CLIENT_ID", why)?;
-        let client = check_client_id(&client).map_err(|m| error("AZURE_CLIENT_ID", m))?;
+        let tenant = env.required(names::AZURE_TENANT_ID, why)?;
+        let tenant = check_tenant(&tenant).map_err(|m| error(names::AZURE_TENANT_ID, m))?;
+        let client = env.required(names::AZURE_CLIENT_ID, why)?;
+        let client = check_client_id(&client).map_err(|m| error(names::AZURE_CLIENT_ID, m))?;
         Ok((tenant, client))
     };
 
-    match kind.as_str() {
-        "certificate" => {
+    match kind {
+        CredentialKind::Certificate => {
             let (path_variable, path) = certificate.ok_or_else(|| {
                 error(
-                    "AZURE_CERTIFICATE_PATH",
+                    names::AZURE_CERTIFICATE_PATH,
                     "is required for the certificate credential (or AZURE_CLIENT_CERTIFICATE_PATH)",
                 )
             })?;
@@ -903,19 +1015,19 @@ fn credential_from<F: Fn(&str) -> Option<String>>(env: &Env<F>) -> Result<Creden
                 path_variable,
                 path: PathBuf::from(path),
                 key_path: env
-                    .get("AOAI_PROXY_CERTIFICATE_KEY_PATH")
+                    .get(names::AOAI_PROXY_CERTIFICATE_KEY_PATH)
                     .map(PathBuf::from),
                 password: env
-                    .get("AZURE_CLIENT_CERTIFICATE_PASSWORD")
+                    .get(names::AZURE_CLIENT_CERTIFICATE_PASSWORD)
                     .map(Secret::new),
-                send_chain: env.bool("AZURE_CLIENT_SEND_CERTIFICATE_CHAIN")?,
+                send_chain: env.bool(names::AZURE_CLIENT_SEND_CERTIFICATE_CHAIN)?,
             })
         }
-        "secret" => {
+        CredentialKind::Secret => {
             let secret = match (secret_inline, secret_file) {
                 (Some(_), Some(_)) => {
                     return Err(error(
-                        "AOAI_PROXY_CLIENT_SECRET_FILE",
+                        names::AOAI_PROXY_CLIENT_SECRET_FILE,
                         "contradicts AZURE_CLIENT_SECRET; set only one of them",
                     ));
                 }
@@ -923,7 +1035,7 @@ fn credential_from<F: Fn(&str) -> Option<String>>(env: &Env<F>) -> Result<Creden
                 (None, Some(f)) => SecretSource::File(PathBuf::from(f)),
                 (None, None) => {
                     return Err(error(
-                        "AZURE_CLIENT_SECRET",
+                        names::AZURE_CLIENT_SECRET,
                         "is required for the secret credential (or AOAI_PROXY_CLIENT_SECRET_FILE)",
                     ));
                 }
@@ -935,10 +1047,10 @@ fn credential_from<F: Fn(&str) -> Option<String>>(env: &Env<F>) -> Result<Creden
                 secret,
             })
         }
-        "workload-identity" => {
+        CredentialKind::WorkloadIdentity => {
             let token_file = federated.ok_or_else(|| {
                 error(
-                    "AZURE_FEDERATED_TOKEN_FILE",
+                    names::AZURE_FEDERATED_TOKEN_FILE,
                     "is required for the workload-identity credential",
                 )
             })?;
@@ -949,33 +1061,33 @@ fn credential_from<F: Fn(&str) -> Option<String>>(env: &Env<F>) -> Result<Creden
                 token_file: PathBuf::from(token_file),
             })
         }
-        _ => {
+        CredentialKind::ManagedIdentity => {
             let mut ids = Vec::new();
-            if let Some(id) = env.get("AZURE_CLIENT_ID") {
-                let id = check_client_id(&id).map_err(|m| error("AZURE_CLIENT_ID", m))?;
-                ids.push(("AZURE_CLIENT_ID", UserAssignedId::ClientId(id)));
+            if let Some(id) = env.get(names::AZURE_CLIENT_ID) {
+                let id = check_client_id(&id).map_err(|m| error(names::AZURE_CLIENT_ID, m))?;
+                ids.push((names::AZURE_CLIENT_ID, UserAssignedId::ClientId(id)));
             }
-            if let Some(id) = env.get("AOAI_PROXY_MANAGED_IDENTITY_OBJECT_ID") {
+            if let Some(id) = env.get(names::AOAI_PROXY_MANAGED_IDENTITY_OBJECT_ID) {
                 if !is_guid(&id) {
                     return Err(error(
-                        "AOAI_PROXY_MANAGED_IDENTITY_OBJECT_ID",
+                        names::AOAI_PROXY_MANAGED_IDENTITY_OBJECT_ID,
                         format!("{id:?} is not an object id (a GUID)"),
                     ));
                 }
                 ids.push((
-                    "AOAI_PROXY_MANAGED_IDENTITY_OBJECT_ID",
+                    names::AOAI_PROXY_MANAGED_IDENTITY_OBJECT_ID,
                     UserAssignedId::ObjectId(id),
                 ));
             }
-            if let Some(id) = env.get("AOAI_PROXY_MANAGED_IDENTITY_RESOURCE_ID") {
+            if let Some(id) = env.get(names::AOAI_PROXY_MANAGED_IDENTITY_RESOURCE_ID) {
                 if !id.starts_with("/subscriptions/") {
                     return Err(error(
-                        "AOAI_PROXY_MANAGED_IDENTITY_RESOURCE_ID",
+                        names::AOAI_PROXY_MANAGED_IDENTITY_RESOURCE_ID,
                         format!("{id:?} is not an Azure resource id (/subscriptions/...)"),
                     ));
                 }
                 ids.push((
-                    "AOAI_PROXY_MANAGED_IDENTITY_RESOURCE_ID",
+                    names::AOAI_PROXY_MANAGED_IDENTITY_RESOURCE_ID,
                     UserAssignedId::ResourceId(id),
                 ));
             }
@@ -991,9 +1103,9 @@ fn credential_from<F: Fn(&str) -> Option<String>>(env: &Env<F>) -> Result<Creden
             }
             let endpoint = match identity_endpoint {
                 Some(endpoint) => {
-                    let endpoint =
-                        parse_http_url(&endpoint).map_err(|m| error("IDENTITY_ENDPOINT", m))?;
-                    let header = env.required("IDENTITY_HEADER", "with IDENTITY_ENDPOINT")?;
+                    let endpoint = parse_http_url(&endpoint)
+                        .map_err(|m| error(names::IDENTITY_ENDPOINT, m))?;
+                    let header = env.required(names::IDENTITY_HEADER, "with IDENTITY_ENDPOINT")?;
                     ManagedIdentityEndpoint::AppService {
                         endpoint,
                         header: Secret::new(header),
@@ -1001,7 +1113,7 @@ fn credential_from<F: Fn(&str) -> Option<String>>(env: &Env<F>) -> Result<Creden
                 }
                 None => ManagedIdentityEndpoint::Imds {
                     base: env.parsed(
-                        "AZURE_POD_IDENTITY_AUTHORITY_HOST",
+                        names::AZURE_POD_IDENTITY_AUTHORITY_HOST,
                         DEFAULT_IMDS_HOST.to_string(),
                         parse_http_url,
                     )?,

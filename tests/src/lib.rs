@@ -6,10 +6,12 @@
 
 pub mod ca;
 pub mod client;
+pub mod contract;
 pub mod control_plane;
 pub mod egress_proxy;
 pub mod entra;
 pub mod generated;
+pub mod kubelet;
 pub mod managed_identity;
 pub mod openai;
 pub mod operator;

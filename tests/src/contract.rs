@@ -1,0 +1,93 @@
+//! The contract between what the operator injects and what the proxy reads, checked on real
+//! injections: the sidecar's environment, started as the kubelet would, must parse with the
+//! proxy's own `Config::from_lookup` into the credential, port and upstream its AzureOpenAIProxy
+//! asks for. A variable renamed or dropped on either side fails here.
+
+use aoai_operator::annotations;
+use aoai_operator::crd::AzureOpenAIProxy;
+use aoai_operator::mutate::CONTAINER_NAME;
+use aoai_proxy::config::{Config, Upstream};
+use k8s_openapi::api::core::v1::PodSpec;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+
+use crate::ca::{fixture_key_pem, self_signed_client_cert};
+use crate::kubelet::{self, Source};
+
+/// What a referenced Secret key holds, plausibly: a certificate and its key for the certificate
+/// keys, a value otherwise.
+fn content(_: Source, _: &str, key: &str) -> String {
+    let pem = || {
+        let key_pem = fixture_key_pem("client-a");
+        let now = 1_800_000_000;
+        self_signed_client_cert(&key_pem, now - 3600, now + 86_400) + &key_pem
+    };
+    match key {
+        k if k.ends_with(".crt") || k.ends_with(".key") || k.ends_with(".pem") => pem(),
+        _ => format!("value-of-{key}"),
+    }
+}
+
+/// Checks the sidecar of the pod (`meta`, `spec`) injected with `proxy`; returns what was checked,
+/// for the caller's message.
+pub fn assert_sidecar_configures(
+    what: &str,
+    meta: &ObjectMeta,
+    spec: &PodSpec,
+    proxy: &AzureOpenAIProxy,
+) -> String {
+    let sidecar = spec
+        .init_containers
+        .iter()
+        .flatten()
+        .chain(spec.containers.iter())
+        .find(|c| c.name == CONTAINER_NAME)
+        .unwrap_or_else(|| panic!("{what}: no {CONTAINER_NAME} container"));
+    let root = tempfile::tempdir().expect("a scratch folder");
+    let env = kubelet::environment(
+        spec,
+        sidecar,
+        &content,
+        "service-account-token",
+        root.path(),
+    );
+    let config = Config::from_lookup(|name| env.get(name).cloned()).unwrap_or_else(|e| {
+        panic!("{what}: the injected environment does not configure the proxy: {e}")
+    });
+
+    let wanted_kind = proxy
+        .spec
+        .credential
+        .kind()
+        .expect("a valid spec")
+        .proxy_kind();
+    assert_eq!(
+        config.credential.credential_kind(),
+        wanted_kind,
+        "{what}: credential"
+    );
+    let port_override = meta
+        .annotations
+        .as_ref()
+        .and_then(|a| a.get(annotations::PORT))
+        .and_then(|p| p.parse::<u16>().ok());
+    let wanted_port = port_override.unwrap_or(proxy.spec.sidecar.port as u16);
+    assert_eq!(config.listen.port(), wanted_port, "{what}: port");
+    assert!(
+        config.listen.ip().is_loopback(),
+        "{what}: the forwarding port must be loopback only"
+    );
+    let wanted = Upstream::parse(&proxy.spec.endpoint).expect("a valid endpoint");
+    assert_eq!(
+        (
+            config.upstream.authority.as_str(),
+            config.upstream.path_prefix.as_str()
+        ),
+        (wanted.authority.as_str(), wanted.path_prefix.as_str()),
+        "{what}: upstream"
+    );
+    format!(
+        "{what}: {} on port {wanted_port} to {}",
+        wanted_kind.as_str(),
+        proxy.spec.endpoint
+    )
+}
