@@ -173,7 +173,9 @@ async fn a_valid_certificate_gets_ready_status_and_one_event_then_no_more_writes
         Arc::new(proxy(spec.clone())),
         ctx.clone(),
     ));
-    expect_secret_get(&mut handle, "cert", Some(tls_secret())).await;
+    // One Secret for both reconciles: each call of tls_secret() signs a new certificate.
+    let secret = tls_secret();
+    expect_secret_get(&mut handle, "cert", Some(secret.clone())).await;
     let status = expect_status_apply(&mut handle, &spec).await;
     assert_eq!(condition(&status, "Ready")["status"], "True");
     assert_eq!(
@@ -207,8 +209,12 @@ async fn a_valid_certificate_gets_ready_status_and_one_event_then_no_more_writes
     let mut applied = proxy(spec);
     applied.status = Some(serde_json::from_value(status).unwrap());
     let run = tokio::spawn(controller::reconcile(Arc::new(applied), ctx));
-    expect_secret_get(&mut handle, "cert", Some(tls_secret())).await;
-    run.await.unwrap().unwrap();
+    expect_secret_get(&mut handle, "cert", Some(secret)).await;
+    tokio::time::timeout(Duration::from_secs(5), run)
+        .await
+        .expect("the second reconcile writes nothing more")
+        .unwrap()
+        .unwrap();
     expect_no_request(&mut handle).await;
 }
 
