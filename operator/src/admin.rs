@@ -9,8 +9,7 @@ use bytes::Bytes;
 use http::{Request, Response, StatusCode, header};
 use http_body_util::Full;
 use hyper::service::service_fn;
-use hyper_util::rt::{TokioExecutor, TokioIo};
-use hyper_util::server::conn::auto;
+use hyper_util::rt::TokioIo;
 use tokio::net::TcpListener;
 
 use crate::metrics::Metrics;
@@ -59,7 +58,7 @@ pub async fn serve(listener: TcpListener, admin: Arc<Admin>) {
         let (stream, _): (_, SocketAddr) = match listener.accept().await {
             Ok(accepted) => accepted,
             Err(e) => {
-                tracing::warn!("admin accept failed: {e}");
+                aoai_proxy::server::accept_failed(e).await;
                 continue;
             }
         };
@@ -69,7 +68,7 @@ pub async fn serve(listener: TcpListener, admin: Arc<Admin>) {
                 let response = route(&admin, &request);
                 async move { Ok::<_, Infallible>(response) }
             });
-            let _ = auto::Builder::new(TokioExecutor::new())
+            let _ = crate::connection_builder()
                 .serve_connection(TokioIo::new(stream), service)
                 .await;
         });

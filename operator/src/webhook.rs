@@ -14,8 +14,7 @@ use bytes::Bytes;
 use http::{Method, Request, Response, StatusCode, header};
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::service::service_fn;
-use hyper_util::rt::{TokioExecutor, TokioIo};
-use hyper_util::server::conn::auto;
+use hyper_util::rt::TokioIo;
 use k8s_openapi::api::core::v1::ObjectReference;
 use k8s_openapi::api::core::v1::Pod;
 use kube::core::DynamicObject;
@@ -291,7 +290,7 @@ pub async fn serve(listener: TcpListener, tls: Arc<rustls::ServerConfig>, webhoo
         let (stream, _) = match listener.accept().await {
             Ok(accepted) => accepted,
             Err(e) => {
-                tracing::warn!("webhook accept failed: {e}");
+                aoai_proxy::server::accept_failed(e).await;
                 continue;
             }
         };
@@ -315,7 +314,7 @@ pub async fn serve(listener: TcpListener, tls: Arc<rustls::ServerConfig>, webhoo
                 let webhook = webhook.clone();
                 async move { Ok::<_, Infallible>(webhook.handle(request).await) }
             });
-            let _ = auto::Builder::new(TokioExecutor::new())
+            let _ = crate::connection_builder()
                 .serve_connection(TokioIo::new(stream), service)
                 .await;
         });

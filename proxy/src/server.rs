@@ -193,7 +193,8 @@ fn timer_tick() -> tokio::time::Interval {
 }
 
 /// Accept fails when the process runs out of file descriptors: back off instead of spinning.
-async fn accept_failed(error: std::io::Error) {
+/// (The operator's listeners use it too.)
+pub async fn accept_failed(error: std::io::Error) {
     tracing::warn!("accept failed: {error}");
     tokio::time::sleep(Duration::from_millis(50)).await;
 }
