@@ -464,34 +464,8 @@ pub async fn run(
     shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
 ) {
     let proxies: Api<AzureOpenAIProxy> = Api::all(client.clone());
-    // Api<PartialObjectMeta<_>> makes metadata-only requests: no Secret's data is ever sent here.
-    let secret_apis: Vec<Api<PartialObjectMeta<Secret>>> = match &secret_namespaces {
-        SecretNamespaces::All => vec![Api::all(client.clone())],
-        SecretNamespaces::Only(namespaces) => namespaces
-            .iter()
-            .map(|n| Api::namespaced(client.clone(), n))
-            .collect(),
-    };
-    let config_map_apis: Vec<Api<PartialObjectMeta<ConfigMap>>> = match &secret_namespaces {
-        SecretNamespaces::All => vec![Api::all(client.clone())],
-        SecretNamespaces::Only(namespaces) => namespaces
-            .iter()
-            .map(|n| Api::namespaced(client.clone(), n))
-            .collect(),
-    };
-    let secret_changes = futures_util::stream::select_all(secret_apis.into_iter().map(|api| {
-        watcher(api, watcher::Config::default())
-            .default_backoff()
-            .touched_objects()
-            .boxed()
-    }));
-    let config_map_changes =
-        futures_util::stream::select_all(config_map_apis.into_iter().map(|api| {
-            watcher(api, watcher::Config::default())
-                .default_backoff()
-                .touched_objects()
-                .boxed()
-        }));
+    let secret_changes = metadata_changes::<Secret>(&client, &secret_namespaces);
+    let config_map_changes = metadata_changes::<ConfigMap>(&client, &secret_namespaces);
     let (pods, pods_writer) = reflector::store();
     let pod_stream = reflector::reflector(
         pods_writer,
@@ -567,6 +541,36 @@ pub async fn run(
             }
         });
     tokio::join!(caches, run);
+}
+
+/// Every change to a `K` (a Secret, a ConfigMap) in `namespaces`, by metadata only:
+/// `Api<PartialObjectMeta<_>>` makes metadata-only requests, so no object's data is ever sent here.
+fn metadata_changes<K>(
+    client: &Client,
+    namespaces: &SecretNamespaces,
+) -> impl futures_util::Stream<Item = Result<PartialObjectMeta<K>, watcher::Error>> + Send + use<K>
+where
+    K: Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>
+        + Clone
+        + DeserializeOwned
+        + std::fmt::Debug
+        + Send
+        + Sync
+        + 'static,
+{
+    let apis: Vec<Api<PartialObjectMeta<K>>> = match namespaces {
+        SecretNamespaces::All => vec![Api::all(client.clone())],
+        SecretNamespaces::Only(namespaces) => namespaces
+            .iter()
+            .map(|n| Api::namespaced(client.clone(), n))
+            .collect(),
+    };
+    futures_util::stream::select_all(apis.into_iter().map(|api| {
+        watcher(api, watcher::Config::default())
+            .default_backoff()
+            .touched_objects()
+            .boxed()
+    }))
 }
 
 /// An injected pod as the cache keeps it: its name, labels, config hash and owners, and its phase
