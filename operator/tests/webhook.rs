@@ -733,3 +733,76 @@ async fn fuzz_regressions_are_answered() {
     }
     assert!(found > 0);
 }
+
+/// Golden files of the webhook's answers, as linkerd's injector keeps them: for each AdmissionReview
+/// the real kube-apiserver recorded, `tests/golden/admission/NAME.json` holds the answer (allowed,
+/// message, warnings) and the decoded JSON Patch. `UPDATE_GOLDEN=1` rewrites them; review the diff.
+#[test]
+fn the_answers_to_the_recorded_admission_reviews_match_their_golden_files() {
+    let (store, mut writer) = reflector::store();
+    writer.apply_watcher_event(&watcher::Event::Init);
+    for proxy in proxies() {
+        writer.apply_watcher_event(&watcher::Event::InitApply(proxy));
+    }
+    writer.apply_watcher_event(&watcher::Event::InitDone);
+    let hook = Webhook {
+        proxies: store,
+        options: InjectOptions {
+            default_image: "aoai-proxy:golden".into(),
+            native_sidecars_supported: true,
+        },
+        metrics: Arc::new(Metrics::new()),
+        events: None,
+    };
+    let golden = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/golden/admission");
+    let update = std::env::var_os("UPDATE_GOLDEN").is_some();
+    let mut names: Vec<String> = std::fs::read_dir(fixtures())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().to_string())
+        .filter(|n| n.ends_with(".json"))
+        .collect();
+    names.sort();
+    let mut stale = Vec::new();
+    for name in &names {
+        let response = hook.review(&serde_json::to_vec(&fixture(name)).unwrap());
+        let body = futures_util::FutureExt::now_or_never(response.into_body().collect())
+            .unwrap()
+            .unwrap()
+            .to_bytes();
+        let answer: Value = serde_json::from_slice(&body).unwrap();
+        let response = &answer["response"];
+        let patch: Value = match response["patch"].as_str() {
+            Some(patch) => serde_json::from_slice(
+                &base64::engine::general_purpose::STANDARD
+                    .decode(patch)
+                    .unwrap(),
+            )
+            .unwrap(),
+            None => Value::Null,
+        };
+        let actual = serde_json::to_string_pretty(&json!({
+            "allowed": response["allowed"],
+            "message": response["status"]["message"],
+            "warnings": response["warnings"],
+            "patch": patch,
+        }))
+        .unwrap()
+            + "\n";
+        let path = golden.join(name);
+        if update {
+            std::fs::create_dir_all(&golden).unwrap();
+            std::fs::write(&path, &actual).unwrap();
+        } else if std::fs::read_to_string(&path).unwrap_or_default() != actual {
+            stale.push(format!("{}:\n{actual}", path.display()));
+        }
+    }
+    assert!(
+        names.len() >= 8,
+        "the recorded fixtures are missing: {names:?}"
+    );
+    assert!(
+        stale.is_empty(),
+        "webhook answers differ (UPDATE_GOLDEN=1 to accept):\n{}",
+        stale.join("\n")
+    );
+}
