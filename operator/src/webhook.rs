@@ -103,6 +103,22 @@ fn encode_review(response: AdmissionResponse) -> Vec<u8> {
     serde_json::to_vec(&review).unwrap_or_default()
 }
 
+/// The request of an AdmissionReview body, its object decoded as `K`.
+fn decode<K>(body: &[u8]) -> Result<AdmissionRequest<K>, String>
+where
+    K: kube::Resource + serde::de::DeserializeOwned,
+{
+    let review: AdmissionReview<K> = serde_json::from_slice(body)
+        .map_err(|e| format!("the body is not an AdmissionReview: {e}"))?;
+    review
+        .try_into()
+        .map_err(|e| format!("the AdmissionReview has no usable request: {e}"))
+}
+
+fn is_pod<K: kube::Resource>(request: &AdmissionRequest<K>) -> bool {
+    request.kind.group.is_empty() && request.kind.kind == "Pod"
+}
+
 fn bad_request(message: &str) -> Response<Full<Bytes>> {
     json(
         StatusCode::BAD_REQUEST,
@@ -110,62 +126,126 @@ fn bad_request(message: &str) -> Response<Full<Bytes>> {
     )
 }
 
+/// What the webhook decided about one admission request.
+enum Decision {
+    Injected {
+        patch: json_patch::Patch,
+        warnings: Vec<String>,
+    },
+    Skipped(&'static str),
+    Denied {
+        reason: &'static str,
+        message: String,
+    },
+}
+
+impl Decision {
+    /// The `result` label of `aoai_operator_admissions_total`.
+    fn result(&self) -> &'static str {
+        match self {
+            Decision::Injected { .. } => result::INJECTED,
+            Decision::Skipped(_) => result::SKIPPED,
+            Decision::Denied { .. } => result::DENIED,
+        }
+    }
+
+    /// The `reason` label, and the Event's action.
+    fn reason(&self) -> &'static str {
+        match self {
+            Decision::Injected { .. } => "injected",
+            Decision::Skipped(reason) | Decision::Denied { reason, .. } => reason,
+        }
+    }
+}
+
+fn denial(reason: &'static str, message: impl Into<String>) -> Decision {
+    Decision::Denied {
+        reason,
+        message: message.into(),
+    }
+}
+
 impl Webhook {
-    /// Answers one AdmissionReview body: the HTTP status and the JSON to send.
+    /// Answers one AdmissionReview body: the HTTP status and the JSON to send. The body is
+    /// decoded once, straight into a typed Pod; only what is not a pod goes through a generic
+    /// object (and is allowed unchanged).
     pub fn review(&self, body: &[u8]) -> Response<Full<Bytes>> {
         let started = Instant::now();
-        let review: AdmissionReview<DynamicObject> = match serde_json::from_slice(body) {
-            Ok(review) => review,
-            Err(e) => {
-                self.metrics
-                    .admitted(result::INVALID, deny::MALFORMED_REQUEST, started.elapsed());
-                return bad_request(&format!("the body is not an AdmissionReview: {e}"));
-            }
-        };
-        let request: AdmissionRequest<DynamicObject> = match review.try_into() {
+        let request = match decode::<Pod>(body) {
             Ok(request) => request,
-            Err(e) => {
-                self.metrics
-                    .admitted(result::INVALID, deny::MALFORMED_REQUEST, started.elapsed());
-                return bad_request(&format!("the AdmissionReview has no usable request: {e}"));
-            }
+            Err(pod_error) => match decode::<DynamicObject>(body) {
+                // Not a pod: nothing to inject.
+                Ok(other) if !is_pod(&other) => {
+                    self.metrics.admitted(
+                        result::SKIPPED,
+                        skip::NOT_A_POD_CREATE,
+                        started.elapsed(),
+                    );
+                    return json(
+                        StatusCode::OK,
+                        encode_review(AdmissionResponse::from(&other)),
+                    );
+                }
+                // A pod that is not one: refused, as the API server would not send it.
+                Ok(other) => {
+                    let response = AdmissionResponse::from(&other)
+                        .deny(format!("aoai-proxy: the pod cannot be read: {pod_error}"));
+                    self.metrics.admitted(
+                        result::DENIED,
+                        deny::MALFORMED_REQUEST,
+                        started.elapsed(),
+                    );
+                    return json(StatusCode::OK, encode_review(response));
+                }
+                Err(e) => {
+                    self.metrics.admitted(
+                        result::INVALID,
+                        deny::MALFORMED_REQUEST,
+                        started.elapsed(),
+                    );
+                    return bad_request(&e);
+                }
+            },
         };
-        let (response, result, reason) = self.admit(&request);
-        self.metrics.admitted(result, reason, started.elapsed());
-        if !request.dry_run && (result == result::INJECTED || result == result::DENIED) {
-            self.record(&request, &response, result, reason);
-        }
-        if result == result::DENIED {
+        let decision = self.decide(&request);
+        self.metrics
+            .admitted(decision.result(), decision.reason(), started.elapsed());
+        if let Decision::Denied { reason, message } = &decision {
             tracing::info!(
                 namespace = request.namespace.as_deref().unwrap_or_default(),
                 pod = request.name,
                 reason,
-                "denied: {}",
-                response.result.message
+                "denied: aoai-proxy: {message}"
             );
         }
+        if !request.dry_run {
+            self.record(&request, &decision);
+        }
+        let allowed = AdmissionResponse::from(&request);
+        let response = match decision {
+            Decision::Skipped(_) => allowed,
+            Decision::Denied { message, .. } => allowed.deny(format!("aoai-proxy: {message}")),
+            Decision::Injected { patch, warnings } => match allowed.with_patch(patch) {
+                Ok(mut response) => {
+                    if !warnings.is_empty() {
+                        response.warnings = Some(warnings);
+                    }
+                    response
+                }
+                Err(e) => AdmissionResponse::from(&request).deny(format!("aoai-proxy: {e}")),
+            },
+        };
         json(StatusCode::OK, encode_review(response))
     }
 
-    /// Publishes the admission Event in the background: admission never waits for it.
-    fn record(
-        &self,
-        request: &AdmissionRequest<DynamicObject>,
-        response: &AdmissionResponse,
-        result: &'static str,
-        reason: &'static str,
-    ) {
-        let Some(recorder) = self.events.clone() else {
+    /// Publishes the admission Event of an injection or a denial in the background: admission
+    /// never waits for it.
+    fn record(&self, request: &AdmissionRequest<Pod>, decision: &Decision) {
+        let (Some(recorder), Some(pod)) = (self.events.clone(), request.object.as_ref()) else {
             return;
         };
         let namespace = request.namespace.clone().unwrap_or_default();
-        let pod: Option<Pod> = request
-            .object
-            .as_ref()
-            .and_then(|o| serde_json::to_value(o).ok())
-            .and_then(|v| serde_json::from_value(v).ok());
-        let Some(pod) = pod else { return };
-        let Some(subject) = event_subject(&pod, &namespace) else {
+        let Some(subject) = event_subject(pod, &namespace) else {
             return;
         };
         let pod_name = pod
@@ -174,22 +254,25 @@ impl Webhook {
             .clone()
             .or(pod.metadata.generate_name.clone().map(|g| format!("{g}*")))
             .unwrap_or_default();
-        let event = if result == result::INJECTED {
-            Event {
-                type_: EventType::Normal,
-                reason: "Injected".into(),
-                note: Some(format!("aoai-proxy sidecar injected into pod {pod_name}")),
-                action: reason.into(),
-                secondary: None,
-            }
-        } else {
-            Event {
-                type_: EventType::Warning,
-                reason: "InjectionDenied".into(),
-                note: Some(format!("pod {pod_name}: {}", response.result.message)),
-                action: reason.into(),
-                secondary: None,
-            }
+        let (type_, reason, note) = match decision {
+            Decision::Injected { .. } => (
+                EventType::Normal,
+                "Injected",
+                format!("aoai-proxy sidecar injected into pod {pod_name}"),
+            ),
+            Decision::Denied { message, .. } => (
+                EventType::Warning,
+                "InjectionDenied",
+                format!("pod {pod_name}: aoai-proxy: {message}"),
+            ),
+            Decision::Skipped(_) => return,
+        };
+        let event = Event {
+            type_,
+            reason: reason.into(),
+            note: Some(note),
+            action: decision.reason().into(),
+            secondary: None,
         };
         tokio::spawn(async move {
             if let Err(e) = recorder.publish(&event, &subject).await {
@@ -198,63 +281,30 @@ impl Webhook {
         });
     }
 
-    fn admit(
-        &self,
-        request: &AdmissionRequest<DynamicObject>,
-    ) -> (AdmissionResponse, &'static str, &'static str) {
-        let allowed = AdmissionResponse::from(request);
-        let is_pod = request.kind.group.is_empty() && request.kind.kind == "Pod";
-        let (true, Operation::Create, Some(object)) = (is_pod, &request.operation, &request.object)
+    fn decide(&self, request: &AdmissionRequest<Pod>) -> Decision {
+        // Another kind's object may decode as a Pod (every field of a Pod is optional).
+        let (true, Operation::Create, Some(pod)) =
+            (is_pod(request), &request.operation, &request.object)
         else {
-            return (allowed, result::SKIPPED, skip::NOT_A_POD_CREATE);
-        };
-        let pod: Pod = match serde_json::to_value(object).and_then(serde_json::from_value) {
-            Ok(pod) => pod,
-            Err(e) => {
-                return (
-                    allowed.deny(format!("aoai-proxy: the pod cannot be read: {e}")),
-                    result::DENIED,
-                    deny::MALFORMED_REQUEST,
-                );
-            }
+            return Decision::Skipped(skip::NOT_A_POD_CREATE);
         };
         let namespace = request
             .namespace
             .clone()
             .or_else(|| pod.metadata.namespace.clone())
             .unwrap_or_default();
-        let Some(spec) = pod.spec.clone() else {
-            return (
-                allowed.deny("aoai-proxy: the pod has no spec"),
-                result::DENIED,
-                deny::MALFORMED_REQUEST,
-            );
+        let Some(spec) = pod.spec.as_ref() else {
+            return denial(deny::MALFORMED_REQUEST, "the pod has no spec");
         };
         let (mut meta, mut new_spec) = (pod.metadata.clone(), spec.clone());
         let lookup = |name: &str| self.proxies.get(&ObjectRef::new(name).within(&namespace));
         match mutate::inject(&mut meta, &mut new_spec, &namespace, lookup, &self.options) {
-            Outcome::Skipped(reason) => (allowed, result::SKIPPED, reason),
-            Outcome::Denied { reason, message } => (
-                allowed.deny(format!("aoai-proxy: {message}")),
-                result::DENIED,
-                reason,
-            ),
-            Outcome::Injected { warnings } => {
-                let patch = mutate::pod_patch(&pod.metadata, &spec, &meta, &new_spec);
-                match allowed.with_patch(patch) {
-                    Ok(mut response) => {
-                        if !warnings.is_empty() {
-                            response.warnings = Some(warnings);
-                        }
-                        (response, result::INJECTED, "injected")
-                    }
-                    Err(e) => (
-                        AdmissionResponse::from(request).deny(format!("aoai-proxy: {e}")),
-                        result::DENIED,
-                        deny::MALFORMED_REQUEST,
-                    ),
-                }
-            }
+            Outcome::Skipped(reason) => Decision::Skipped(reason),
+            Outcome::Denied { reason, message } => denial(reason, message),
+            Outcome::Injected { warnings } => Decision::Injected {
+                patch: mutate::pod_patch(&pod.metadata, spec, &meta, &new_spec),
+                warnings,
+            },
         }
     }
 

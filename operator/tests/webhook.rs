@@ -806,3 +806,37 @@ fn the_answers_to_the_recorded_admission_reviews_match_their_golden_files() {
         stale.join("\n")
     );
 }
+
+/// Every field of a Pod is optional, so another kind's object decodes as one: such a request is
+/// still allowed unchanged, never denied as a pod without a spec.
+#[test]
+fn an_object_of_another_kind_is_allowed_unchanged() {
+    let (store, mut writer) = reflector::store();
+    writer.apply_watcher_event(&watcher::Event::Init);
+    writer.apply_watcher_event(&watcher::Event::InitDone);
+    let hook = Webhook {
+        proxies: store,
+        options: InjectOptions {
+            default_image: "aoai-proxy:test".into(),
+            native_sidecars_supported: true,
+        },
+        metrics: Arc::new(Metrics::new()),
+        events: None,
+    };
+    let mut review = fixture("pod-annotated.json");
+    review["request"]["kind"] = json!({"group": "", "version": "v1", "kind": "ConfigMap"});
+    review["request"]["resource"] = json!({"group": "", "version": "v1", "resource": "configmaps"});
+    review["request"]["object"] = json!({"apiVersion": "v1", "kind": "ConfigMap",
+        "metadata": {"name": "c", "annotations": {"aoai-proxy.io/inject": "x"}}, "data": {"a": "b"}});
+    let response = hook.review(&serde_json::to_vec(&review).unwrap());
+    let body = futures_util::FutureExt::now_or_never(response.into_body().collect())
+        .unwrap()
+        .unwrap()
+        .to_bytes();
+    let answer: Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(answer["response"]["allowed"], true, "{answer}");
+    assert!(
+        answer["response"].get("patch").is_none_or(Value::is_null),
+        "{answer}"
+    );
+}
