@@ -1,7 +1,6 @@
 //! The operator's admin listener (plain HTTP): `/metrics`, `/healthz`, `/readyz`.
 
 use std::convert::Infallible;
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
@@ -9,7 +8,6 @@ use bytes::Bytes;
 use http::{Request, Response, StatusCode, header};
 use http_body_util::Full;
 use hyper::service::service_fn;
-use hyper_util::rt::TokioIo;
 use tokio::net::TcpListener;
 
 use crate::metrics::Metrics;
@@ -54,25 +52,22 @@ pub fn route<B>(admin: &Admin, request: &Request<B>) -> Response<Full<Bytes>> {
 
 /// Serves until the task is dropped.
 pub async fn serve(listener: TcpListener, admin: Arc<Admin>) {
-    loop {
-        let (stream, _): (_, SocketAddr) = match listener.accept().await {
-            Ok(accepted) => accepted,
-            Err(e) => {
-                aoai_proxy::server::accept_failed(e).await;
-                continue;
-            }
-        };
-        let admin = admin.clone();
-        tokio::spawn(async move {
-            let service = service_fn(move |request: Request<hyper::body::Incoming>| {
+    aoai_proxy::server::serve(
+        "admin",
+        listener,
+        None,
+        &crate::connection_builder(),
+        move |_| {
+            let admin = admin.clone();
+            service_fn(move |request: Request<hyper::body::Incoming>| {
                 let response = route(&admin, &request);
                 async move { Ok::<_, Infallible>(response) }
-            });
-            let _ = crate::connection_builder()
-                .serve_connection(TokioIo::new(stream), service)
-                .await;
-        });
-    }
+            })
+        },
+        std::future::pending(),
+        std::time::Duration::ZERO,
+    )
+    .await
 }
 
 #[cfg(test)]

@@ -14,7 +14,6 @@ use bytes::Bytes;
 use http::{Method, Request, Response, StatusCode, header};
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::service::service_fn;
-use hyper_util::rt::TokioIo;
 use k8s_openapi::api::core::v1::ObjectReference;
 use k8s_openapi::api::core::v1::Pod;
 use kube::core::DynamicObject;
@@ -335,38 +334,20 @@ impl Webhook {
 /// Serves the webhook over TLS on `listener` until the task is dropped. `tls` is consulted at
 /// each handshake, so a rotated certificate is used without a restart.
 pub async fn serve(listener: TcpListener, tls: Arc<rustls::ServerConfig>, webhook: Arc<Webhook>) {
-    let acceptor = TlsAcceptor::from(tls);
-    loop {
-        let (stream, _) = match listener.accept().await {
-            Ok(accepted) => accepted,
-            Err(e) => {
-                aoai_proxy::server::accept_failed(e).await;
-                continue;
-            }
-        };
-        let acceptor = acceptor.clone();
-        let webhook = webhook.clone();
-        tokio::spawn(async move {
-            let stream = match tokio::time::timeout(
-                std::time::Duration::from_secs(10),
-                acceptor.accept(stream),
-            )
-            .await
-            {
-                Ok(Ok(stream)) => stream,
-                Ok(Err(e)) => {
-                    tracing::debug!("webhook TLS handshake failed: {e}");
-                    return;
-                }
-                Err(_) => return,
-            };
-            let service = service_fn(move |request| {
+    aoai_proxy::server::serve(
+        "webhook",
+        listener,
+        Some(TlsAcceptor::from(tls)),
+        &crate::connection_builder(),
+        move |_| {
+            let webhook = webhook.clone();
+            service_fn(move |request| {
                 let webhook = webhook.clone();
                 async move { Ok::<_, Infallible>(webhook.handle(request).await) }
-            });
-            let _ = crate::connection_builder()
-                .serve_connection(TokioIo::new(stream), service)
-                .await;
-        });
-    }
+            })
+        },
+        std::future::pending(),
+        std::time::Duration::ZERO,
+    )
+    .await
 }

@@ -13,7 +13,7 @@ use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto::Builder;
 use hyper_util::server::graceful::GracefulShutdown;
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpListener;
 
 use crate::forward::Forwarder;
 use crate::health;
@@ -93,91 +93,174 @@ impl Server {
             .expect("a bound listener has an address")
     }
 
-    /// Serves until `shutdown` resolves, then lets open requests and streams finish within the
-    /// grace period.
+    /// Serves until `shutdown` resolves, then lets open requests, streams and WebSocket sessions
+    /// finish within the grace period (sessions still open then are closed).
     pub async fn serve(self, shutdown: impl Future<Output = ()>) {
-        let graceful = GracefulShutdown::new();
-        tokio::pin!(shutdown);
-        let mut tick = timer_tick();
-        loop {
-            tokio::select! {
-                biased;
-                () = &mut shutdown => break,
-                _ = tick.tick() => logging::flush_access_log(),
-                accepted = self.forward.accept() => match accepted {
-                    Ok((stream, peer)) => self.spawn_forward(stream, peer, &graceful),
-                    Err(e) => accept_failed(e).await,
-                },
-                accepted = self.admin.accept() => match accepted {
-                    Ok((stream, _)) => self.spawn_admin(stream, &graceful),
-                    Err(e) => accept_failed(e).await,
-                },
+        let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+        let stopped = || {
+            let mut rx = stop_rx.clone();
+            async move {
+                let _ = rx.wait_for(|stop| *stop).await;
             }
-        }
-        drop(self.forward);
-        drop(self.admin);
-        logging::flush_access_log();
-        let open = graceful.count();
-        let sessions = self.forwarder.sessions.clone();
-        tracing::info!(open_connections = open, websocket_sessions = sessions.open(), grace = ?self.shutdown_grace, "shutting down: no new connections; waiting for open requests and sessions");
-        let drained = async {
-            graceful.shutdown().await;
-            sessions.closed().await;
         };
-        let grace_over = tokio::time::sleep(self.shutdown_grace);
-        tokio::pin!(drained, grace_over);
+        let grace = self.shutdown_grace;
+        let forwarder = self.forwarder.clone();
+        let forward = serve(
+            "forward",
+            self.forward,
+            None,
+            &self.builder,
+            move |peer: SocketAddr| {
+                let forwarder = forwarder.clone();
+                let client_ip = peer.ip();
+                service_fn(move |request: Request<Incoming>| {
+                    forwarder.clone().handle(request, client_ip)
+                })
+            },
+            stopped(),
+            grace,
+        );
+        let forwarder = self.forwarder.clone();
+        let admin = serve(
+            "admin",
+            self.admin,
+            None,
+            &self.builder,
+            move |_| {
+                let forwarder = forwarder.clone();
+                service_fn(move |request: Request<Incoming>| {
+                    let response = health::admin(&request, &forwarder.token, &forwarder.metrics);
+                    async move { Ok::<_, Infallible>(response) }
+                })
+            },
+            stopped(),
+            grace,
+        );
+        let sessions = self.forwarder.sessions.clone();
+        let sessions_end = async {
+            stopped().await;
+            if tokio::time::timeout(grace, sessions.closed())
+                .await
+                .is_err()
+            {
+                tracing::warn!(
+                    websocket_sessions = sessions.open(),
+                    "grace period over; closing the open WebSocket sessions"
+                );
+                sessions.close_all();
+            }
+        };
+        let servers = async {
+            tokio::join!(forward, admin, sessions_end);
+        };
+        tokio::pin!(servers, shutdown);
+        let mut tick = timer_tick();
+        let mut stopping = false;
         loop {
             tokio::select! {
-                () = &mut drained => {
-                    tracing::info!("all connections closed");
-                    break;
-                }
-                () = &mut grace_over => {
-                    tracing::warn!(websocket_sessions = sessions.open(), "grace period over; closing the remaining connections and sessions");
-                    sessions.close_all();
-                    break;
+                () = &mut servers => break,
+                () = &mut shutdown, if !stopping => {
+                    stopping = true;
+                    tracing::info!(websocket_sessions = sessions.open(), grace = ?grace, "shutting down: no new connections; waiting for open requests and sessions");
+                    let _ = stop_tx.send(true);
                 }
                 _ = tick.tick() => logging::flush_access_log(),
             }
         }
         logging::flush_access_log();
     }
+}
 
-    fn spawn_forward(&self, stream: TcpStream, peer: SocketAddr, graceful: &GracefulShutdown) {
-        let _ = stream.set_nodelay(true);
-        let forwarder = self.forwarder.clone();
-        let client_ip = peer.ip();
-        let service = service_fn(move |request: Request<Incoming>| {
-            forwarder.clone().handle(request, client_ip)
-        });
-        // With upgrades: a WebSocket handshake hands its connection to a tunnel (`websocket`).
-        let connection = self
-            .builder
-            .serve_connection_with_upgrades(TokioIo::new(stream), service)
-            .into_owned();
-        let connection = graceful.watch(connection);
-        tokio::spawn(async move {
-            if let Err(e) = connection.await {
-                tracing::debug!(client = %peer, "connection ended: {e}");
-            }
-        });
+/// How long a TLS client has to finish its handshake.
+const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The serve loop of every listener of both programs (the proxy's forwarding and admin ports,
+/// the operator's webhook and admin ports): accepts on `listener` until `shutdown`, serving each
+/// connection with `builder` (HTTP/1.1 or h2, upgrades allowed; the builder carries the header
+/// read timeout) and the service `make_service` makes for its peer, over TLS when `tls` is given.
+/// Accept errors (out of file descriptors) back off instead of spinning. On shutdown the listener
+/// closes and open connections get `grace` to finish; then they are dropped.
+pub async fn serve<M, S, B>(
+    name: &'static str,
+    listener: TcpListener,
+    tls: Option<tokio_rustls::TlsAcceptor>,
+    builder: &Builder<TokioExecutor>,
+    make_service: M,
+    shutdown: impl Future<Output = ()>,
+    grace: Duration,
+) where
+    M: Fn(SocketAddr) -> S,
+    S: hyper::service::Service<Request<Incoming>, Response = http::Response<B>> + Send + 'static,
+    S::Future: Send + 'static,
+    S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    B: http_body::Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let graceful = GracefulShutdown::new();
+    tokio::pin!(shutdown);
+    loop {
+        tokio::select! {
+            biased;
+            () = &mut shutdown => break,
+            accepted = listener.accept() => match accepted {
+                Ok((stream, peer)) => {
+                    let _ = stream.set_nodelay(true);
+                    let service = make_service(peer);
+                    let watcher = graceful.watcher();
+                    match &tls {
+                        None => {
+                            let connection = builder
+                                .serve_connection_with_upgrades(TokioIo::new(stream), service)
+                                .into_owned();
+                            tokio::spawn(async move {
+                                if let Err(e) = watcher.watch(connection).await {
+                                    tracing::debug!(listener = name, client = %peer, "connection ended: {e}");
+                                }
+                            });
+                        }
+                        Some(acceptor) => {
+                            let (acceptor, builder) = (acceptor.clone(), builder.clone());
+                            tokio::spawn(async move {
+                                let handshake = tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(stream));
+                                let stream = match handshake.await {
+                                    Ok(Ok(stream)) => stream,
+                                    Ok(Err(e)) => {
+                                        tracing::debug!(listener = name, client = %peer, "TLS handshake failed: {e}");
+                                        return;
+                                    }
+                                    Err(_) => return,
+                                };
+                                let connection = builder
+                                    .serve_connection_with_upgrades(TokioIo::new(stream), service)
+                                    .into_owned();
+                                if let Err(e) = watcher.watch(connection).await {
+                                    tracing::debug!(listener = name, client = %peer, "connection ended: {e}");
+                                }
+                            });
+                        }
+                    }
+                }
+                Err(e) => accept_failed(e).await,
+            },
+        }
     }
-
-    fn spawn_admin(&self, stream: TcpStream, graceful: &GracefulShutdown) {
-        let _ = stream.set_nodelay(true);
-        let forwarder = self.forwarder.clone();
-        let service = service_fn(move |request: Request<Incoming>| {
-            let response = health::admin(&request, &forwarder.token, &forwarder.metrics);
-            async move { Ok::<_, Infallible>(response) }
-        });
-        let connection = self
-            .builder
-            .serve_connection(TokioIo::new(stream), service)
-            .into_owned();
-        let connection = graceful.watch(connection);
-        tokio::spawn(async move {
-            let _ = connection.await;
-        });
+    drop(listener);
+    let open = graceful.count();
+    if tokio::time::timeout(grace, graceful.shutdown())
+        .await
+        .is_err()
+    {
+        tracing::warn!(
+            listener = name,
+            "grace period over; closing the remaining connections"
+        );
+    } else if open > 0 {
+        tracing::info!(
+            listener = name,
+            open_connections = open,
+            "all connections closed"
+        );
     }
 }
 
