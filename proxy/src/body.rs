@@ -102,6 +102,12 @@ pub enum ResponseBody {
     Local(Option<Bytes>),
 }
 
+impl From<String> for ResponseBody {
+    fn from(text: String) -> Self {
+        Self::local(text)
+    }
+}
+
 impl ResponseBody {
     pub fn upstream(
         inner: PooledBody<RequestBody>,

@@ -1,12 +1,12 @@
 //! Answers the proxy makes itself, as JSON in the OpenAI error shape that SDKs already parse:
-//! `{"error":{"message":"...","type":"...","code":"..."}}`.
+//! `{"error":{"message":"...","type":"...","code":"..."}}`, and the text of an error's chain. A
+//! leaf: it knows no body type of the crate (any body made from a `String` will do).
 
+use std::error::Error as StdError;
 use std::time::Duration;
 
 use http::header::{CONTENT_TYPE, RETRY_AFTER};
 use http::{HeaderValue, Response, StatusCode};
-
-use crate::body::ResponseBody;
 
 /// Every error the proxy answers with, never carrying a secret.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -101,7 +101,7 @@ impl ProxyError {
         }
     }
 
-    pub fn into_response(self) -> Response<ResponseBody> {
+    pub fn into_response<B: From<String>>(self) -> Response<B> {
         let mut response = json_error(self.status(), self.kind(), self.code(), &self.message());
         if let ProxyError::LockedOut { retry_after } = self {
             response
@@ -113,12 +113,12 @@ impl ProxyError {
 }
 
 /// A JSON error response in the OpenAI shape.
-pub fn json_error(
+pub fn json_error<B: From<String>>(
     status: StatusCode,
     kind: &str,
     code: &str,
     message: &str,
-) -> Response<ResponseBody> {
+) -> Response<B> {
     let body = serde_json::json!({
         "error": { "message": message, "type": kind, "code": code }
     });
@@ -126,8 +126,8 @@ pub fn json_error(
 }
 
 /// A response with a JSON body.
-pub fn json_response(status: StatusCode, body: String) -> Response<ResponseBody> {
-    let mut response = Response::new(ResponseBody::local(body));
+pub fn json_response<B: From<String>>(status: StatusCode, body: String) -> Response<B> {
+    let mut response = Response::new(B::from(body));
     *response.status_mut() = status;
     response
         .headers_mut()
@@ -135,19 +135,43 @@ pub fn json_response(status: StatusCode, body: String) -> Response<ResponseBody>
     response
 }
 
+/// The first error of type `T` in `error`'s source chain.
+pub fn find_cause<'a, T: StdError + 'static>(error: &'a (dyn StdError + 'static)) -> Option<&'a T> {
+    let mut current: Option<&(dyn StdError + 'static)> = Some(error);
+    while let Some(e) = current {
+        if let Some(found) = e.downcast_ref::<T>() {
+            return Some(found);
+        }
+        current = e.source();
+    }
+    None
+}
+
+/// `error` and its causes, joined with ": ", without repeats.
+pub fn error_chain(error: &(dyn StdError + 'static)) -> String {
+    let mut parts: Vec<String> = Vec::new();
+    let mut current: Option<&(dyn StdError + 'static)> = Some(error);
+    while let Some(e) = current {
+        let text = e.to_string();
+        if !parts.iter().any(|p| p.contains(&text)) {
+            parts.push(text);
+        }
+        current = e.source();
+    }
+    parts.join(": ")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use http_body_util::BodyExt;
 
-    async fn body_json(response: Response<ResponseBody>) -> serde_json::Value {
-        let bytes = response.into_body().collect().await.unwrap().to_bytes();
-        serde_json::from_slice(&bytes).unwrap()
+    async fn body_json(response: Response<String>) -> serde_json::Value {
+        serde_json::from_str(response.body()).unwrap()
     }
 
     #[tokio::test]
     async fn openai_error_shape() {
-        let response =
+        let response: Response<String> =
             ProxyError::UpstreamTimeout("no response headers within 10s".into()).into_response();
         assert_eq!(response.status(), 504);
         assert_eq!(response.headers()[CONTENT_TYPE], "application/json");
@@ -159,7 +183,7 @@ mod tests {
 
     #[tokio::test]
     async fn lockout_carries_retry_after() {
-        let response = ProxyError::LockedOut {
+        let response: Response<String> = ProxyError::LockedOut {
             retry_after: Duration::from_secs(42),
         }
         .into_response();

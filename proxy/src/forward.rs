@@ -1,7 +1,6 @@
 //! The forwarding path: one caller request in, one upstream request out, bodies streamed.
 
 use std::convert::Infallible;
-use std::error::Error as StdError;
 use std::future::Future;
 use std::net::IpAddr;
 use std::sync::Arc;
@@ -14,7 +13,7 @@ use tokio::time::error::Elapsed;
 
 use crate::body::{RequestBody, RequestBodyError, ResponseBody};
 use crate::config::Upstream;
-use crate::error::ProxyError;
+use crate::error::{ProxyError, error_chain, find_cause};
 use crate::headers;
 use crate::health;
 use crate::inbound_auth::{Decision, InboundAuth};
@@ -246,30 +245,4 @@ enum Prepared {
     Upgrade(Box<(Request<RequestBody>, hyper::upgrade::OnUpgrade, http::Uri)>),
     /// Answered by the proxy: health, or a refusal.
     Answered(Response<ResponseBody>, http::Uri),
-}
-
-/// The first error of type `T` in `error`'s source chain.
-fn find_cause<'a, T: StdError + 'static>(error: &'a (dyn StdError + 'static)) -> Option<&'a T> {
-    let mut current: Option<&(dyn StdError + 'static)> = Some(error);
-    while let Some(e) = current {
-        if let Some(found) = e.downcast_ref::<T>() {
-            return Some(found);
-        }
-        current = e.source();
-    }
-    None
-}
-
-/// `error` and its causes, joined with ": ", without repeats.
-pub fn error_chain(error: &(dyn StdError + 'static)) -> String {
-    let mut parts: Vec<String> = Vec::new();
-    let mut current: Option<&(dyn StdError + 'static)> = Some(error);
-    while let Some(e) = current {
-        let text = e.to_string();
-        if !parts.iter().any(|p| p.contains(&text)) {
-            parts.push(text);
-        }
-        current = e.source();
-    }
-    parts.join(": ")
 }

@@ -3,23 +3,23 @@
 //! The binary reads its [`config::Config`] from the environment and calls [`Proxy::build`], then
 //! [`Proxy::serve`]. Tests and benchmarks build the same [`Proxy`] in-process, on port 0.
 
-pub mod body;
+pub(crate) mod body;
 pub mod config;
 pub mod credentials;
 pub mod egress;
-pub mod error;
-pub mod forward;
+pub(crate) mod error;
+pub(crate) mod forward;
 pub mod headers;
-pub mod health;
+pub(crate) mod health;
 pub mod inbound_auth;
 pub mod logging;
-pub mod metrics;
+pub(crate) mod metrics;
 pub mod server;
 pub mod tls;
 pub mod token;
 pub mod units;
-pub mod upstream;
-pub mod websocket;
+pub(crate) mod upstream;
+pub(crate) mod websocket;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -56,7 +56,7 @@ pub struct Proxy {
     /// Background work (keys-file watcher, token refresher), stopped when serving ends.
     tasks: Vec<JoinHandle<()>>,
     pub token: Arc<TokenSource>,
-    pub metrics: Arc<Metrics>,
+    pub(crate) metrics: Arc<Metrics>,
 }
 
 impl Proxy {

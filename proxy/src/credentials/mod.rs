@@ -26,7 +26,7 @@ use ring::digest::{SHA256, digest};
 use serde::Deserialize;
 
 use crate::config::{self, Config, ManagedIdentityEndpoint, SecretSource, UserAssignedId};
-use crate::forward::error_chain;
+use crate::error::error_chain;
 use crate::upstream::Connector;
 use certificate::{CertificateError, ClientCertificate, unix_now};
 
