@@ -111,21 +111,27 @@ pub async fn watch_files(
     key_path: PathBuf,
     every: Duration,
 ) {
-    loop {
-        let pair = std::fs::read_to_string(&cert_path)
-            .and_then(|c| Ok((c, std::fs::read_to_string(&key_path)?)));
-        match pair
-            .map_err(|e| e.to_string())
-            .and_then(|(c, k)| cert.set(&c, &k))
-        {
-            Ok(true) => tracing::info!(cert = %cert_path.display(), "webhook certificate loaded"),
-            Ok(false) => {}
-            Err(e) => {
-                tracing::warn!(cert = %cert_path.display(), "cannot load the webhook certificate: {e}")
-            }
+    let read = || {
+        let read = |path: &PathBuf| {
+            std::fs::read_to_string(path)
+                .map_err(|e| format!("cannot read {}: {e}", path.display()))
+        };
+        Ok((read(&cert_path)?, read(&key_path)?))
+    };
+    // Loaded at once, then whenever the pair changes.
+    let loaded = read().and_then(|(c, k)| cert.set(&c, &k).map(|_| (c, k)));
+    match &loaded {
+        Ok(_) => tracing::info!(cert = %cert_path.display(), "webhook certificate loaded"),
+        Err(e) => {
+            tracing::warn!(cert = %cert_path.display(), "cannot load the webhook certificate: {e}")
         }
-        tokio::time::sleep(every).await;
     }
+    aoai_proxy::file_watch::watch("webhook certificate", every, loaded.ok(), read, |(c, k)| {
+        cert.set(c, k)?;
+        tracing::info!(cert = %cert_path.display(), "webhook certificate loaded");
+        Ok(())
+    })
+    .await
 }
 
 fn unix_time(seconds: i64) -> time::OffsetDateTime {

@@ -257,29 +257,23 @@ impl InboundAuth {
         let Some(path) = self.file.clone() else {
             return;
         };
-        let mut last = read_keys_file(&path).ok();
-        let mut warned = false;
-        loop {
-            tokio::time::sleep(KEYS_FILE_POLL).await;
-            match read_keys_file(&path) {
-                Ok(content) if Some(&content) != last.as_ref() => {
-                    let keys = parse_keys_file(&content);
-                    tracing::info!(file = %path.display(), keys = keys.len(), "inbound keys file changed; keys reloaded");
-                    if keys.is_empty() && self.fixed.is_empty() {
-                        tracing::warn!(file = %path.display(), "inbound keys file holds no key: every request will be rejected");
-                    }
-                    self.from_file.store(Arc::new(keys));
-                    last = Some(content);
-                    warned = false;
+        let what = format!("inbound keys file {}", path.display());
+        crate::file_watch::watch(
+            &what,
+            KEYS_FILE_POLL,
+            read_keys_file(&path).ok(),
+            || read_keys_file(&path).map_err(|e| e.to_string()),
+            |content| {
+                let keys = parse_keys_file(content);
+                tracing::info!(file = %path.display(), keys = keys.len(), "inbound keys file changed; keys reloaded");
+                if keys.is_empty() && self.fixed.is_empty() {
+                    tracing::warn!(file = %path.display(), "inbound keys file holds no key: every request will be rejected");
                 }
-                Ok(_) => warned = false,
-                Err(e) if !warned => {
-                    tracing::warn!("{e}; keeping the keys read before");
-                    warned = true;
-                }
-                Err(_) => {}
-            }
-        }
+                self.from_file.store(Arc::new(keys));
+                Ok(())
+            },
+        )
+        .await
     }
 }
 

@@ -8,6 +8,7 @@ pub mod config;
 pub mod credentials;
 pub mod egress;
 pub(crate) mod error;
+pub mod file_watch;
 pub(crate) mod forward;
 pub mod headers;
 pub(crate) mod health;
@@ -166,6 +167,9 @@ impl Proxy {
         }
     }
 }
+
+/// Idle upstream connections the pool keeps at most.
+pub use upstream::MAX_IDLE as UPSTREAM_MAX_IDLE;
 
 /// Whoever reaches the forwarding port gets Azure-authenticated calls: say so when it is open.
 fn warn_about_exposure(config: &Config) {

@@ -111,28 +111,19 @@ impl Trust {
         let Some(path) = self.extra.clone() else {
             return;
         };
-        let mut last = std::fs::read(&path).ok();
-        let mut warned = false;
-        loop {
-            tokio::time::sleep(TRUST_FILE_POLL).await;
-            let content = std::fs::read(&path).ok();
-            if content == last {
-                continue;
-            }
-            match root_store(Some(&path)) {
-                Ok(roots) => {
-                    self.current.store(verifier(roots));
-                    tracing::info!(bundle = %path.display(), "SSL_CERT_FILE changed; trusted roots reloaded");
-                    last = content;
-                    warned = false;
-                }
-                Err(e) if !warned => {
-                    tracing::warn!("{e}; keeping the roots read before");
-                    warned = true;
-                }
-                Err(_) => {}
-            }
-        }
+        crate::file_watch::watch(
+            "SSL_CERT_FILE",
+            TRUST_FILE_POLL,
+            std::fs::read(&path).ok(),
+            || std::fs::read(&path).map_err(|e| format!("cannot read {}: {e}", path.display())),
+            |_| {
+                let roots = root_store(Some(&path)).map_err(|e| e.to_string())?;
+                self.current.store(verifier(roots));
+                tracing::info!(bundle = %path.display(), "SSL_CERT_FILE changed; trusted roots reloaded");
+                Ok(())
+            },
+        )
+        .await
     }
 }
 

@@ -87,6 +87,10 @@ where
 
 type BoxError = Box<dyn StdError + Send + Sync>;
 
+/// Idle HTTP/1.1 connections kept for the upstream at most (a sidecar's app rarely runs more
+/// calls at once; each connection idles until `AOAI_PROXY_POOL_IDLE_TIMEOUT` anyway).
+pub const MAX_IDLE: usize = 64;
+
 /// Why a request got no response from the upstream.
 #[derive(Debug, thiserror::Error)]
 pub enum RequestError {
@@ -408,12 +412,17 @@ struct GiveBack<B> {
 }
 
 impl<B> GiveBack<B> {
+    /// Back to the pool, unless it already holds [`MAX_IDLE`] idle connections (then this one
+    /// closes: after a burst, the pool shrinks back instead of keeping every connection open).
     fn give_back(self) {
         if let Some(pool) = self.pool.upgrade() {
-            pool.idle.lock().expect("pool lock").push(Idle {
-                sender: self.sender,
-                since: Instant::now(),
-            });
+            let mut idle = pool.idle.lock().expect("pool lock");
+            if idle.len() < MAX_IDLE {
+                idle.push(Idle {
+                    sender: self.sender,
+                    since: Instant::now(),
+                });
+            }
         }
     }
 }

@@ -31,7 +31,7 @@ struct RawUpstream {
 
 impl RawUpstream {
     /// `GET /stream` gets a chunked answer whose first chunk comes at once and whose end never
-    /// comes; any other request gets `{}`.
+    /// comes; `GET /slow` gets `{}` after 300 ms; any other request gets `{}` at once.
     async fn start(after: AfterAnswer) -> Self {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let url = format!("http://{}", listener.local_addr().unwrap());
@@ -100,6 +100,9 @@ async fn serve(mut stream: TcpStream, after: AfterAnswer, closed_by_proxy: Arc<A
             }
             closed_by_proxy.fetch_add(1, Ordering::SeqCst);
             return;
+        }
+        if head.starts_with("GET /slow ") {
+            tokio::time::sleep(Duration::from_millis(300)).await;
         }
         let answer =
             b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: 2\r\n\r\n{}";
@@ -205,6 +208,36 @@ async fn idle_upstream_connections_close_after_the_pool_idle_timeout() {
             .wait_closed_by_proxy(1, Duration::from_secs(5))
             .await,
         "an idle upstream connection outlived AOAI_PROXY_POOL_IDLE_TIMEOUT=1s by 4 s"
+    );
+    proxy.stop().await;
+}
+
+#[tokio::test]
+async fn after_a_burst_the_pool_keeps_at_most_its_idle_cap() {
+    let upstream = RawUpstream::start(AfterAnswer::KeepAlive).await;
+    let proxy = TestProxy::start(&[("API_BASE_URL", &upstream.url)], fixed_token()).await;
+    let url = format!("{}/slow", proxy.url);
+    let burst = aoai_proxy::UPSTREAM_MAX_IDLE + 36;
+    let wave: Vec<_> = (0..burst)
+        .map(|_| {
+            let url = url.clone();
+            tokio::spawn(async move { get(&url, &[]).await.status })
+        })
+        .collect();
+    for request in wave {
+        assert_eq!(request.await.unwrap(), StatusCode::OK);
+    }
+    assert_eq!(
+        upstream.accepted(),
+        burst,
+        "every request of the burst had a connection"
+    );
+    assert!(
+        upstream
+            .wait_closed_by_proxy(36, Duration::from_secs(5))
+            .await,
+        "the pool kept more than {} idle connections",
+        aoai_proxy::UPSTREAM_MAX_IDLE
     );
     proxy.stop().await;
 }
