@@ -586,16 +586,23 @@ pub struct Limits {
 }
 
 impl Default for Limits {
+    /// The defaults of [`ENV_VARS`].
     fn default() -> Self {
-        Self {
-            connect_timeout: Duration::from_secs(10),
-            identity_timeout: Duration::from_secs(30),
-            upstream_timeout: Duration::from_secs(600),
-            pool_idle_timeout: Duration::from_secs(90),
-            header_read_timeout: Duration::from_secs(10),
-            max_request_body: None,
-            shutdown_grace: Duration::from_secs(25),
-        }
+        Self::from_env(&Env(|_| None)).expect("every default in ENV_VARS parses")
+    }
+}
+
+impl Limits {
+    fn from_env<F: Fn(&str) -> Option<String>>(env: &Env<F>) -> Result<Self, ConfigError> {
+        Ok(Self {
+            connect_timeout: env.duration(names::AOAI_PROXY_CONNECT_TIMEOUT)?,
+            identity_timeout: env.duration(names::AOAI_PROXY_IDENTITY_TIMEOUT)?,
+            upstream_timeout: env.duration(names::AOAI_PROXY_UPSTREAM_TIMEOUT)?,
+            pool_idle_timeout: env.duration(names::AOAI_PROXY_POOL_IDLE_TIMEOUT)?,
+            header_read_timeout: env.duration(names::AOAI_PROXY_HEADER_READ_TIMEOUT)?,
+            max_request_body: env.optional(names::AOAI_PROXY_MAX_REQUEST_BODY, parse_bytes)?,
+            shutdown_grace: env.duration(names::AOAI_PROXY_SHUTDOWN_GRACE)?,
+        })
     }
 }
 
@@ -614,6 +621,15 @@ pub struct Config {
     pub limits: Limits,
     pub log_level: String,
     pub log_format: LogFormat,
+}
+
+/// The default of `name` in [`ENV_VARS`]. A variable read with a default must have one there.
+fn default_of(name: &str) -> &'static str {
+    ENV_VARS
+        .iter()
+        .find(|v| v.name == name)
+        .and_then(|v| v.default)
+        .unwrap_or_else(|| panic!("{name} has no default in ENV_VARS"))
 }
 
 /// Reads variables through `lookup`, treating empty values as unset.
@@ -647,29 +663,39 @@ impl<F: Fn(&str) -> Option<String>> Env<F> {
         }
     }
 
+    /// The variable's value, or else its default in [`ENV_VARS`] (the one statement of each
+    /// default, which `--help` and the README print), through `parse`.
     fn parsed<T>(
         &self,
         name: &'static str,
-        default: T,
         parse: impl Fn(&str) -> Result<T, String>,
     ) -> Result<T, ConfigError> {
-        match self.get(name) {
-            Some(text) => parse(&text).map_err(|message| error(name, message)),
-            None => Ok(default),
-        }
+        let text = self
+            .get(name)
+            .unwrap_or_else(|| default_of(name).to_string());
+        parse(&text).map_err(|message| error(name, message))
     }
 
-    fn duration(&self, name: &'static str, default: Duration) -> Result<Duration, ConfigError> {
-        self.parsed(name, default, parse_duration)
+    /// The variable's value through `parse`, or `None` for a variable without a default.
+    fn optional<T>(
+        &self,
+        name: &'static str,
+        parse: impl Fn(&str) -> Result<T, String>,
+    ) -> Result<Option<T>, ConfigError> {
+        self.get(name)
+            .map(|text| parse(&text).map_err(|message| error(name, message)))
+            .transpose()
+    }
+
+    fn duration(&self, name: &'static str) -> Result<Duration, ConfigError> {
+        self.parsed(name, parse_duration)
     }
 
     fn bool(&self, name: &'static str) -> Result<bool, ConfigError> {
-        self.parsed(name, false, |text| {
-            match text.to_ascii_lowercase().as_str() {
-                "true" | "1" | "yes" => Ok(true),
-                "false" | "0" | "no" => Ok(false),
-                _ => Err(format!("{text:?} is not a boolean (use true or false)")),
-            }
+        self.parsed(name, |text| match text.to_ascii_lowercase().as_str() {
+            "true" | "1" | "yes" => Ok(true),
+            "false" | "0" | "no" => Ok(false),
+            _ => Err(format!("{text:?} is not a boolean (use true or false)")),
         })
     }
 
@@ -783,14 +809,10 @@ impl Config {
         })?;
         let upstream = Upstream::parse(&base).map_err(|m| error(base_var, m))?;
 
-        let host = env.parsed(names::HOST, IpAddr::from([0, 0, 0, 0]), parse_ip)?;
-        let port = env.parsed(names::PORT, 8080, parse_port)?;
-        let admin_host = env.parsed(
-            names::AOAI_PROXY_ADMIN_HOST,
-            IpAddr::from([0, 0, 0, 0]),
-            parse_ip,
-        )?;
-        let admin_port = env.parsed(names::AOAI_PROXY_ADMIN_PORT, 8081, parse_port)?;
+        let host = env.parsed(names::HOST, parse_ip)?;
+        let port = env.parsed(names::PORT, parse_port)?;
+        let admin_host = env.parsed(names::AOAI_PROXY_ADMIN_HOST, parse_ip)?;
+        let admin_port = env.parsed(names::AOAI_PROXY_ADMIN_PORT, parse_port)?;
         if admin_port == port {
             return Err(error(
                 names::AOAI_PROXY_ADMIN_PORT,
@@ -799,14 +821,10 @@ impl Config {
         }
 
         let credential = credential_from(&env)?;
-        let authority_host = env.parsed(
-            names::AZURE_AUTHORITY_HOST,
-            DEFAULT_AUTHORITY_HOST.to_string(),
-            parse_authority_host,
-        )?;
+        let authority_host = env.parsed(names::AZURE_AUTHORITY_HOST, parse_authority_host)?;
         let scope = match env.get_aliased(names::AZURE_SCOPE, names::AZURE_OPENAI_SCOPE)? {
             Some((name, text)) => parse_scope(&text).map_err(|m| error(name, m))?,
-            None => DEFAULT_SCOPE.to_string(),
+            None => default_of(names::AZURE_SCOPE).to_string(),
         };
         let extra_roots = env.get(names::SSL_CERT_FILE).map(PathBuf::from);
         let proxy = |name, alias| -> Result<Option<ProxyUrl>, ConfigError> {
@@ -845,45 +863,17 @@ impl Config {
             keys_file: env
                 .get(names::AOAI_PROXY_INBOUND_KEYS_FILE)
                 .map(PathBuf::from),
-            max_failures: env.parsed(names::AOAI_PROXY_AUTH_MAX_FAILURES, 10, |t| {
+            max_failures: env.parsed(names::AOAI_PROXY_AUTH_MAX_FAILURES, |t| {
                 match t.parse::<u32>() {
                     Ok(n) if n > 0 => Ok(n),
                     _ => Err(format!("{t:?} is not a positive whole number")),
                 }
             })?,
-            failure_window: env.duration(
-                names::AOAI_PROXY_AUTH_FAILURE_WINDOW,
-                Duration::from_secs(60),
-            )?,
-            lockout: env.duration(names::AOAI_PROXY_AUTH_LOCKOUT, Duration::from_secs(300))?,
+            failure_window: env.duration(names::AOAI_PROXY_AUTH_FAILURE_WINDOW)?,
+            lockout: env.duration(names::AOAI_PROXY_AUTH_LOCKOUT)?,
         };
 
-        let defaults = Limits::default();
-        let limits = Limits {
-            connect_timeout: env
-                .duration(names::AOAI_PROXY_CONNECT_TIMEOUT, defaults.connect_timeout)?,
-            identity_timeout: env.duration(
-                names::AOAI_PROXY_IDENTITY_TIMEOUT,
-                defaults.identity_timeout,
-            )?,
-            upstream_timeout: env.duration(
-                names::AOAI_PROXY_UPSTREAM_TIMEOUT,
-                defaults.upstream_timeout,
-            )?,
-            pool_idle_timeout: env.duration(
-                names::AOAI_PROXY_POOL_IDLE_TIMEOUT,
-                defaults.pool_idle_timeout,
-            )?,
-            header_read_timeout: env.duration(
-                names::AOAI_PROXY_HEADER_READ_TIMEOUT,
-                defaults.header_read_timeout,
-            )?,
-            max_request_body: env.parsed(names::AOAI_PROXY_MAX_REQUEST_BODY, None, |t| {
-                parse_bytes(t).map(Some)
-            })?,
-            shutdown_grace: env
-                .duration(names::AOAI_PROXY_SHUTDOWN_GRACE, defaults.shutdown_grace)?,
-        };
+        let limits = Limits::from_env(&env)?;
         for (name, value) in [
             (names::AOAI_PROXY_CONNECT_TIMEOUT, limits.connect_timeout),
             (names::AOAI_PROXY_UPSTREAM_TIMEOUT, limits.upstream_timeout),
@@ -897,16 +887,13 @@ impl Config {
             }
         }
 
-        let log_level = env
-            .get(names::AOAI_PROXY_LOG_LEVEL)
-            .unwrap_or_else(|| "info".into());
-        let log_format = env.parsed(names::AOAI_PROXY_LOG_FORMAT, LogFormat::Text, |t| match t
-            .to_ascii_lowercase()
-            .as_str()
-        {
-            "text" => Ok(LogFormat::Text),
-            "json" => Ok(LogFormat::Json),
-            _ => Err(format!("{t:?} is not a log format (use text or json)")),
+        let log_level = env.parsed(names::AOAI_PROXY_LOG_LEVEL, |t| Ok(t.to_string()))?;
+        let log_format = env.parsed(names::AOAI_PROXY_LOG_FORMAT, |t| {
+            match t.to_ascii_lowercase().as_str() {
+                "text" => Ok(LogFormat::Text),
+                "json" => Ok(LogFormat::Json),
+                _ => Err(format!("{t:?} is not a log format (use text or json)")),
+            }
         })?;
 
         Ok(Config {
@@ -1112,11 +1099,7 @@ fn credential_from<F: Fn(&str) -> Option<String>>(env: &Env<F>) -> Result<Creden
                     }
                 }
                 None => ManagedIdentityEndpoint::Imds {
-                    base: env.parsed(
-                        names::AZURE_POD_IDENTITY_AUTHORITY_HOST,
-                        DEFAULT_IMDS_HOST.to_string(),
-                        parse_http_url,
-                    )?,
+                    base: env.parsed(names::AZURE_POD_IDENTITY_AUTHORITY_HOST, parse_http_url)?,
                 },
             };
             Ok(Credential::ManagedIdentity {
@@ -1516,5 +1499,26 @@ mod tests {
         for v in ENV_VARS {
             assert!(!v.help.is_empty() && !v.help.contains('\n'), "{}", v.name);
         }
+    }
+
+    #[test]
+    fn every_default_in_the_table_is_what_an_unset_variable_means() {
+        let base = [("API_BASE_URL", "https://r.openai.azure.com")];
+        let unset = format!("{:?}", config(&base).unwrap());
+        let mut checked = 0;
+        for var in ENV_VARS {
+            let Some(default) = var.default else { continue };
+            let set = config(&[base[0], (var.name, default)]).unwrap_or_else(|e| {
+                panic!("{}'s default {default:?} does not parse: {e}", var.name)
+            });
+            assert_eq!(
+                format!("{set:?}"),
+                unset,
+                "{} set to its default changes the configuration",
+                var.name
+            );
+            checked += 1;
+        }
+        assert!(checked >= 15, "{checked}");
     }
 }
