@@ -465,12 +465,20 @@ pub enum ManagedIdentityEndpoint {
     AppService { endpoint: String, header: Secret },
 }
 
-/// The credential the proxy uses to obtain its Entra ID token.
+/// The Entra ID application the certificate, secret and workload-identity credentials
+/// authenticate as.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EntraApp {
+    pub tenant_id: String,
+    pub client_id: String,
+}
+
+/// The credential the proxy uses to obtain its Entra ID token: each kind with what it needs, and
+/// nothing it does not (a managed identity has no application).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Credential {
     Certificate {
-        tenant_id: String,
-        client_id: String,
+        app: EntraApp,
         /// Which variable named the file, for messages.
         path_variable: &'static str,
         path: PathBuf,
@@ -480,13 +488,11 @@ pub enum Credential {
         send_chain: bool,
     },
     Secret {
-        tenant_id: String,
-        client_id: String,
+        app: EntraApp,
         secret: SecretSource,
     },
     WorkloadIdentity {
-        tenant_id: String,
-        client_id: String,
+        app: EntraApp,
         token_file: PathBuf,
     },
     ManagedIdentity {
@@ -979,12 +985,15 @@ fn credential_from<F: Fn(&str) -> Option<String>>(env: &Env<F>) -> Result<Creden
         }
     };
 
-    let tenant_and_client = |why: &str| -> Result<(String, String), ConfigError> {
+    let app = |why: &str| -> Result<EntraApp, ConfigError> {
         let tenant = env.required(names::AZURE_TENANT_ID, why)?;
-        let tenant = check_tenant(&tenant).map_err(|m| error(names::AZURE_TENANT_ID, m))?;
+        let tenant_id = check_tenant(&tenant).map_err(|m| error(names::AZURE_TENANT_ID, m))?;
         let client = env.required(names::AZURE_CLIENT_ID, why)?;
-        let client = check_client_id(&client).map_err(|m| error(names::AZURE_CLIENT_ID, m))?;
-        Ok((tenant, client))
+        let client_id = check_client_id(&client).map_err(|m| error(names::AZURE_CLIENT_ID, m))?;
+        Ok(EntraApp {
+            tenant_id,
+            client_id,
+        })
     };
 
     match kind {
@@ -995,10 +1004,9 @@ fn credential_from<F: Fn(&str) -> Option<String>>(env: &Env<F>) -> Result<Creden
                     "is required for the certificate credential (or AZURE_CLIENT_CERTIFICATE_PATH)",
                 )
             })?;
-            let (tenant_id, client_id) = tenant_and_client("for the certificate credential")?;
+            let app = app("for the certificate credential")?;
             Ok(Credential::Certificate {
-                tenant_id,
-                client_id,
+                app,
                 path_variable,
                 path: PathBuf::from(path),
                 key_path: env
@@ -1027,12 +1035,8 @@ fn credential_from<F: Fn(&str) -> Option<String>>(env: &Env<F>) -> Result<Creden
                     ));
                 }
             };
-            let (tenant_id, client_id) = tenant_and_client("for the secret credential")?;
-            Ok(Credential::Secret {
-                tenant_id,
-                client_id,
-                secret,
-            })
+            let app = app("for the secret credential")?;
+            Ok(Credential::Secret { app, secret })
         }
         CredentialKind::WorkloadIdentity => {
             let token_file = federated.ok_or_else(|| {
@@ -1041,10 +1045,9 @@ fn credential_from<F: Fn(&str) -> Option<String>>(env: &Env<F>) -> Result<Creden
                     "is required for the workload-identity credential",
                 )
             })?;
-            let (tenant_id, client_id) = tenant_and_client("for the workload-identity credential")?;
+            let app = app("for the workload-identity credential")?;
             Ok(Credential::WorkloadIdentity {
-                tenant_id,
-                client_id,
+                app,
                 token_file: PathBuf::from(token_file),
             })
         }

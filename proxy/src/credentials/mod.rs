@@ -25,7 +25,10 @@ use hyper_util::client::legacy::Client;
 use ring::digest::{SHA256, digest};
 use serde::Deserialize;
 
-use crate::config::{self, Config, ManagedIdentityEndpoint, SecretSource, UserAssignedId};
+use crate::config::{
+    self, Config, CredentialKind, EntraApp, ManagedIdentityEndpoint, SecretSource, UserAssignedId,
+    names,
+};
 use crate::error::error_chain;
 use crate::upstream::Connector;
 use certificate::{CertificateError, ClientCertificate, unix_now};
@@ -263,7 +266,7 @@ fn read_material(
     let mut content = read_file(variable, path)?;
     if let Some(key_path) = key_path {
         content.push(b'\n');
-        content.extend(read_file("AOAI_PROXY_CERTIFICATE_KEY_PATH", key_path)?);
+        content.extend(read_file(names::AOAI_PROXY_CERTIFICATE_KEY_PATH, key_path)?);
     }
     Ok(content)
 }
@@ -325,14 +328,24 @@ impl CertificateFile {
     }
 }
 
-/// How the token is obtained.
-enum Source {
+/// How an Entra ID application proves who it is.
+enum Proof {
     Certificate {
         file: CertificateFile,
         send_chain: bool,
     },
     Secret(SecretSource),
     WorkloadIdentity(PathBuf),
+}
+
+/// How the token is obtained.
+enum Source {
+    /// The client-credentials grant at Entra ID's token endpoint, as `app`.
+    Entra {
+        app: EntraApp,
+        token_endpoint: String,
+        proof: Proof,
+    },
     ManagedIdentity {
         endpoint: ManagedIdentityEndpoint,
         id: Option<UserAssignedId>,
@@ -341,12 +354,9 @@ enum Source {
 
 /// A configured credential, ready to acquire tokens.
 pub struct Credential {
-    method: Source,
-    tenant_id: String,
-    client_id: String,
-    token_endpoint: String,
+    source: Source,
     scope: String,
-    kind: &'static str,
+    kind: CredentialKind,
 }
 
 impl Credential {
@@ -354,12 +364,17 @@ impl Credential {
     /// invalid, expired or whose key does not match, or a missing secret or token file, is an
     /// error here, at start, rather than an endless retry.
     pub fn from_config(config: &Config) -> Result<Self, AcquireError> {
-        let token_endpoint =
-            |tenant: &str| format!("{}/{tenant}/oauth2/v2.0/token", config.authority_host);
-        let (method, tenant_id, client_id) = match &config.credential {
+        let entra = |app: &EntraApp, proof| Source::Entra {
+            token_endpoint: format!(
+                "{}/{}/oauth2/v2.0/token",
+                config.authority_host, app.tenant_id
+            ),
+            app: app.clone(),
+            proof,
+        };
+        let source = match &config.credential {
             config::Credential::Certificate {
-                tenant_id,
-                client_id,
+                app,
                 path_variable,
                 path,
                 key_path,
@@ -379,97 +394,45 @@ impl Credential {
                     password: password.clone(),
                     loaded: Mutex::new((hash, Arc::new(certificate))),
                 };
-                (
-                    Source::Certificate {
+                entra(
+                    app,
+                    Proof::Certificate {
                         file,
                         send_chain: *send_chain,
                     },
-                    tenant_id.clone(),
-                    client_id.clone(),
                 )
             }
-            config::Credential::Secret {
-                tenant_id,
-                client_id,
-                secret,
-            } => {
+            config::Credential::Secret { app, secret } => {
                 if let SecretSource::File(path) = secret {
-                    read_trimmed("AOAI_PROXY_CLIENT_SECRET_FILE", path)?;
+                    read_trimmed(names::AOAI_PROXY_CLIENT_SECRET_FILE, path)?;
                 }
-                (
-                    Source::Secret(secret.clone()),
-                    tenant_id.clone(),
-                    client_id.clone(),
-                )
+                entra(app, Proof::Secret(secret.clone()))
             }
-            config::Credential::WorkloadIdentity {
-                tenant_id,
-                client_id,
-                token_file,
-            } => {
-                read_trimmed("AZURE_FEDERATED_TOKEN_FILE", token_file)?;
-                (
-                    Source::WorkloadIdentity(token_file.clone()),
-                    tenant_id.clone(),
-                    client_id.clone(),
-                )
+            config::Credential::WorkloadIdentity { app, token_file } => {
+                read_trimmed(names::AZURE_FEDERATED_TOKEN_FILE, token_file)?;
+                entra(app, Proof::WorkloadIdentity(token_file.clone()))
             }
-            config::Credential::ManagedIdentity { endpoint, id } => (
-                Source::ManagedIdentity {
-                    endpoint: endpoint.clone(),
-                    id: id.clone(),
-                },
-                String::new(),
-                String::new(),
-            ),
+            config::Credential::ManagedIdentity { endpoint, id } => Source::ManagedIdentity {
+                endpoint: endpoint.clone(),
+                id: id.clone(),
+            },
         };
         Ok(Self {
-            method,
-            token_endpoint: token_endpoint(&tenant_id),
-            tenant_id,
-            client_id,
+            source,
             scope: config.scope.clone(),
-            kind: config.credential.kind(),
+            kind: config.credential.credential_kind(),
         })
     }
 
     /// `certificate`, `secret`, `workload-identity` or `managed-identity`.
     pub fn kind(&self) -> &'static str {
-        self.kind
+        self.kind.as_str()
     }
 
     /// One line describing the credential for the start-up log, without secrets.
     pub fn describe(&self) -> String {
-        match &self.method {
-            Source::Certificate { file, send_chain } => {
-                let certificate = file.current();
-                format!(
-                    "client certificate {} (thumbprint {}, subject {}, expires {}{}) for client {} in tenant {}",
-                    file.path.display(),
-                    certificate.thumbprint_sha1_hex(),
-                    certificate.subject,
-                    certificate.not_after,
-                    if *send_chain { ", sending x5c" } else { "" },
-                    self.client_id,
-                    self.tenant_id
-                )
-            }
-            Source::Secret(SecretSource::Inline(_)) => format!(
-                "client secret from AZURE_CLIENT_SECRET for client {} in tenant {}",
-                self.client_id, self.tenant_id
-            ),
-            Source::Secret(SecretSource::File(path)) => format!(
-                "client secret from {} for client {} in tenant {}",
-                path.display(),
-                self.client_id,
-                self.tenant_id
-            ),
-            Source::WorkloadIdentity(path) => format!(
-                "workload identity (federated token {}) for client {} in tenant {}",
-                path.display(),
-                self.client_id,
-                self.tenant_id
-            ),
+        let (app, proof) = match &self.source {
+            Source::Entra { app, proof, .. } => (app, proof),
             Source::ManagedIdentity { endpoint, id } => {
                 let which = match id {
                     None => "system-assigned".to_string(),
@@ -485,28 +448,70 @@ impl Credential {
                         format!("IDENTITY_ENDPOINT {endpoint}")
                     }
                 };
-                format!("managed identity ({which}) from {from}")
+                return format!("managed identity ({which}) from {from}");
             }
-        }
+        };
+        let how = match proof {
+            Proof::Certificate { file, send_chain } => {
+                let certificate = file.current();
+                format!(
+                    "client certificate {} (thumbprint {}, subject {}, expires {}{})",
+                    file.path.display(),
+                    certificate.thumbprint_sha1_hex(),
+                    certificate.subject,
+                    certificate.not_after,
+                    if *send_chain { ", sending x5c" } else { "" },
+                )
+            }
+            Proof::Secret(SecretSource::Inline(_)) => {
+                "client secret from AZURE_CLIENT_SECRET".into()
+            }
+            Proof::Secret(SecretSource::File(path)) => {
+                format!("client secret from {}", path.display())
+            }
+            Proof::WorkloadIdentity(path) => {
+                format!("workload identity (federated token {})", path.display())
+            }
+        };
+        format!(
+            "{how} for client {} in tenant {}",
+            app.client_id, app.tenant_id
+        )
     }
 
     /// Expiry of the client certificate (Unix seconds), for certificate credentials.
     pub fn certificate_not_after(&self) -> Option<i64> {
-        match &self.method {
-            Source::Certificate { file, .. } => Some(file.current().not_after_unix),
+        match &self.source {
+            Source::Entra {
+                proof: Proof::Certificate { file, .. },
+                ..
+            } => Some(file.current().not_after_unix),
             _ => None,
         }
     }
 
     /// Obtains a new token.
     pub async fn acquire(&self, http: &IdentityHttp) -> Result<Acquired, AcquireError> {
-        match &self.method {
-            Source::Certificate { file, send_chain } => {
+        let (app, token_endpoint, proof) = match &self.source {
+            Source::Entra {
+                app,
+                token_endpoint,
+                proof,
+            } => (app, token_endpoint, proof),
+            Source::ManagedIdentity { endpoint, id } => {
+                return self.managed_identity(http, endpoint, id.as_ref()).await;
+            }
+        };
+        let exchange = |credential: Vec<(&'static str, String)>| {
+            self.exchange(http, app, token_endpoint, credential)
+        };
+        match proof {
+            Proof::Certificate { file, send_chain } => {
                 let certificate = file.current();
                 let assertion = assertion::client_assertion(
                     &certificate,
-                    &self.client_id,
-                    &self.token_endpoint,
+                    &app.client_id,
+                    token_endpoint,
                     *send_chain,
                     unix_now(),
                 )
@@ -515,37 +520,28 @@ impl Credential {
                     path: file.path.display().to_string(),
                     message: "signing the client assertion failed".into(),
                 })?;
-                self.exchange(
-                    http,
-                    &[
-                        ("client_assertion_type", JWT_BEARER),
-                        ("client_assertion", &assertion),
-                    ],
-                )
+                exchange(vec![
+                    ("client_assertion_type", JWT_BEARER.to_string()),
+                    ("client_assertion", assertion),
+                ])
                 .await
             }
-            Source::Secret(source) => {
+            Proof::Secret(source) => {
                 let secret = match source {
                     SecretSource::Inline(secret) => secret.expose().to_string(),
                     SecretSource::File(path) => {
-                        read_trimmed("AOAI_PROXY_CLIENT_SECRET_FILE", path)?
+                        read_trimmed(names::AOAI_PROXY_CLIENT_SECRET_FILE, path)?
                     }
                 };
-                self.exchange(http, &[("client_secret", &secret)]).await
+                exchange(vec![("client_secret", secret)]).await
             }
-            Source::WorkloadIdentity(path) => {
-                let federated = read_trimmed("AZURE_FEDERATED_TOKEN_FILE", path)?;
-                self.exchange(
-                    http,
-                    &[
-                        ("client_assertion_type", JWT_BEARER),
-                        ("client_assertion", &federated),
-                    ],
-                )
+            Proof::WorkloadIdentity(path) => {
+                let federated = read_trimmed(names::AZURE_FEDERATED_TOKEN_FILE, path)?;
+                exchange(vec![
+                    ("client_assertion_type", JWT_BEARER.to_string()),
+                    ("client_assertion", federated),
+                ])
                 .await
-            }
-            Source::ManagedIdentity { endpoint, id } => {
-                self.managed_identity(http, endpoint, id.as_ref()).await
             }
         }
     }
@@ -554,30 +550,32 @@ impl Credential {
     async fn exchange(
         &self,
         http: &IdentityHttp,
-        credential: &[(&str, &str)],
+        app: &EntraApp,
+        token_endpoint: &str,
+        credential: Vec<(&'static str, String)>,
     ) -> Result<Acquired, AcquireError> {
         let form = {
             let mut form = form_urlencoded::Serializer::new(String::new());
             form.append_pair("grant_type", "client_credentials")
-                .append_pair("client_id", &self.client_id)
+                .append_pair("client_id", &app.client_id)
                 .append_pair("scope", &self.scope);
-            for (name, value) in credential {
+            for (name, value) in &credential {
                 form.append_pair(name, value);
             }
             form.finish()
         };
         let request = Request::builder()
             .method(Method::POST)
-            .uri(&self.token_endpoint)
+            .uri(token_endpoint)
             .header("content-type", "application/x-www-form-urlencoded")
             .header("accept", "application/json")
             .body(Full::new(Bytes::from(form)))
             .map_err(|e| AcquireError::Transport {
-                endpoint: self.token_endpoint.clone(),
+                endpoint: token_endpoint.to_string(),
                 message: e.to_string(),
             })?;
-        let (status, body) = http.send(request, &self.token_endpoint).await?;
-        parse_token_answer(&self.token_endpoint, status, &body)
+        let (status, body) = http.send(request, token_endpoint).await?;
+        parse_token_answer(token_endpoint, status, &body)
     }
 
     async fn managed_identity(
