@@ -734,26 +734,31 @@ async fn fuzz_regressions_are_answered() {
     assert!(found > 0);
 }
 
+/// The webhook over `proxies`, without Events, as the tests that call `review` directly use it.
+fn hook_over(proxies: Vec<AzureOpenAIProxy>, image: &str) -> Webhook {
+    let (store, mut writer) = reflector::store();
+    writer.apply_watcher_event(&watcher::Event::Init);
+    for proxy in proxies {
+        writer.apply_watcher_event(&watcher::Event::InitApply(proxy));
+    }
+    writer.apply_watcher_event(&watcher::Event::InitDone);
+    Webhook {
+        proxies: store,
+        options: InjectOptions {
+            default_image: image.into(),
+            native_sidecars_supported: true,
+        },
+        metrics: Arc::new(Metrics::new()),
+        events: None,
+    }
+}
+
 /// Golden files of the webhook's answers, as linkerd's injector keeps them: for each AdmissionReview
 /// the real kube-apiserver recorded, `tests/golden/admission/NAME.json` holds the answer (allowed,
 /// message, warnings) and the decoded JSON Patch. `UPDATE_GOLDEN=1` rewrites them; review the diff.
 #[test]
 fn the_answers_to_the_recorded_admission_reviews_match_their_golden_files() {
-    let (store, mut writer) = reflector::store();
-    writer.apply_watcher_event(&watcher::Event::Init);
-    for proxy in proxies() {
-        writer.apply_watcher_event(&watcher::Event::InitApply(proxy));
-    }
-    writer.apply_watcher_event(&watcher::Event::InitDone);
-    let hook = Webhook {
-        proxies: store,
-        options: InjectOptions {
-            default_image: "aoai-proxy:golden".into(),
-            native_sidecars_supported: true,
-        },
-        metrics: Arc::new(Metrics::new()),
-        events: None,
-    };
+    let hook = hook_over(proxies(), "aoai-proxy:golden");
     let golden = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/golden/admission");
     let update = std::env::var_os("UPDATE_GOLDEN").is_some();
     let mut names: Vec<String> = std::fs::read_dir(fixtures())
@@ -811,18 +816,7 @@ fn the_answers_to_the_recorded_admission_reviews_match_their_golden_files() {
 /// still allowed unchanged, never denied as a pod without a spec.
 #[test]
 fn an_object_of_another_kind_is_allowed_unchanged() {
-    let (store, mut writer) = reflector::store();
-    writer.apply_watcher_event(&watcher::Event::Init);
-    writer.apply_watcher_event(&watcher::Event::InitDone);
-    let hook = Webhook {
-        proxies: store,
-        options: InjectOptions {
-            default_image: "aoai-proxy:test".into(),
-            native_sidecars_supported: true,
-        },
-        metrics: Arc::new(Metrics::new()),
-        events: None,
-    };
+    let hook = hook_over(Vec::new(), "aoai-proxy:test");
     let mut review = fixture("pod-annotated.json");
     review["request"]["kind"] = json!({"group": "", "version": "v1", "kind": "ConfigMap"});
     review["request"]["resource"] = json!({"group": "", "version": "v1", "resource": "configmaps"});

@@ -66,20 +66,22 @@ pub fn rewrite_response(headers: &mut HeaderMap) {
     strip_hop_by_hop(headers);
 }
 
+/// A header map from (name, value) pairs, for the tests of the header rules.
+#[cfg(test)]
+pub(crate) fn map(pairs: &[(&str, &str)]) -> HeaderMap {
+    let mut headers = HeaderMap::new();
+    for (name, value) in pairs {
+        headers.append(
+            HeaderName::from_bytes(name.as_bytes()).unwrap(),
+            HeaderValue::from_str(value).unwrap(),
+        );
+    }
+    headers
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn map(pairs: &[(&str, &str)]) -> HeaderMap {
-        let mut headers = HeaderMap::new();
-        for (name, value) in pairs {
-            headers.append(
-                HeaderName::from_bytes(name.as_bytes()).unwrap(),
-                HeaderValue::from_str(value).unwrap(),
-            );
-        }
-        headers
-    }
 
     fn names(headers: &HeaderMap) -> Vec<String> {
         let mut names: Vec<String> = headers.keys().map(|k| k.to_string()).collect();
