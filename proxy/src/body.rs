@@ -15,7 +15,9 @@ use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 
 use crate::metrics::{InFlight, Metrics, UpstreamError};
+use crate::replay::{Replay, ReplayBody};
 use crate::upstream::PooledBody;
+use crate::usage::UsageMeter;
 
 /// Why a request body could not be forwarded.
 #[derive(Debug, thiserror::Error)]
@@ -26,16 +28,32 @@ pub enum RequestBodyError {
     TooLarge { limit: u64 },
 }
 
-/// The caller's request body on its way upstream.
+/// The caller's request body on its way upstream: streamed once, or through a [`Replay`] that
+/// keeps it for another backend.
 pub struct RequestBody {
-    inner: Incoming,
+    inner: Source,
     limit: Option<u64>,
+    /// Bytes this body read from the caller (not the replayed copies).
     seen: u64,
     metrics: Arc<Metrics>,
 }
 
+enum Source {
+    Caller(Incoming),
+    Replay(ReplayBody),
+}
+
 impl RequestBody {
     pub fn new(inner: Incoming, limit: Option<u64>, metrics: Arc<Metrics>) -> Self {
+        Self::from_source(Source::Caller(inner), limit, metrics)
+    }
+
+    /// One attempt's body from `replay`.
+    pub(crate) fn replay(replay: &Replay, limit: Option<u64>, metrics: Arc<Metrics>) -> Self {
+        Self::from_source(Source::Replay(replay.body()), limit, metrics)
+    }
+
+    fn from_source(inner: Source, limit: Option<u64>, metrics: Arc<Metrics>) -> Self {
         Self {
             inner,
             limit,
@@ -54,28 +72,46 @@ impl Body for RequestBody {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
         let this = &mut *self;
-        let frame = match ready!(Pin::new(&mut this.inner).poll_frame(cx)) {
-            Some(Ok(frame)) => frame,
-            Some(Err(e)) => return Poll::Ready(Some(Err(e.into()))),
-            None => return Poll::Ready(None),
+        let (frame, read) = match &mut this.inner {
+            Source::Caller(caller) => match ready!(Pin::new(caller).poll_frame(cx)) {
+                Some(Ok(frame)) => {
+                    this.seen += frame.data_ref().map_or(0, |d| d.len() as u64);
+                    (frame, this.seen)
+                }
+                Some(Err(e)) => return Poll::Ready(Some(Err(e.into()))),
+                None => return Poll::Ready(None),
+            },
+            Source::Replay(replay) => match ready!(replay.poll_replay(cx)) {
+                Some(Ok(replayed)) => {
+                    if replayed.fresh {
+                        this.seen += replayed.frame.data_ref().map_or(0, |d| d.len() as u64);
+                    }
+                    (replayed.frame, replayed.read)
+                }
+                Some(Err(e)) => return Poll::Ready(Some(Err(e.into()))),
+                None => return Poll::Ready(None),
+            },
         };
-        if let Some(data) = frame.data_ref() {
-            this.seen += data.len() as u64;
-            if let Some(limit) = this.limit
-                && this.seen > limit
-            {
-                return Poll::Ready(Some(Err(RequestBodyError::TooLarge { limit })));
-            }
+        if let Some(limit) = this.limit
+            && read > limit
+        {
+            return Poll::Ready(Some(Err(RequestBodyError::TooLarge { limit })));
         }
         Poll::Ready(Some(Ok(frame)))
     }
 
     fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
+        match &self.inner {
+            Source::Caller(caller) => caller.is_end_stream(),
+            Source::Replay(replay) => replay.is_end_stream(),
+        }
     }
 
     fn size_hint(&self) -> SizeHint {
-        self.inner.size_hint()
+        match &self.inner {
+            Source::Caller(caller) => caller.size_hint(),
+            Source::Replay(replay) => replay.size_hint(),
+        }
     }
 }
 
@@ -89,6 +125,7 @@ impl Drop for RequestBody {
 pub struct UpstreamBody {
     inner: PooledBody<RequestBody>,
     seen: u64,
+    usage: Option<Box<UsageMeter>>,
     metrics: Arc<Metrics>,
     /// Keeps the request counted as in flight until the stream ends.
     _in_flight: InFlight,
@@ -113,10 +150,12 @@ impl ResponseBody {
         inner: PooledBody<RequestBody>,
         metrics: Arc<Metrics>,
         in_flight: InFlight,
+        usage: Option<Box<UsageMeter>>,
     ) -> Self {
         ResponseBody::Upstream(UpstreamBody {
             inner,
             seen: 0,
+            usage,
             metrics,
             _in_flight: in_flight,
             done: false,
@@ -150,6 +189,9 @@ impl Body for ResponseBody {
                     Some(Ok(frame)) => {
                         if let Some(data) = frame.data_ref() {
                             body.seen += data.len() as u64;
+                            if let Some(usage) = &mut body.usage {
+                                usage.chunk(data);
+                            }
                         }
                         Poll::Ready(Some(Ok(frame)))
                     }

@@ -29,13 +29,17 @@ pub enum ProxyError {
     UpstreamTimeout(String),
     /// The upstream connection failed after connecting, before the response headers.
     UpstreamFailed(String),
+    /// Every backend is throttled for this request (429 from each, its wait not over).
+    Throttled { retry_after: Duration },
 }
 
 impl ProxyError {
     pub fn status(&self) -> StatusCode {
         match self {
             ProxyError::MissingKey | ProxyError::InvalidKey => StatusCode::UNAUTHORIZED,
-            ProxyError::LockedOut { .. } => StatusCode::TOO_MANY_REQUESTS,
+            ProxyError::LockedOut { .. } | ProxyError::Throttled { .. } => {
+                StatusCode::TOO_MANY_REQUESTS
+            }
             ProxyError::TokenUnavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             ProxyError::BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             ProxyError::BadRequest(_) => StatusCode::BAD_REQUEST,
@@ -50,7 +54,7 @@ impl ProxyError {
     fn kind(&self) -> &'static str {
         match self {
             ProxyError::MissingKey | ProxyError::InvalidKey => "authentication_error",
-            ProxyError::LockedOut { .. } => "rate_limit_error",
+            ProxyError::LockedOut { .. } | ProxyError::Throttled { .. } => "rate_limit_error",
             ProxyError::TokenUnavailable(_) => "service_unavailable",
             ProxyError::BodyTooLarge { .. } | ProxyError::BadRequest(_) => "invalid_request_error",
             ProxyError::UpstreamUnreachable(_)
@@ -71,6 +75,7 @@ impl ProxyError {
             ProxyError::UpstreamUnreachable(_) => "upstream_unreachable",
             ProxyError::UpstreamTimeout(_) => "upstream_timeout",
             ProxyError::UpstreamFailed(_) => "upstream_failed",
+            ProxyError::Throttled { .. } => "429",
         }
     }
 
@@ -98,18 +103,37 @@ impl ProxyError {
             ProxyError::UpstreamFailed(reason) => {
                 format!("the connection to Azure OpenAI failed: {reason}")
             }
+            ProxyError::Throttled { retry_after } => format!(
+                "every Azure OpenAI backend is throttled for this request; retry after {} ms",
+                retry_after.as_millis().max(1)
+            ),
         }
     }
 
     pub fn into_response<B: From<String>>(self) -> Response<B> {
         let mut response = json_error(self.status(), self.kind(), self.code(), &self.message());
-        if let ProxyError::LockedOut { retry_after } = self {
-            response
-                .headers_mut()
-                .insert(RETRY_AFTER, HeaderValue::from(retry_after.as_secs().max(1)));
+        match self {
+            ProxyError::LockedOut { retry_after } => {
+                response
+                    .headers_mut()
+                    .insert(RETRY_AFTER, HeaderValue::from(retry_after.as_secs().max(1)));
+            }
+            ProxyError::Throttled { retry_after } => {
+                set_retry_after(response.headers_mut(), retry_after);
+            }
+            _ => {}
         }
         response
     }
+}
+
+/// Sets `Retry-After` (whole seconds, rounded up) and `retry-after-ms` to `wait`, so that an SDK
+/// waits exactly that long, whichever of the two it reads.
+pub fn set_retry_after(headers: &mut http::HeaderMap, wait: Duration) {
+    // Rounded up: a caller back a fraction of a millisecond early would be throttled again.
+    let ms = wait.as_micros().div_ceil(1000).max(1);
+    headers.insert(RETRY_AFTER, HeaderValue::from(ms.div_ceil(1000) as u64));
+    headers.insert("retry-after-ms", HeaderValue::from(ms as u64));
 }
 
 /// A JSON error response in the OpenAI shape.

@@ -4,30 +4,30 @@ use std::convert::Infallible;
 use std::future::Future;
 use std::net::IpAddr;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
-use http::header::CONTENT_LENGTH;
+use http::header::{CONTENT_LENGTH, CONTENT_TYPE};
 use http::{HeaderValue, Method, Request, Response, StatusCode, Version};
 use hyper::body::Incoming;
-use tokio::time::error::Elapsed;
 
+use crate::backends::{self, Backend, Backends, DEFAULT_THROTTLE, Plan, throttle_wait};
 use crate::body::{RequestBody, RequestBodyError, ResponseBody};
-use crate::config::Upstream;
-use crate::error::{ProxyError, error_chain, find_cause};
+use crate::error::{ProxyError, error_chain, find_cause, set_retry_after};
 use crate::headers;
 use crate::health;
 use crate::inbound_auth::{Decision, InboundAuth};
 use crate::logging;
 use crate::metrics::{InFlight, Metrics, UpstreamError};
+use crate::replay::Replay;
 use crate::token::TokenSource;
 use crate::units::format_duration;
-use crate::upstream::{PooledBody, RequestError, UpstreamClient};
+use crate::upstream::{PooledBody, RequestError};
+use crate::usage::{self, UsageMeter};
 use crate::websocket::{self, Sessions};
 
 /// Everything a request needs, shared by all connections.
 pub struct Forwarder {
-    pub upstream: Upstream,
-    pub client: UpstreamClient<RequestBody>,
+    pub backends: Backends,
     pub token: Arc<TokenSource>,
     pub auth: Option<Arc<InboundAuth>>,
     pub metrics: Arc<Metrics>,
@@ -57,14 +57,33 @@ impl Forwarder {
             let (response, original_uri) = match prepared {
                 Prepared::Answered(response, original_uri) => (response, original_uri),
                 Prepared::Forward(upstream_request, original_uri) => {
-                    let sent = self.client.send(upstream_request);
+                    let backend = self.backends.get(0);
+                    backend.meters.requests.inc();
+                    let sent = backend.client.send(upstream_request);
                     let result = tokio::time::timeout(self.upstream_timeout, sent).await;
-                    (self.finish(result, in_flight), original_uri)
+                    let deployment = backends::deployment_in(original_uri.path());
+                    let response = match result {
+                        Ok(Ok(response)) => {
+                            if response.status() == StatusCode::TOO_MANY_REQUESTS {
+                                backend.throttled(deployment, wait_of(&response));
+                            }
+                            self.respond(backend, deployment, started, response, in_flight)
+                        }
+                        Ok(Err(error)) => self.upstream_failure(&error).into_response(),
+                        Err(_) => self.upstream_timeout().into_response(),
+                    };
+                    (response, original_uri)
+                }
+                Prepared::Failover(request) => {
+                    // Boxed: it would otherwise grow every request's future, single backend too.
+                    let response = Box::pin(self.failover(*request, started, in_flight)).await;
+                    (response.0, response.1)
                 }
                 Prepared::Upgrade(upgrade) => {
-                    let (request, client, original_uri) = *upgrade;
+                    let (request, client, original_uri, backend) = *upgrade;
                     // Boxed: rare, and it would otherwise grow every request's future.
-                    let response = Box::pin(self.upgrade(request, client, in_flight)).await;
+                    let response =
+                        Box::pin(self.upgrade(backend, request, client, in_flight)).await;
                     (response, original_uri)
                 }
             };
@@ -79,10 +98,36 @@ impl Forwarder {
     /// Checks the caller's request and rewrites it for the upstream, or answers it.
     fn prepare(&self, request: Request<Incoming>, client_ip: IpAddr) -> Prepared {
         let (mut parts, body) = request.into_parts();
-        let (target, authorization) = match self.check(&parts, client_ip) {
-            Ok(Some(checked)) => checked,
+        let authorization = match self.check(&parts, client_ip) {
+            Ok(Some(authorization)) => authorization,
             Ok(None) => return Prepared::Answered(health::health(&self.token), parts.uri),
             Err(error) => return Prepared::Answered(error.into_response(), parts.uri),
+        };
+        let deployment = backends::deployment_in(parts.uri.path());
+        let order = match self.backends.single() {
+            Some(backend) => match backend.throttled_for(deployment) {
+                Some(retry_after) => {
+                    let refused = ProxyError::Throttled { retry_after }.into_response();
+                    return Prepared::Answered(refused, parts.uri);
+                }
+                None => None,
+            },
+            None => match self.backends.plan(deployment) {
+                Plan::Try(order) => Some(order),
+                Plan::Throttled(retry_after) => {
+                    let refused = ProxyError::Throttled { retry_after }.into_response();
+                    return Prepared::Answered(refused, parts.uri);
+                }
+            },
+        };
+        let first = order.as_ref().map_or(0, |order| order[0]);
+        let target = match self.backends.get(first).target(&parts.uri) {
+            Ok(path_and_query) => http::Uri::from(path_and_query),
+            Err(_) => {
+                let refused =
+                    ProxyError::BadRequest("the request target cannot be forwarded".into());
+                return Prepared::Answered(refused.into_response(), parts.uri);
+            }
         };
         let original_uri = std::mem::replace(&mut parts.uri, target);
         let upgrade = (parts.method == Method::GET && websocket::is_upgrade(&parts.headers))
@@ -92,34 +137,141 @@ impl Forwarder {
         // The client picks HTTP/1.1 or HTTP/2 per upstream connection (ALPN), whatever the caller
         // used.
         parts.version = Version::HTTP_11;
-        let body = RequestBody::new(body, self.max_request_body, self.metrics.clone());
-        match upgrade {
-            Some(client) => {
-                websocket::restore_upgrade_headers(&mut parts.headers);
-                let request = Request::from_parts(parts, body);
-                Prepared::Upgrade(Box::new((request, client, original_uri)))
-            }
-            None => Prepared::Forward(Request::from_parts(parts, body), original_uri),
+        if let Some(client) = upgrade {
+            // A WebSocket session goes to the first backend; it is not failed over.
+            websocket::restore_upgrade_headers(&mut parts.headers);
+            let body = RequestBody::new(body, self.max_request_body, self.metrics.clone());
+            let request = Request::from_parts(parts, body);
+            return Prepared::Upgrade(Box::new((request, client, original_uri, first)));
         }
+        match order {
+            None => {
+                let body = RequestBody::new(body, self.max_request_body, self.metrics.clone());
+                Prepared::Forward(Request::from_parts(parts, body), original_uri)
+            }
+            Some(order) => Prepared::Failover(Box::new(FailoverRequest {
+                method: parts.method,
+                headers: parts.headers,
+                body,
+                order,
+                original_uri,
+            })),
+        }
+    }
+
+    /// A request with several backends to go to: each in the planned order, at most once, until
+    /// one answers with neither a 429 nor a fault, or the body cannot be sent again.
+    async fn failover(
+        &self,
+        request: FailoverRequest,
+        started: Instant,
+        in_flight: InFlight,
+    ) -> (Response<ResponseBody>, http::Uri) {
+        let FailoverRequest {
+            method,
+            headers,
+            body,
+            order,
+            original_uri,
+        } = request;
+        let deployment = backends::deployment_in(original_uri.path());
+        let failover = &self.backends.failover;
+        let replay = Replay::new(body, failover.replay_body_limit);
+        let mut last: Option<Attempt> = None;
+        let mut previous: Option<&Backend> = None;
+        for &index in &order {
+            let backend = self.backends.get(index);
+            if let Some(previous) = previous {
+                if !replay.can_replay() {
+                    tracing::info!(
+                        backend = %previous.label,
+                        "not failing over: the request body was larger than AOAI_PROXY_RETRY_BODY_LIMIT"
+                    );
+                    break;
+                }
+                previous.meters.failovers.inc();
+                tracing::info!(from = %previous.label, to = %backend.label, "failing over");
+            }
+            previous = Some(backend);
+            let Ok(path_and_query) = backend.target(&original_uri) else {
+                let refused =
+                    ProxyError::BadRequest("the request target cannot be forwarded".into());
+                return (refused.into_response(), original_uri);
+            };
+            let mut attempt = Request::new(RequestBody::replay(
+                &replay,
+                self.max_request_body,
+                self.metrics.clone(),
+            ));
+            *attempt.method_mut() = method.clone();
+            *attempt.uri_mut() = http::Uri::from(path_and_query);
+            *attempt.headers_mut() = headers.clone();
+            backend.meters.requests.inc();
+            let sent = backend.client.send(attempt);
+            match tokio::time::timeout(self.upstream_timeout, sent).await {
+                Ok(Ok(response)) if response.status() == StatusCode::TOO_MANY_REQUESTS => {
+                    backend.throttled(deployment, wait_of(&response));
+                    last = Some(Attempt::Answered(index, response));
+                }
+                Ok(Ok(response)) if is_fault(response.status()) => {
+                    tracing::warn!(backend = %backend.label, status = response.status().as_u16(), "backend answered with a fault");
+                    backend.fault(failover);
+                    last = Some(Attempt::Answered(index, response));
+                }
+                Ok(Ok(response)) => {
+                    backend.answered();
+                    let response = self.respond(backend, deployment, started, response, in_flight);
+                    return (response, original_uri);
+                }
+                Ok(Err(error)) => {
+                    let error = self.upstream_failure(&error);
+                    if let ProxyError::BodyTooLarge { .. } = error {
+                        return (error.into_response(), original_uri);
+                    }
+                    backend.fault(failover);
+                    last = Some(Attempt::Failed(error));
+                }
+                Err(_) => {
+                    backend.fault(failover);
+                    last = Some(Attempt::Failed(self.upstream_timeout()));
+                }
+            }
+        }
+        let response = match last.expect("a plan has at least one backend") {
+            Attempt::Answered(index, response) => self.respond(
+                self.backends.get(index),
+                deployment,
+                started,
+                response,
+                in_flight,
+            ),
+            Attempt::Failed(error) => error.into_response(),
+        };
+        (response, original_uri)
     }
 
     /// A WebSocket handshake: on the upstream's 101, the caller gets 101 and both connections
     /// become one tunnel; any other answer goes back as it came.
     async fn upgrade(
         &self,
+        backend: usize,
         request: Request<RequestBody>,
         client: hyper::upgrade::OnUpgrade,
         in_flight: InFlight,
     ) -> Response<ResponseBody> {
-        let sent = self.client.send_upgrade(request);
+        let backend = self.backends.get(backend);
+        backend.meters.requests.inc();
+        let started = Instant::now();
+        let sent = backend.client.send_upgrade(request);
         let result = tokio::time::timeout(self.upstream_timeout, sent).await;
         let mut response = match result {
             Ok(Ok(response)) if response.status() == StatusCode::SWITCHING_PROTOCOLS => response,
             Ok(Ok(response)) => {
-                return self.finish(Ok(Ok(response.map(PooledBody::unpooled))), in_flight);
+                let response = response.map(PooledBody::unpooled);
+                return self.respond(backend, None, started, response, in_flight);
             }
-            Ok(Err(error)) => return self.finish(Ok(Err(error)), in_flight),
-            Err(elapsed) => return self.finish(Err(elapsed), in_flight),
+            Ok(Err(error)) => return self.upstream_failure(&error).into_response(),
+            Err(_) => return self.upstream_timeout().into_response(),
         };
         let upstream = hyper::upgrade::on(&mut response);
         websocket::spawn_tunnel(
@@ -134,13 +286,13 @@ impl Forwarder {
         Response::from_parts(parts, ResponseBody::empty())
     }
 
-    /// `Ok(None)` for a health check; otherwise the upstream target and the `Authorization` to
-    /// send, or why the request is refused.
+    /// `Ok(None)` for a health check; otherwise the `Authorization` to send, or why the request
+    /// is refused.
     fn check(
         &self,
         parts: &http::request::Parts,
         client_ip: IpAddr,
-    ) -> Result<Option<(http::Uri, HeaderValue)>, ProxyError> {
+    ) -> Result<Option<HeaderValue>, ProxyError> {
         if parts.uri.path() == "/health" && matches!(parts.method, Method::GET | Method::HEAD) {
             return Ok(None);
         }
@@ -175,40 +327,55 @@ impl Forwarder {
             }
         }
 
-        match self.upstream.path_for(&parts.uri) {
-            Ok(path_and_query) => Ok(Some((http::Uri::from(path_and_query), authorization))),
-            Err(_) => Err(ProxyError::BadRequest(
-                "the request target cannot be forwarded".into(),
-            )),
-        }
+        Ok(Some(authorization))
     }
 
-    /// The caller's response from the upstream's, or the proxy's error when there is none.
-    fn finish(
+    /// The caller's response from a backend's: headers rewritten, the body streamed and metered.
+    /// A 429 carries both `Retry-After` and `retry-after-ms`, set to the shortest wait for a
+    /// backend (this one's own when another could take the request now).
+    fn respond(
         &self,
-        result: Result<Result<Response<PooledBody<RequestBody>>, RequestError>, Elapsed>,
+        backend: &Backend,
+        deployment: Option<&str>,
+        started: Instant,
+        response: Response<PooledBody<RequestBody>>,
         in_flight: InFlight,
     ) -> Response<ResponseBody> {
-        let response = match result {
-            Ok(Ok(response)) => response,
-            Ok(Err(error)) => return self.upstream_failure(&error).into_response(),
-            Err(_) => {
-                self.metrics.upstream_error(UpstreamError::Timeout);
-                return ProxyError::UpstreamTimeout(format!(
-                    "no response headers within {}",
-                    format_duration(self.upstream_timeout)
-                ))
-                .into_response();
-            }
-        };
-        if response.status() == StatusCode::UNAUTHORIZED {
+        let status = response.status();
+        if status == StatusCode::UNAUTHORIZED {
             self.token.report_rejected();
         }
         let (mut parts, body) = response.into_parts();
+        if status == StatusCode::TOO_MANY_REQUESTS {
+            let wait = self.backends.shortest_wait(deployment).unwrap_or_else(|| {
+                throttle_wait(&parts.headers, SystemTime::now()).unwrap_or(DEFAULT_THROTTLE)
+            });
+            set_retry_after(&mut parts.headers, wait);
+        }
         headers::rewrite_response(&mut parts.headers);
         parts.version = Version::HTTP_11;
-        let body = ResponseBody::upstream(body, self.metrics.clone(), in_flight);
+        let usage = status
+            .is_success()
+            .then(|| parts.headers.get(CONTENT_TYPE))
+            .flatten()
+            .and_then(|value| usage::metered(value.as_bytes()))
+            .map(|stream| {
+                let name = deployment.map_or("", |d| backend.deployment_name(d));
+                Box::new(UsageMeter::new(
+                    backend.usage_meters(name),
+                    stream.then_some(started),
+                ))
+            });
+        let body = ResponseBody::upstream(body, self.metrics.clone(), in_flight, usage);
         Response::from_parts(parts, body)
+    }
+
+    fn upstream_timeout(&self) -> ProxyError {
+        self.metrics.upstream_error(UpstreamError::Timeout);
+        ProxyError::UpstreamTimeout(format!(
+            "no response headers within {}",
+            format_duration(self.upstream_timeout)
+        ))
     }
 
     fn upstream_failure(&self, error: &RequestError) -> ProxyError {
@@ -241,8 +408,45 @@ impl Forwarder {
 enum Prepared {
     /// To send upstream.
     Forward(Request<RequestBody>, http::Uri),
-    /// A WebSocket handshake to send upstream, with the caller's side of the upgrade.
-    Upgrade(Box<(Request<RequestBody>, hyper::upgrade::OnUpgrade, http::Uri)>),
+    /// To send to one of several backends.
+    Failover(Box<FailoverRequest>),
+    /// A WebSocket handshake to send upstream, with the caller's side of the upgrade and the
+    /// backend it goes to.
+    Upgrade(
+        Box<(
+            Request<RequestBody>,
+            hyper::upgrade::OnUpgrade,
+            http::Uri,
+            usize,
+        )>,
+    ),
     /// Answered by the proxy: health, or a refusal.
     Answered(Response<ResponseBody>, http::Uri),
+}
+
+/// A request checked and rewritten, with the backends it may go to.
+struct FailoverRequest {
+    method: Method,
+    headers: http::HeaderMap,
+    body: Incoming,
+    order: Vec<usize>,
+    original_uri: http::Uri,
+}
+
+/// What the last attempt of a failover got.
+enum Attempt {
+    /// A 429 or a fault status, passed on when no other backend is left.
+    Answered(usize, Response<PooledBody<RequestBody>>),
+    /// No answer.
+    Failed(ProxyError),
+}
+
+/// 500, 502, 503 and 504: the answers another backend may not give.
+fn is_fault(status: StatusCode) -> bool {
+    matches!(status.as_u16(), 500 | 502 | 503 | 504)
+}
+
+/// How long a 429 asks to wait.
+fn wait_of<B>(response: &Response<B>) -> Duration {
+    throttle_wait(response.headers(), SystemTime::now()).unwrap_or(DEFAULT_THROTTLE)
 }

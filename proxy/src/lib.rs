@@ -3,6 +3,7 @@
 //! The binary reads its [`config::Config`] from the environment and calls [`Proxy::build`], then
 //! [`Proxy::serve`]. Tests and benchmarks build the same [`Proxy`] in-process, on port 0.
 
+pub(crate) mod backends;
 pub(crate) mod body;
 pub mod config;
 pub mod credentials;
@@ -15,11 +16,13 @@ pub(crate) mod health;
 pub mod inbound_auth;
 pub mod logging;
 pub(crate) mod metrics;
+pub(crate) mod replay;
 pub mod server;
 pub mod tls;
 pub mod token;
 pub mod units;
 pub(crate) mod upstream;
+pub(crate) mod usage;
 pub(crate) mod websocket;
 
 use std::future::Future;
@@ -111,14 +114,21 @@ impl Proxy {
         } else {
             None
         };
+        let backends = config
+            .backends
+            .iter()
+            .map(|spec| {
+                let client = upstream::UpstreamClient::new(
+                    connector.clone(),
+                    upgrade_connector.clone(),
+                    &spec.upstream,
+                    config.limits.pool_idle_timeout,
+                );
+                backends::Backend::new(spec, client, metrics.clone())
+            })
+            .collect();
         let forwarder = Arc::new(Forwarder {
-            upstream: config.upstream.clone(),
-            client: upstream::UpstreamClient::new(
-                connector.clone(),
-                upgrade_connector,
-                &config.upstream,
-                config.limits.pool_idle_timeout,
-            ),
+            backends: backends::Backends::new(backends, config.failover.clone()),
             token: token.clone(),
             auth,
             metrics: metrics.clone(),
@@ -179,7 +189,10 @@ fn warn_about_exposure(config: &Config) {
             "the forwarding port is reachable beyond this host and no inbound key is configured: anyone who can connect gets Azure OpenAI calls made with this identity. Set HOST=127.0.0.1 (as in a pod) or configure EXPECTED_KEY / AOAI_PROXY_INBOUND_KEYS_FILE"
         );
     }
-    if config.upstream.scheme == http::uri::Scheme::HTTP && !config.upstream.is_loopback() {
-        tracing::warn!(upstream = %config.upstream, "the upstream is plain http: the access token travels unencrypted");
+    for backend in &config.backends {
+        let upstream = &backend.upstream;
+        if upstream.scheme == http::uri::Scheme::HTTP && !upstream.is_loopback() {
+            tracing::warn!(upstream = %upstream, "the upstream is plain http: the access token travels unencrypted");
+        }
     }
 }

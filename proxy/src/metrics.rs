@@ -46,6 +46,46 @@ struct ReasonLabels {
     reason: &'static str,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct BackendLabels {
+    backend: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct DeploymentLabels {
+    backend: String,
+    deployment: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct TokenLabels {
+    backend: String,
+    deployment: String,
+    gen_ai_token_type: &'static str,
+}
+
+/// One backend's counters, resolved once.
+#[derive(Clone)]
+pub struct BackendMeters {
+    /// Requests sent to it (each attempt of a failover counts where it went).
+    pub requests: Counter,
+    /// 429 answers from it.
+    pub throttled: Counter,
+    /// Requests that went on from it to another backend.
+    pub failovers: Counter,
+    /// Times it was ejected.
+    pub ejections: Counter,
+}
+
+/// One deployment's token-usage meters on one backend, resolved once.
+#[derive(Clone)]
+pub struct DeploymentMeters {
+    pub input: Counter,
+    pub output: Counter,
+    pub total: Counter,
+    pub time_to_first_token: Histogram,
+}
+
 /// Upstream failure kinds (the `kind` label of `aoai_proxy_upstream_errors_total`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum UpstreamError {
@@ -86,6 +126,12 @@ pub struct Metrics {
     auth_failures: Family<ReasonLabels, Counter>,
     websocket_sessions: Counter,
     websocket_open: Gauge,
+    backend_requests: Family<BackendLabels, Counter>,
+    backend_throttled: Family<BackendLabels, Counter>,
+    backend_failovers: Family<BackendLabels, Counter>,
+    backend_ejections: Family<BackendLabels, Counter>,
+    tokens: Family<TokenLabels, Counter>,
+    time_to_first_token: Family<DeploymentLabels, Histogram, fn() -> Histogram>,
 }
 
 impl Default for Metrics {
@@ -200,6 +246,52 @@ impl Metrics {
             websocket_open.clone(),
         );
 
+        let backend_family = |registry: &mut Registry, name: &str, help: &str| {
+            let family = Family::<BackendLabels, Counter>::default();
+            registry.register(name, help, family.clone());
+            family
+        };
+        let backend_requests = backend_family(
+            &mut registry,
+            "backend_requests",
+            "Requests sent to each backend (a failed-over request counts at every backend it went to)",
+        );
+        let backend_throttled = backend_family(
+            &mut registry,
+            "backend_throttled",
+            "429 answers from each backend",
+        );
+        let backend_failovers = backend_family(
+            &mut registry,
+            "backend_failovers",
+            "Requests that went on from this backend to the next (after a 429 or a fault)",
+        );
+        let backend_ejections = backend_family(
+            &mut registry,
+            "backend_ejections",
+            "Times each backend was ejected after consecutive faults",
+        );
+        // OpenTelemetry GenAI: gen_ai.client.token.usage, by gen_ai.token.type (input, output;
+        // and total, which the convention leaves to the sum).
+        let tokens = Family::<TokenLabels, Counter>::default();
+        registry.register(
+            "gen_ai_client_token_usage",
+            "Tokens used, from the usage of JSON answers and of streams, by backend, deployment and gen_ai_token_type (input, output, total)",
+            tokens.clone(),
+        );
+        // OpenTelemetry GenAI: gen_ai.server.time_to_first_token.
+        let time_to_first_token: Family<DeploymentLabels, Histogram, fn() -> Histogram> =
+            Family::new_with_constructor(|| {
+                Histogram::new([
+                    0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 5.0, 10.0, 30.0,
+                ])
+            });
+        registry.register(
+            "gen_ai_server_time_to_first_token_seconds",
+            "Time from the request to the first chunk of a streamed answer, by backend and deployment",
+            time_to_first_token.clone(),
+        );
+
         Self {
             registry,
             requests,
@@ -215,6 +307,47 @@ impl Metrics {
             auth_failures,
             websocket_sessions,
             websocket_open,
+            backend_requests,
+            backend_throttled,
+            backend_failovers,
+            backend_ejections,
+            tokens,
+            time_to_first_token,
+        }
+    }
+
+    /// The counters of the backend labelled `backend`.
+    pub fn backend(&self, backend: &str) -> BackendMeters {
+        let labels = BackendLabels {
+            backend: backend.to_string(),
+        };
+        BackendMeters {
+            requests: self.backend_requests.get_or_create_owned(&labels),
+            throttled: self.backend_throttled.get_or_create_owned(&labels),
+            failovers: self.backend_failovers.get_or_create_owned(&labels),
+            ejections: self.backend_ejections.get_or_create_owned(&labels),
+        }
+    }
+
+    /// The token-usage meters of `deployment` on `backend`.
+    pub fn deployment(&self, backend: &str, deployment: &str) -> DeploymentMeters {
+        let tokens = |gen_ai_token_type| {
+            self.tokens.get_or_create_owned(&TokenLabels {
+                backend: backend.to_string(),
+                deployment: deployment.to_string(),
+                gen_ai_token_type,
+            })
+        };
+        DeploymentMeters {
+            input: tokens("input"),
+            output: tokens("output"),
+            total: tokens("total"),
+            time_to_first_token: self
+                .time_to_first_token
+                .get_or_create_owned(&DeploymentLabels {
+                    backend: backend.to_string(),
+                    deployment: deployment.to_string(),
+                }),
         }
     }
 

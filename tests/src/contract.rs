@@ -79,8 +79,8 @@ pub fn assert_sidecar_configures(
     let wanted = Upstream::parse(&proxy.spec.endpoint).expect("a valid endpoint");
     assert_eq!(
         (
-            config.upstream.authority.as_str(),
-            config.upstream.path_prefix.as_str()
+            config.backends[0].upstream.authority.as_str(),
+            config.backends[0].upstream.path_prefix.as_str()
         ),
         (wanted.authority.as_str(), wanted.path_prefix.as_str()),
         "{what}: upstream"

@@ -6,6 +6,11 @@
 //! - `x-mock-chunks: N`, `x-mock-chunk-delay-ms: D` shape a streamed chat completion;
 //! - `x-mock-reset-after: K` aborts the connection after K streamed chunks.
 //!
+//! [`MockOpenAi::set_fault`] makes every request get a 429 (with one of Azure's header forms), a
+//! status, or no answer at all; [`ResetBackend`] resets each connection before any answer. A
+//! streamed chat completion asked for with `stream_options.include_usage` ends with a usage
+//! chunk, as Azure's does.
+//!
 //! `POST .../chat/completions` answers a chat completion (SSE when the body asks `"stream": true`);
 //! `POST .../responses` a Responses API answer (SSE events when streamed); `GET .../models` a model
 //! list; `POST .../embeddings` an embedding; a multipart `POST .../files` a file object;
@@ -36,7 +41,40 @@ pub struct Recorded {
     pub headers: HeaderMap,
     pub body: Bytes,
     pub peer: SocketAddr,
+    /// When it arrived.
+    pub at: std::time::Instant,
 }
+
+/// How a throttled mock says how long to wait.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ThrottleHeader {
+    /// `retry-after-ms: <ms>` (Azure OpenAI).
+    RetryAfterMs,
+    /// `retry-after: <seconds>`.
+    RetryAfter,
+    /// `x-ratelimit-reset-tokens: <seconds>` with `x-ratelimit-remaining-tokens: 0`.
+    ResetTokens,
+    /// `x-ratelimit-reset-requests: <seconds>` with `x-ratelimit-remaining-requests: 0`.
+    ResetRequests,
+}
+
+/// What the mock does with every request while it is set.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fault {
+    /// 429 with the wait in `header`.
+    Throttle {
+        header: ThrottleHeader,
+        wait: Duration,
+    },
+    /// This status with an Azure-style error body.
+    Status(u16),
+    /// Never answers.
+    Hang,
+}
+
+/// Prompt tokens the mock reports for a streamed chat completion (completion tokens: one per
+/// chunk).
+pub const STREAM_PROMPT_TOKENS: u64 = 9;
 
 #[derive(Default)]
 struct State {
@@ -45,6 +83,7 @@ struct State {
     /// When set, a request whose bearer token this ledger does not hold as valid gets 401.
     ledger: Option<Arc<TokenLedger>>,
     invalid_tokens: AtomicUsize,
+    fault: Mutex<Option<Fault>>,
 }
 
 /// The running mock.
@@ -96,6 +135,11 @@ impl MockOpenAi {
         self.state.requests.lock().unwrap().clone()
     }
 
+    /// From now on, every request gets `fault` (or a normal answer with `None`).
+    pub fn set_fault(&self, fault: Option<Fault>) {
+        *self.state.fault.lock().unwrap() = fault;
+    }
+
     /// Number of streamed responses that have sent their last chunk.
     pub fn streams_finished(&self) -> usize {
         self.state.streams_finished.load(Ordering::SeqCst)
@@ -136,6 +180,7 @@ async fn respond(
         headers: parts.headers.clone(),
         body: body.clone(),
         peer,
+        at: arrived,
     };
     state.requests.lock().unwrap().push(recorded);
     if let Some(ledger) = &state.ledger {
@@ -154,6 +199,18 @@ async fn respond(
         }
     }
 
+    let fault = *state.fault.lock().unwrap();
+    match fault {
+        Some(Fault::Throttle { header, wait }) => return throttled(header, wait),
+        Some(Fault::Status(status)) => {
+            return json(
+                status,
+                &serde_json::json!({"error": {"code": status.to_string(), "message": "mock fault"}}),
+            );
+        }
+        Some(Fault::Hang) => std::future::pending::<()>().await,
+        None => {}
+    }
     if let Some(delay) = header_number(&parts.headers, "x-mock-delay-ms") {
         tokio::time::sleep(Duration::from_millis(delay)).await;
     }
@@ -165,7 +222,8 @@ async fn respond(
     } else if parts.method == Method::POST && parts.uri.path().ends_with("/chat/completions") {
         let request_json: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
         if request_json["stream"] == serde_json::Value::Bool(true) {
-            stream_completion(state, &parts.headers)
+            let usage = request_json["stream_options"]["include_usage"] == true;
+            stream_completion(state, &parts.headers, usage)
         } else {
             json(200, &completion())
         }
@@ -343,7 +401,90 @@ pub fn chunk_event(content: &str) -> String {
     format!("data: {chunk}\n\n")
 }
 
-fn stream_completion(state: Arc<State>, headers: &HeaderMap) -> Response<MockBody> {
+/// A 429 as Azure sends it, with the wait in `header`.
+fn throttled(header: ThrottleHeader, wait: Duration) -> Response<MockBody> {
+    let mut response = json(
+        429,
+        &serde_json::json!({"error": {"code": "429", "message": "Requests to the ChatCompletions_Create Operation under Azure OpenAI API version 2024-10-21 have exceeded token rate limit of your current tier. Please retry after a while."}}),
+    );
+    let seconds = wait.as_secs_f64().ceil() as u64;
+    let headers = response.headers_mut();
+    let mut set = |name: &'static str, value: String| {
+        headers.insert(name, value.parse().unwrap());
+    };
+    match header {
+        ThrottleHeader::RetryAfterMs => set("retry-after-ms", wait.as_millis().to_string()),
+        ThrottleHeader::RetryAfter => set("retry-after", seconds.to_string()),
+        ThrottleHeader::ResetTokens => {
+            set("x-ratelimit-remaining-tokens", "0".into());
+            set(
+                "x-ratelimit-reset-tokens",
+                format!("{}", wait.as_secs_f64()),
+            );
+            set("x-ratelimit-remaining-requests", "10".into());
+            set("x-ratelimit-reset-requests", "60".into());
+        }
+        ThrottleHeader::ResetRequests => {
+            set("x-ratelimit-remaining-requests", "0".into());
+            set(
+                "x-ratelimit-reset-requests",
+                format!("{}", wait.as_secs_f64()),
+            );
+        }
+    }
+    response
+}
+
+/// Resets every connection before answering (after reading the request head), counting them.
+pub struct ResetBackend {
+    pub addr: SocketAddr,
+    accepted: Arc<AtomicUsize>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl ResetBackend {
+    pub async fn start() -> Self {
+        use tokio::io::AsyncReadExt;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let accepted = Arc::new(AtomicUsize::new(0));
+        let count = accepted.clone();
+        let task = tokio::spawn(async move {
+            while let Ok((mut stream, _)) = listener.accept().await {
+                count.fetch_add(1, Ordering::SeqCst);
+                tokio::spawn(async move {
+                    let mut buffer = [0u8; 1024];
+                    let _ = stream.read(&mut buffer).await;
+                    // Linger 0: close with a RST, as a broken load balancer does.
+                    let _ = stream.set_zero_linger();
+                    drop(stream);
+                });
+            }
+        });
+        Self {
+            addr,
+            accepted,
+            task,
+        }
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// Connections accepted (each reset).
+    pub fn accepted(&self) -> usize {
+        self.accepted.load(Ordering::SeqCst)
+    }
+}
+
+impl Drop for ResetBackend {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+fn stream_completion(state: Arc<State>, headers: &HeaderMap, usage: bool) -> Response<MockBody> {
     let chunks = header_number(headers, "x-mock-chunks").unwrap_or(5) as usize;
     let delay = Duration::from_millis(header_number(headers, "x-mock-chunk-delay-ms").unwrap_or(0));
     let reset_after = header_number(headers, "x-mock-reset-after").map(|n| n as usize);
@@ -364,8 +505,23 @@ fn stream_completion(state: Arc<State>, headers: &HeaderMap) -> Response<MockBod
             if i > 0 && !delay.is_zero() {
                 tokio::time::sleep(delay).await;
             }
+            let mut event = chunk_event(&format!("part{i} "));
+            if usage {
+                event = event.replace("}\n\n", ",\"usage\":null}\n\n");
+            }
+            if tx.send(Ok(Bytes::from(event))).await.is_err() {
+                return;
+            }
+        }
+        if usage {
+            let chunk = serde_json::json!({
+                "id": "chatcmpl-mock", "object": "chat.completion.chunk", "created": 1_700_000_000,
+                "model": "gpt-4o-mini", "choices": [],
+                "usage": {"prompt_tokens": STREAM_PROMPT_TOKENS, "completion_tokens": chunks,
+                          "total_tokens": STREAM_PROMPT_TOKENS + chunks as u64},
+            });
             if tx
-                .send(Ok(Bytes::from(chunk_event(&format!("part{i} ")))))
+                .send(Ok(Bytes::from(format!("data: {chunk}\n\n"))))
                 .await
                 .is_err()
             {

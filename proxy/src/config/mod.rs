@@ -17,10 +17,14 @@ use http::uri::{Authority, PathAndQuery, Scheme};
 use crate::egress::{Egress, NoProxy, ProxyUrl};
 use crate::units::parse_duration;
 
+mod backends;
 mod credential;
 mod limits;
 mod vars;
 
+pub use backends::{
+    Backend, BackendEntry, Failover, MAX_BACKENDS, MAX_WEIGHT, is_deployment_name, parse_backends,
+};
 use credential::credential_from;
 pub use credential::{
     Credential, CredentialKind, EntraApp, ManagedIdentityEndpoint, SecretSource, UserAssignedId,
@@ -179,7 +183,9 @@ impl InboundAuthConfig {
 /// The whole, validated configuration.
 #[derive(Debug, Clone)]
 pub struct Config {
-    pub upstream: Upstream,
+    /// Never empty; the first of the lowest priority is the primary.
+    pub backends: Vec<Backend>,
+    pub failover: Failover,
     pub listen: SocketAddr,
     pub admin_listen: SocketAddr,
     pub credential: Credential,
@@ -335,13 +341,8 @@ impl Config {
     pub fn from_lookup(lookup: impl Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {
         let env = Env(lookup);
 
-        let (base_var, base) = env.get_aliased(names::API_BASE_URL, names::TARGET_URL)?.ok_or_else(|| {
-            error(
-                names::API_BASE_URL,
-                "is required: the Azure OpenAI endpoint, e.g. https://my-resource.openai.azure.com (or set TARGET_URL)",
-            )
-        })?;
-        let upstream = Upstream::parse(&base).map_err(|m| error(base_var, m))?;
+        let backends = backends::backends_from(&env)?;
+        let failover = Failover::from_env(&env)?;
 
         let host = env.parsed(names::HOST, parse_ip)?;
         let port = env.parsed(names::PORT, parse_port)?;
@@ -431,7 +432,8 @@ impl Config {
         })?;
 
         Ok(Config {
-            upstream,
+            backends,
+            failover,
             listen: SocketAddr::new(host, port),
             admin_listen: SocketAddr::new(admin_host, admin_port),
             credential,
@@ -482,7 +484,10 @@ mod tests {
         assert_eq!(c.admin_listen, "0.0.0.0:8081".parse().unwrap());
         assert_eq!(c.scope, DEFAULT_SCOPE);
         assert_eq!(c.authority_host, DEFAULT_AUTHORITY_HOST);
-        assert_eq!(c.upstream.to_string(), "https://res.openai.azure.com");
+        assert_eq!(
+            c.backends[0].upstream.to_string(),
+            "https://res.openai.azure.com"
+        );
         assert!(!c.inbound.enabled());
         assert_eq!(c.log_format, LogFormat::Text);
         match c.credential {
@@ -513,7 +518,7 @@ mod tests {
             ),
         ])
         .unwrap();
-        assert_eq!(c.upstream.path_prefix, "/openai");
+        assert_eq!(c.backends[0].upstream.path_prefix, "/openai");
         assert_eq!(c.scope, "https://cognitiveservices.azure.us/.default");
         assert_eq!(c.inbound.keys, vec![Secret::new("k1")]);
         assert_eq!(
@@ -536,6 +541,43 @@ mod tests {
         config(&[BASE, ("TARGET_URL", BASE.1)]).unwrap();
         let e = err(&[BASE, ("AZURE_SCOPE", "a"), ("AZURE_OPENAI_SCOPE", "b")]);
         assert_eq!(e.variable, "AZURE_OPENAI_SCOPE");
+    }
+
+    #[test]
+    fn several_backends_replace_the_base_url() {
+        let list = r#"[{"endpoint":"https://a.openai.azure.com"},{"endpoint":"https://b.openai.azure.com","priority":1}]"#;
+        let c = config(&[
+            ("AOAI_PROXY_BACKENDS", list),
+            ("AOAI_PROXY_CREDENTIAL", "managed-identity"),
+        ])
+        .unwrap();
+        assert_eq!(c.backends.len(), 2);
+        assert_eq!(c.failover, Failover::default());
+        let both = config(&[
+            ("AOAI_PROXY_BACKENDS", list),
+            BASE,
+            ("AOAI_PROXY_CREDENTIAL", "managed-identity"),
+        ])
+        .unwrap_err();
+        assert_eq!(both.variable, "AOAI_PROXY_BACKENDS");
+        assert!(
+            both.message.starts_with("contradicts API_BASE_URL"),
+            "{both}"
+        );
+        for (name, value) in [
+            ("AOAI_PROXY_BACKENDS", "[]"),
+            ("AOAI_PROXY_EJECT_AFTER", "0"),
+            ("AOAI_PROXY_EJECT_FOR", "0s"),
+            ("AOAI_PROXY_RETRY_BODY_LIMIT", "lots"),
+        ] {
+            let e = config(&[
+                ("AOAI_PROXY_BACKENDS", list),
+                ("AOAI_PROXY_CREDENTIAL", "managed-identity"),
+                (name, value),
+            ])
+            .unwrap_err();
+            assert_eq!(e.variable, name, "{e}");
+        }
     }
 
     #[test]

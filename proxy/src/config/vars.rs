@@ -28,6 +28,10 @@ pub const DEFAULT_IMDS_HOST: &str = "http://169.254.169.254";
 pub mod names {
     pub const API_BASE_URL: &str = "API_BASE_URL";
     pub const TARGET_URL: &str = "TARGET_URL";
+    pub const AOAI_PROXY_BACKENDS: &str = "AOAI_PROXY_BACKENDS";
+    pub const AOAI_PROXY_RETRY_BODY_LIMIT: &str = "AOAI_PROXY_RETRY_BODY_LIMIT";
+    pub const AOAI_PROXY_EJECT_AFTER: &str = "AOAI_PROXY_EJECT_AFTER";
+    pub const AOAI_PROXY_EJECT_FOR: &str = "AOAI_PROXY_EJECT_FOR";
     pub const HOST: &str = "HOST";
     pub const PORT: &str = "PORT";
     pub const AOAI_PROXY_ADMIN_HOST: &str = "AOAI_PROXY_ADMIN_HOST";
@@ -88,6 +92,26 @@ pub const ENV_VARS: &[EnvVar] = &[
         names::TARGET_URL,
         None,
         "Alias of API_BASE_URL (the Go managed-identity proxy's name), e.g. https://my-resource.openai.azure.com/openai/.",
+    ),
+    var(
+        names::AOAI_PROXY_BACKENDS,
+        None,
+        r#"Several Azure OpenAI endpoints instead of API_BASE_URL, as a JSON list: [{"endpoint":"https://ptu.openai.azure.com","priority":0,"weight":1,"deployments":{"gpt-4o":"gpt-4o-ptu"}}, ...]. Lower priority first, weight shares requests within a priority (default 1), deployments maps the name in the request path to this resource's. One token (AZURE_SCOPE) serves them all."#,
+    ),
+    var(
+        names::AOAI_PROXY_RETRY_BODY_LIMIT,
+        Some("4Mi"),
+        "With several backends: request bodies up to this size are kept while they stream, so the request can go to the next backend on a 429 or a fault; larger bodies stream once, without failover.",
+    ),
+    var(
+        names::AOAI_PROXY_EJECT_AFTER,
+        Some("3"),
+        "With several backends: consecutive faults (connection failure, reset, timeout, 500/502/503/504) after which a backend is skipped for AOAI_PROXY_EJECT_FOR.",
+    ),
+    var(
+        names::AOAI_PROXY_EJECT_FOR,
+        Some("30s"),
+        "With several backends: how long an ejected backend is skipped (it is tried again only when no other is left); its first fault after that ejects it again.",
     ),
     var(
         names::HOST,

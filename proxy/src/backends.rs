@@ -1,0 +1,500 @@
+//! The backends at run time: which ones a request may go to and in what order, their cool-downs
+//! after a 429 (for as long as Azure asks) and their ejection after repeated faults.
+//!
+//! A 429 cools down the deployment named in the request path on that backend, or the whole
+//! backend when the path names none (the v1 API carries the deployment in the body). A fault
+//! counts against the backend; `eject_after` in a row eject it for `eject_for`, after which its
+//! first fault ejects it again (a circuit breaker's half-open state).
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Mutex, RwLock};
+use std::time::{Duration, Instant, SystemTime};
+
+use http::uri::PathAndQuery;
+use http::{HeaderMap, Uri};
+
+use crate::body::RequestBody;
+use crate::config::{self, Failover, Upstream};
+use crate::metrics::{BackendMeters, DeploymentMeters, Metrics};
+use crate::upstream::UpstreamClient;
+
+/// The wait after a 429 that names none (Azure always does).
+pub const DEFAULT_THROTTLE: Duration = Duration::from_secs(1);
+
+/// One backend: its client, its settings, its health and its meters.
+pub struct Backend {
+    pub upstream: Upstream,
+    pub client: UpstreamClient<RequestBody>,
+    /// `host[:port]`, the `backend` label of its metrics and the name in logs.
+    pub label: String,
+    priority: u32,
+    weight: u32,
+    deployments: BTreeMap<String, String>,
+    health: Mutex<Health>,
+    pub meters: BackendMeters,
+    /// Token-usage meters by deployment, resolved once each.
+    usage: RwLock<HashMap<String, DeploymentMeters>>,
+    metrics: std::sync::Arc<Metrics>,
+}
+
+#[derive(Default)]
+struct Health {
+    /// The whole backend is throttled until then.
+    throttled_until: Option<Instant>,
+    /// Deployments throttled on this backend, until when.
+    deployments: HashMap<String, Instant>,
+    consecutive_faults: u32,
+    ejected_until: Option<Instant>,
+    /// Back from an ejection: the first fault ejects again.
+    probation: bool,
+}
+
+impl Health {
+    /// How long `deployment` (or the whole backend) stays throttled, if it is.
+    fn throttled_for(&mut self, deployment: Option<&str>, now: Instant) -> Option<Duration> {
+        let backend = self.throttled_until.filter(|until| *until > now);
+        if backend.is_none() {
+            self.throttled_until = None;
+        }
+        let deployment = deployment
+            .and_then(|name| self.deployments.get(name))
+            .copied()
+            .filter(|until| *until > now);
+        backend.max(deployment).map(|until| until - now)
+    }
+
+    fn ejected(&mut self, now: Instant) -> bool {
+        match self.ejected_until {
+            Some(until) if until > now => true,
+            Some(_) => {
+                self.ejected_until = None;
+                self.probation = true;
+                false
+            }
+            None => false,
+        }
+    }
+}
+
+impl Backend {
+    pub fn new(
+        spec: &config::Backend,
+        client: UpstreamClient<RequestBody>,
+        metrics: std::sync::Arc<Metrics>,
+    ) -> Self {
+        let label = spec.upstream.authority.to_string();
+        Self {
+            meters: metrics.backend(&label),
+            upstream: spec.upstream.clone(),
+            client,
+            label,
+            priority: spec.priority,
+            weight: spec.weight,
+            deployments: spec.deployments.clone(),
+            health: Mutex::default(),
+            usage: RwLock::default(),
+            metrics,
+        }
+    }
+
+    /// The upstream path and query for the caller's target, with the deployment renamed where
+    /// this backend calls it otherwise.
+    pub fn target(&self, target: &Uri) -> Result<PathAndQuery, http::uri::InvalidUri> {
+        if let Some(app_name) = deployment_in(target.path())
+            && let Some(ours) = self.deployments.get(app_name)
+        {
+            let text = target.path_and_query().map_or("/", PathAndQuery::as_str);
+            let renamed = rename_deployment(text, app_name, ours);
+            return self.upstream.path_for(&Uri::try_from(renamed)?);
+        }
+        self.upstream.path_for(target)
+    }
+
+    /// This backend's name for the deployment the caller names.
+    pub fn deployment_name<'a>(&'a self, app_name: &'a str) -> &'a str {
+        self.deployments
+            .get(app_name)
+            .map_or(app_name, String::as_str)
+    }
+
+    /// How long the deployment (or the backend) is still throttled, if it is.
+    pub fn throttled_for(&self, deployment: Option<&str>) -> Option<Duration> {
+        self.health
+            .lock()
+            .expect("health lock")
+            .throttled_for(deployment, Instant::now())
+    }
+
+    /// A 429: out of rotation for `wait`.
+    pub fn throttled(&self, deployment: Option<&str>, wait: Duration) {
+        self.meters.throttled.inc();
+        let until = Instant::now() + wait;
+        let mut health = self.health.lock().expect("health lock");
+        match deployment {
+            Some(name) => {
+                let entry = health.deployments.entry(name.to_string()).or_insert(until);
+                *entry = (*entry).max(until);
+            }
+            None => health.throttled_until = health.throttled_until.max(Some(until)),
+        }
+        tracing::info!(
+            backend = %self.label,
+            deployment = deployment.unwrap_or(""),
+            wait_ms = wait.as_millis() as u64,
+            "backend throttled the request; out of rotation for the wait it asked"
+        );
+    }
+
+    /// A fault; ejects the backend after `failover.eject_after` in a row.
+    pub fn fault(&self, failover: &Failover) {
+        let now = Instant::now();
+        let mut health = self.health.lock().expect("health lock");
+        health.consecutive_faults += 1;
+        if health.probation || health.consecutive_faults >= failover.eject_after {
+            health.ejected_until = Some(now + failover.eject_for);
+            health.consecutive_faults = 0;
+            health.probation = false;
+            drop(health);
+            self.meters.ejections.inc();
+            tracing::warn!(
+                backend = %self.label,
+                "backend ejected for {} after repeated faults",
+                crate::units::format_duration(failover.eject_for)
+            );
+        }
+    }
+
+    /// An answer that is not a fault.
+    pub fn answered(&self) {
+        let mut health = self.health.lock().expect("health lock");
+        health.consecutive_faults = 0;
+        health.probation = false;
+    }
+
+    /// The token-usage meters of one of this backend's deployments ("" when the path names none).
+    pub fn usage_meters(&self, deployment: &str) -> DeploymentMeters {
+        if let Some(meters) = self.usage.read().expect("usage lock").get(deployment) {
+            return meters.clone();
+        }
+        let meters = self.metrics.deployment(&self.label, deployment);
+        self.usage
+            .write()
+            .expect("usage lock")
+            .entry(deployment.to_string())
+            .or_insert(meters)
+            .clone()
+    }
+}
+
+/// Every backend, lowest priority first (in the listed order within a priority).
+pub struct Backends {
+    list: Vec<Backend>,
+    pub failover: Failover,
+}
+
+/// Where a request may go.
+pub enum Plan {
+    /// The backends to try, in order; each at most once.
+    Try(Vec<usize>),
+    /// Every backend is throttled for this request: the shortest wait.
+    Throttled(Duration),
+}
+
+impl Backends {
+    pub fn new(mut list: Vec<Backend>, failover: Failover) -> Self {
+        assert!(
+            !list.is_empty(),
+            "the configuration has at least one backend"
+        );
+        list.sort_by_key(|b| b.priority);
+        Self { list, failover }
+    }
+
+    /// The one backend when there is only one: the path without failover.
+    pub fn single(&self) -> Option<&Backend> {
+        match self.list.as_slice() {
+            [only] => Some(only),
+            _ => None,
+        }
+    }
+
+    pub fn get(&self, index: usize) -> &Backend {
+        &self.list[index]
+    }
+
+    /// The order to try the backends in for a request naming `deployment`: by priority, by
+    /// weighted chance within a priority, throttled ones left out, ejected ones last.
+    pub fn plan(&self, deployment: Option<&str>) -> Plan {
+        let now = Instant::now();
+        let mut order = Vec::with_capacity(self.list.len());
+        let mut ejected = Vec::new();
+        let mut shortest: Option<Duration> = None;
+        let mut start = 0;
+        while start < self.list.len() {
+            let priority = self.list[start].priority;
+            let end = self.list[start..]
+                .iter()
+                .position(|b| b.priority != priority)
+                .map_or(self.list.len(), |n| start + n);
+            let mut group = Vec::new();
+            for index in start..end {
+                let mut health = self.list[index].health.lock().expect("health lock");
+                if let Some(wait) = health.throttled_for(deployment, now) {
+                    shortest = Some(shortest.map_or(wait, |s| s.min(wait)));
+                } else if health.ejected(now) {
+                    ejected.push(index);
+                } else {
+                    group.push(index);
+                }
+            }
+            self.weighted_order(&mut group, &mut order);
+            start = end;
+        }
+        order.extend(ejected);
+        match shortest {
+            Some(wait) if order.is_empty() => Plan::Throttled(wait),
+            _ => Plan::Try(order),
+        }
+    }
+
+    /// Moves `group` into `order`, each next pick drawn with a chance proportional to its weight.
+    fn weighted_order(&self, group: &mut Vec<usize>, order: &mut Vec<usize>) {
+        while !group.is_empty() {
+            let total: u32 = group.iter().map(|&i| self.list[i].weight).sum();
+            let mut draw = fastrand::u32(0..total);
+            let pick = group
+                .iter()
+                .position(|&i| {
+                    let weight = self.list[i].weight;
+                    if draw < weight {
+                        true
+                    } else {
+                        draw -= weight;
+                        false
+                    }
+                })
+                .expect("the draw falls within the total");
+            order.push(group.remove(pick));
+        }
+    }
+
+    /// The shortest time until one of the backends takes `deployment` again; `None` when one
+    /// takes it now.
+    pub fn shortest_wait(&self, deployment: Option<&str>) -> Option<Duration> {
+        let now = Instant::now();
+        let mut shortest = None;
+        for backend in &self.list {
+            let wait = backend
+                .health
+                .lock()
+                .expect("health lock")
+                .throttled_for(deployment, now)?;
+            shortest = Some(shortest.map_or(wait, |s: Duration| s.min(wait)));
+        }
+        shortest
+    }
+}
+
+/// The deployment a request path names: the segment after `/deployments/`.
+pub fn deployment_in(path: &str) -> Option<&str> {
+    let at = path.find("/deployments/")? + "/deployments/".len();
+    let rest = &path[at..];
+    let name = &rest[..rest.find('/').unwrap_or(rest.len())];
+    (!name.is_empty()).then_some(name)
+}
+
+/// `path_and_query` with its deployment segment `from` replaced by `to`.
+fn rename_deployment(path_and_query: &str, from: &str, to: &str) -> String {
+    let marker = format!("/deployments/{from}");
+    match path_and_query.find(&marker) {
+        Some(at) => {
+            let start = at + "/deployments/".len();
+            format!(
+                "{}{to}{}",
+                &path_and_query[..start],
+                &path_and_query[start + from.len()..]
+            )
+        }
+        None => path_and_query.to_string(),
+    }
+}
+
+/// How long a 429 asks to wait: `retry-after-ms`, else `Retry-After` (seconds or an HTTP date),
+/// else the `x-ratelimit-reset-*` header of the exhausted limit (the longer one when neither
+/// `x-ratelimit-remaining-*` says which).
+pub fn throttle_wait(headers: &HeaderMap, now: SystemTime) -> Option<Duration> {
+    let text = |name: &str| {
+        headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .map(str::trim)
+    };
+    if let Some(ms) = text("retry-after-ms").and_then(|t| t.parse::<f64>().ok())
+        && ms.is_finite()
+        && ms >= 0.0
+    {
+        return Some(Duration::from_secs_f64(ms / 1000.0));
+    }
+    if let Some(value) = text("retry-after") {
+        if let Ok(seconds) = value.parse::<f64>()
+            && seconds.is_finite()
+            && seconds >= 0.0
+        {
+            return Some(Duration::from_secs_f64(seconds));
+        }
+        if let Ok(date) = httpdate(value) {
+            return Some(date.duration_since(now).unwrap_or(Duration::ZERO));
+        }
+    }
+    let exhausted = |limit: &str| {
+        text(&format!("x-ratelimit-remaining-{limit}"))
+            .and_then(|t| t.parse::<f64>().ok())
+            .is_some_and(|left| left <= 0.0)
+    };
+    let reset = |limit: &str| text(&format!("x-ratelimit-reset-{limit}")).and_then(reset_duration);
+    let (tokens, requests) = (reset("tokens"), reset("requests"));
+    match (exhausted("tokens"), exhausted("requests")) {
+        (true, false) if tokens.is_some() => tokens,
+        (false, true) if requests.is_some() => requests,
+        _ => tokens.max(requests),
+    }
+}
+
+/// A reset header: seconds (`"12"`, `"0.5"`) or a duration (`"1s"`, `"6m0s"`, `"20ms"`).
+fn reset_duration(text: &str) -> Option<Duration> {
+    if let Ok(seconds) = text.parse::<f64>() {
+        return (seconds.is_finite() && seconds >= 0.0).then(|| Duration::from_secs_f64(seconds));
+    }
+    let mut total = Duration::ZERO;
+    let mut rest = text;
+    while !rest.is_empty() {
+        let digits = rest
+            .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+            .filter(|&n| n > 0)?;
+        let number: f64 = rest[..digits].parse().ok()?;
+        rest = &rest[digits..];
+        let unit_len = rest
+            .find(|c: char| c.is_ascii_digit())
+            .unwrap_or(rest.len());
+        let seconds = match &rest[..unit_len] {
+            "ms" => number / 1000.0,
+            "s" => number,
+            "m" => number * 60.0,
+            "h" => number * 3600.0,
+            _ => return None,
+        };
+        total += Duration::from_secs_f64(seconds);
+        rest = &rest[unit_len..];
+    }
+    Some(total)
+}
+
+/// An IMF-fixdate (`Sun, 06 Nov 1994 08:49:37 GMT`), the form `Retry-After` dates take.
+fn httpdate(text: &str) -> Result<SystemTime, ()> {
+    let format = time::macros::format_description!(
+        "[weekday repr:short], [day] [month repr:short] [year] [hour]:[minute]:[second] GMT"
+    );
+    let date = time::PrimitiveDateTime::parse(text, &format).map_err(|_| ())?;
+    Ok(date.assume_utc().into())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn headers(pairs: &[(&str, &str)]) -> HeaderMap {
+        let mut map = HeaderMap::new();
+        for (name, value) in pairs {
+            map.insert(
+                http::HeaderName::from_bytes(name.as_bytes()).unwrap(),
+                value.parse().unwrap(),
+            );
+        }
+        map
+    }
+
+    #[test]
+    fn every_form_of_the_wait_is_read() {
+        let now = SystemTime::UNIX_EPOCH + Duration::from_secs(784_111_777);
+        let wait = |pairs: &[(&str, &str)]| throttle_wait(&headers(pairs), now);
+        let ms = Duration::from_millis;
+        assert_eq!(
+            wait(&[("retry-after-ms", "1500"), ("retry-after", "9")]),
+            Some(ms(1500))
+        );
+        assert_eq!(
+            wait(&[("retry-after-ms", "12.5")]),
+            Some(Duration::from_micros(12_500))
+        );
+        assert_eq!(wait(&[("retry-after", "7")]), Some(ms(7000)));
+        assert_eq!(
+            wait(&[("retry-after", "Sun, 06 Nov 1994 08:49:47 GMT")]),
+            Some(ms(10_000))
+        );
+        assert_eq!(wait(&[("x-ratelimit-reset-tokens", "3")]), Some(ms(3000)));
+        assert_eq!(
+            wait(&[("x-ratelimit-reset-requests", "6m0s")]),
+            Some(ms(360_000))
+        );
+        assert_eq!(
+            wait(&[("x-ratelimit-reset-requests", "20ms")]),
+            Some(ms(20))
+        );
+        assert_eq!(
+            wait(&[("x-ratelimit-reset-tokens", "1m30.5s")]),
+            Some(ms(90_500))
+        );
+        // The limit that is exhausted decides; without a hint, the longer wait.
+        let both = [
+            ("x-ratelimit-reset-tokens", "4"),
+            ("x-ratelimit-reset-requests", "1"),
+        ];
+        assert_eq!(wait(&both), Some(ms(4000)));
+        let mut requests_out = both.to_vec();
+        requests_out.push(("x-ratelimit-remaining-requests", "0"));
+        requests_out.push(("x-ratelimit-remaining-tokens", "500"));
+        assert_eq!(wait(&requests_out), Some(ms(1000)));
+        assert_eq!(wait(&[]), None);
+        assert_eq!(
+            wait(&[("retry-after", "soon"), ("retry-after-ms", "-3")]),
+            None
+        );
+        assert_eq!(wait(&[("x-ratelimit-reset-tokens", "1x")]), None);
+    }
+
+    #[test]
+    fn both_retry_headers_are_written() {
+        use crate::error::set_retry_after;
+        let mut map = HeaderMap::new();
+        set_retry_after(&mut map, Duration::from_millis(1200));
+        assert_eq!(map["retry-after"], "2");
+        assert_eq!(map["retry-after-ms"], "1200");
+        set_retry_after(&mut map, Duration::from_micros(300));
+        assert_eq!(
+            (
+                map["retry-after"].to_str().unwrap(),
+                map["retry-after-ms"].to_str().unwrap()
+            ),
+            ("1", "1")
+        );
+    }
+
+    #[test]
+    fn the_deployment_is_found_and_renamed() {
+        assert_eq!(
+            deployment_in("/openai/deployments/gpt-4o/chat/completions"),
+            Some("gpt-4o")
+        );
+        assert_eq!(deployment_in("/deployments/x"), Some("x"));
+        assert_eq!(deployment_in("/openai/v1/chat/completions"), None);
+        assert_eq!(deployment_in("/openai/deployments/"), None);
+        assert_eq!(
+            rename_deployment(
+                "/openai/deployments/gpt-4o/chat/completions?api-version=1",
+                "gpt-4o",
+                "gpt-4o-ptu"
+            ),
+            "/openai/deployments/gpt-4o-ptu/chat/completions?api-version=1"
+        );
+    }
+}

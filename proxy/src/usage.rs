@@ -1,0 +1,382 @@
+//! Token usage read from response bodies as they stream past, without holding a chunk back.
+//!
+//! A JSON answer carries `"usage": {...}` (chat completions, embeddings, the Responses API); a
+//! stream carries it in its last event when the request asked for it
+//! (`stream_options.include_usage`; the Responses API's `response.completed` always does). The
+//! scanner looks for the `"usage"` key in each chunk (memchr's SIMD search, the few bytes around a
+//! chunk boundary included), copies the object that follows (at most [`MAX_USAGE_OBJECT`] bytes)
+//! and parses it when it closes. The last object found wins.
+
+use std::time::Instant;
+
+use memchr::memmem;
+use serde::Deserialize;
+
+use crate::metrics::DeploymentMeters;
+
+const KEY: &[u8] = b"\"usage\"";
+/// A usage object larger than this is not one.
+const MAX_USAGE_OBJECT: usize = 4096;
+
+/// Tokens one answer used.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Usage {
+    pub input: u64,
+    pub output: u64,
+    pub total: u64,
+}
+
+/// Both vocabularies: chat completions and embeddings (`prompt_tokens`, `completion_tokens`), the
+/// Responses and Realtime APIs (`input_tokens`, `output_tokens`).
+#[derive(Deserialize)]
+struct UsageObject {
+    prompt_tokens: Option<u64>,
+    completion_tokens: Option<u64>,
+    input_tokens: Option<u64>,
+    output_tokens: Option<u64>,
+    total_tokens: Option<u64>,
+}
+
+impl UsageObject {
+    fn usage(self) -> Option<Usage> {
+        let input = self.prompt_tokens.or(self.input_tokens);
+        let output = self.completion_tokens.or(self.output_tokens);
+        if input.is_none() && output.is_none() && self.total_tokens.is_none() {
+            return None;
+        }
+        let (input, output) = (input.unwrap_or(0), output.unwrap_or(0));
+        Some(Usage {
+            input,
+            output,
+            total: self.total_tokens.unwrap_or(input + output),
+        })
+    }
+}
+
+/// Counts a response's tokens (and, for a stream, its time to first token) into its
+/// deployment's meters.
+pub struct UsageMeter {
+    scanner: UsageScanner,
+    meters: DeploymentMeters,
+    /// For a stream, when the request arrived, until its first chunk.
+    stream_started: Option<Instant>,
+}
+
+impl UsageMeter {
+    pub fn new(meters: DeploymentMeters, stream_started: Option<Instant>) -> Self {
+        Self {
+            scanner: UsageScanner::default(),
+            meters,
+            stream_started,
+        }
+    }
+
+    pub fn chunk(&mut self, chunk: &[u8]) {
+        if let Some(started) = self.stream_started.take() {
+            self.meters
+                .time_to_first_token
+                .observe(started.elapsed().as_secs_f64());
+        }
+        self.scanner.feed(chunk);
+    }
+}
+
+impl Drop for UsageMeter {
+    /// At the end of the body, or when the caller went away: what was seen is what was used.
+    fn drop(&mut self) {
+        if let Some(usage) = self.scanner.usage() {
+            self.meters.input.inc_by(usage.input);
+            self.meters.output.inc_by(usage.output);
+            self.meters.total.inc_by(usage.total);
+        }
+    }
+}
+
+/// Whether a response of this content type can carry usage (JSON or an SSE stream), and whether
+/// it is a stream.
+pub fn metered(content_type: &[u8]) -> Option<bool> {
+    let essence = content_type
+        .split(|&b| b == b';')
+        .next()
+        .unwrap_or_default();
+    let essence = essence.trim_ascii();
+    if essence.eq_ignore_ascii_case(b"text/event-stream") {
+        Some(true)
+    } else if essence.eq_ignore_ascii_case(b"application/json") {
+        Some(false)
+    } else {
+        None
+    }
+}
+
+/// Where the scanner is.
+enum State {
+    /// Looking for the key.
+    Searching,
+    /// After the key: whitespace, then `:`.
+    Colon,
+    /// After the colon: whitespace, then `{` (anything else, `null` included, is not usage).
+    Value,
+    /// Copying the object.
+    Object {
+        depth: u32,
+        in_string: bool,
+        escaped: bool,
+    },
+}
+
+pub struct UsageScanner {
+    state: State,
+    /// The last bytes of the previous chunk (fewer than the key's length), for a key split
+    /// across chunks.
+    tail: [u8; KEY.len()],
+    tail_len: usize,
+    object: Vec<u8>,
+    found: Option<Usage>,
+}
+
+impl Default for UsageScanner {
+    fn default() -> Self {
+        Self {
+            state: State::Searching,
+            tail: [0; KEY.len()],
+            tail_len: 0,
+            object: Vec::new(),
+            found: None,
+        }
+    }
+}
+
+impl UsageScanner {
+    /// The usage found so far (the last complete object).
+    pub fn usage(&self) -> Option<Usage> {
+        self.found
+    }
+
+    pub fn feed(&mut self, chunk: &[u8]) {
+        let mut at = 0;
+        while at < chunk.len() {
+            at = match self.state {
+                State::Searching => match self.find_key(chunk, at) {
+                    Some(after) => {
+                        self.state = State::Colon;
+                        after
+                    }
+                    None => {
+                        self.keep_tail(chunk);
+                        return;
+                    }
+                },
+                _ => self.step(chunk, at),
+            };
+        }
+        if matches!(self.state, State::Searching) {
+            self.keep_tail(chunk);
+        } else {
+            self.tail_len = 0;
+        }
+    }
+
+    /// The offset just past the next key in `chunk` from `from` (at a chunk's start, the key may
+    /// begin in the kept tail of the previous one).
+    fn find_key(&mut self, chunk: &[u8], from: usize) -> Option<usize> {
+        if from == 0 && self.tail_len > 0 {
+            let kept = self.tail_len;
+            let head = chunk.len().min(KEY.len() - 1);
+            let mut window = [0u8; 2 * KEY.len()];
+            window[..kept].copy_from_slice(&self.tail[..kept]);
+            window[kept..kept + head].copy_from_slice(&chunk[..head]);
+            let window = &window[..kept + head];
+            if let Some(found) = memmem::find(window, KEY)
+                && found < kept
+                && (found == 0 || window[found - 1] != b'\\')
+            {
+                self.tail_len = 0;
+                return Some(found + KEY.len() - kept);
+            }
+        }
+        let mut search = from;
+        while let Some(found) = memmem::find(&chunk[search..], KEY) {
+            let start = search + found;
+            // `\"usage\"` is text inside a string, not a key.
+            if start == 0 || chunk[start - 1] != b'\\' {
+                self.tail_len = 0;
+                return Some(start + KEY.len());
+            }
+            search = start + 1;
+        }
+        None
+    }
+
+    /// Keeps the last bytes seen (fewer than the key's length), old tail and `chunk` together.
+    fn keep_tail(&mut self, chunk: &[u8]) {
+        let max = KEY.len() - 1;
+        if chunk.len() >= max {
+            self.tail[..max].copy_from_slice(&chunk[chunk.len() - max..]);
+            self.tail_len = max;
+        } else {
+            let old = self.tail_len.min(max - chunk.len());
+            self.tail.copy_within(self.tail_len - old..self.tail_len, 0);
+            self.tail[old..old + chunk.len()].copy_from_slice(chunk);
+            self.tail_len = old + chunk.len();
+        }
+    }
+
+    /// One byte past the key; returns the next offset.
+    fn step(&mut self, chunk: &[u8], at: usize) -> usize {
+        let byte = chunk[at];
+        match &mut self.state {
+            State::Searching => unreachable!("searching is handled by find_key"),
+            State::Colon => match byte {
+                b' ' | b'\t' | b'\r' | b'\n' => {}
+                b':' => self.state = State::Value,
+                _ => self.state = State::Searching,
+            },
+            State::Value => match byte {
+                b' ' | b'\t' | b'\r' | b'\n' => {}
+                b'{' => {
+                    self.object.clear();
+                    self.object.push(b'{');
+                    self.state = State::Object {
+                        depth: 1,
+                        in_string: false,
+                        escaped: false,
+                    };
+                }
+                _ => self.state = State::Searching,
+            },
+            State::Object {
+                depth,
+                in_string,
+                escaped,
+            } => {
+                self.object.push(byte);
+                if *in_string {
+                    if *escaped {
+                        *escaped = false;
+                    } else if byte == b'\\' {
+                        *escaped = true;
+                    } else if byte == b'"' {
+                        *in_string = false;
+                    }
+                } else {
+                    match byte {
+                        b'"' => *in_string = true,
+                        b'{' => *depth += 1,
+                        b'}' => *depth -= 1,
+                        _ => {}
+                    }
+                }
+                let closed = matches!(self.state, State::Object { depth: 0, .. });
+                if closed {
+                    if let Ok(object) = serde_json::from_slice::<UsageObject>(&self.object)
+                        && let Some(usage) = object.usage()
+                    {
+                        self.found = Some(usage);
+                    }
+                    self.object = Vec::new();
+                    self.state = State::Searching;
+                } else if self.object.len() > MAX_USAGE_OBJECT {
+                    self.object = Vec::new();
+                    self.state = State::Searching;
+                }
+            }
+        }
+        at + 1
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn scan(chunks: &[&[u8]]) -> Option<Usage> {
+        let mut scanner = UsageScanner::default();
+        for chunk in chunks {
+            scanner.feed(chunk);
+        }
+        scanner.usage()
+    }
+
+    const CHAT: &str = r#"{"id":"x","choices":[{"message":{"content":"hi"}}],"usage":{"prompt_tokens":5,"completion_tokens":7,"total_tokens":12,"prompt_tokens_details":{"cached_tokens":0}}}"#;
+
+    #[test]
+    fn a_json_answer_in_one_chunk() {
+        let wanted = Usage {
+            input: 5,
+            output: 7,
+            total: 12,
+        };
+        assert_eq!(scan(&[CHAT.as_bytes()]), Some(wanted));
+    }
+
+    #[test]
+    fn every_split_point_gives_the_same_usage() {
+        let bytes = CHAT.as_bytes();
+        for split in 0..bytes.len() {
+            let (a, b) = bytes.split_at(split);
+            assert_eq!(
+                scan(&[a, b]),
+                Some(Usage {
+                    input: 5,
+                    output: 7,
+                    total: 12
+                }),
+                "split at {split}"
+            );
+        }
+        // One byte at a time.
+        let bytes: Vec<&[u8]> = bytes.chunks(1).collect();
+        assert_eq!(scan(&bytes).map(|u| u.total), Some(12));
+    }
+
+    #[test]
+    fn a_stream_with_null_usage_until_its_usage_chunk() {
+        let stream = concat!(
+            "data: {\"choices\":[{\"delta\":{\"content\":\"a\"}}],\"usage\":null}\n\n",
+            "data: {\"choices\":[{\"delta\":{\"content\":\"b\"}}],\"usage\": null}\n\n",
+            "data: {\"choices\":[],\"usage\":{\"prompt_tokens\":9,\"completion_tokens\":2,\"total_tokens\":11}}\n\n",
+            "data: [DONE]\n\n",
+        );
+        assert_eq!(
+            scan(&[stream.as_bytes()]),
+            Some(Usage {
+                input: 9,
+                output: 2,
+                total: 11
+            })
+        );
+    }
+
+    #[test]
+    fn the_responses_api_vocabulary() {
+        let event = r#"event: response.completed
+data: {"type":"response.completed","response":{"id":"r","usage":{"input_tokens":3,"output_tokens":4,"total_tokens":7,"output_tokens_details":{"reasoning_tokens":0}}}}"#;
+        assert_eq!(
+            scan(&[event.as_bytes()]),
+            Some(Usage {
+                input: 3,
+                output: 4,
+                total: 7
+            })
+        );
+        let embeddings = r#"{"data":[],"usage":{"prompt_tokens":2,"total_tokens":2}}"#;
+        assert_eq!(
+            scan(&[embeddings.as_bytes()]),
+            Some(Usage {
+                input: 2,
+                output: 0,
+                total: 2
+            })
+        );
+    }
+
+    #[test]
+    fn text_that_mentions_usage_is_not_usage() {
+        let text = r#"{"choices":[{"message":{"content":"the \"usage\":{\"total_tokens\":999} field"}}],"note":"usage"}"#;
+        assert_eq!(scan(&[text.as_bytes()]), None);
+        let audio = r#"{"text":"x","usage":{"type":"duration","seconds":1.5}}"#;
+        assert_eq!(scan(&[audio.as_bytes()]), None);
+        assert_eq!(scan(&[b"\"usage\":{\"total_tokens\":", b"1"]), None);
+    }
+}
