@@ -4,6 +4,7 @@
 //! Validation lives in the schema itself (patterns, ranges, enums and CEL rules), so that
 //! `kubectl apply` rejects a bad object with a clear message; `crds/` holds the generated YAML.
 
+use aoai_proxy::config::BackendEntry;
 use k8s_openapi::api::core::v1::ResourceRequirements;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 use kube::{CustomResource, KubeSchema};
@@ -45,16 +46,32 @@ use serde::{Deserialize, Serialize};
     )
 )]
 #[x_kube(validation = Rule::new("has(self.credential.managedIdentity) || (has(self.tenantId) && has(self.clientId))").message("tenantId and clientId are required unless the credential is managedIdentity"))]
+#[x_kube(validation = Rule::new("has(self.endpoint) != has(self.backends)").message("set exactly one of endpoint and backends"))]
 #[serde(rename_all = "camelCase")]
 pub struct AzureOpenAIProxySpec {
     /// Azure OpenAI endpoint, for example https://my-resource.openai.azure.com. Requests to the
-    /// sidecar are forwarded here with their path and query.
+    /// sidecar are forwarded here with their path and query. Exactly one of endpoint and backends.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     #[x_kube(validation = Rule::new("self.startsWith('https://')").message("endpoint must be an https:// URL"))]
     #[schemars(
         length(min = 9, max = 2048),
-        regex(pattern = r"^https://[A-Za-z0-9.-]+(:[0-9]{1,5})?(/[^?#\s]*)?$")
+        regex(pattern = ENDPOINT_PATTERN)
     )]
-    pub endpoint: String,
+    pub endpoint: Option<String>,
+
+    /// Several Azure OpenAI endpoints instead of endpoint: a request goes to the lowest priority
+    /// first (by weight among equals), and to the next when one answers 429 (for as long as it
+    /// asks) or fails (connection, reset, timeout, 500/502/503/504). One token serves them all.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(
+        length(min = 1, max = 16),
+        extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["endpoint"])
+    )]
+    pub backends: Vec<BackendSpec>,
+
+    /// How requests fail over between backends; the sidecar's defaults when unset.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub failover: Option<FailoverSpec>,
 
     /// Entra ID tenant: a GUID or a domain such as contoso.onmicrosoft.com. Required unless the
     /// credential is managedIdentity.
@@ -116,6 +133,105 @@ pub struct AzureOpenAIProxySpec {
     /// mounted read-only and re-read when it changes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub trust: Option<TrustSpec>,
+}
+
+/// An https Azure OpenAI endpoint, optionally with a path prefix.
+const ENDPOINT_PATTERN: &str = r"^https://[A-Za-z0-9.-]+(:[0-9]{1,5})?(/[^?#\s]*)?$";
+
+/// One backend of `spec.backends`.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, schemars::JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct BackendSpec {
+    /// Azure OpenAI endpoint, for example https://my-ptu.openai.azure.com.
+    #[schemars(length(min = 9, max = 2048), regex(pattern = ENDPOINT_PATTERN))]
+    pub endpoint: String,
+    /// Lower first: priority 1 gets a request only when every priority-0 backend is throttled,
+    /// ejected or failed for it.
+    #[serde(default)]
+    #[schemars(range(min = 0, max = 100))]
+    pub priority: u32,
+    /// Share of requests among the backends of the same priority.
+    #[serde(default = "default_weight")]
+    #[schemars(range(min = 1, max = 1000))]
+    pub weight: u32,
+    /// Deployments named differently on this resource than in the applications' requests.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(
+        length(max = 64),
+        extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["name"])
+    )]
+    pub deployments: Vec<DeploymentRename>,
+}
+
+/// A deployment's name in requests and its name on one backend.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, schemars::JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct DeploymentRename {
+    /// The deployment name in the applications' request paths, e.g. gpt-4o.
+    #[schemars(regex(pattern = DEPLOYMENT_PATTERN), length(min = 1, max = 64))]
+    pub name: String,
+    /// Its name on this backend, e.g. gpt-4o-paygo.
+    #[schemars(regex(pattern = DEPLOYMENT_PATTERN), length(min = 1, max = 64))]
+    pub backend_name: String,
+}
+
+/// An Azure OpenAI deployment name.
+const DEPLOYMENT_PATTERN: &str = r"^[A-Za-z0-9._-]+$";
+
+fn default_weight() -> u32 {
+    1
+}
+
+/// Failover tuning (each unset field keeps the sidecar's default).
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, schemars::JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct FailoverSpec {
+    /// Request bodies up to this size (e.g. 4Mi) are kept while they stream so that the request
+    /// can go to the next backend; larger ones go to one backend only. Default 4Mi.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = r"^[0-9]{1,12}(K|M|G|Ki|Mi|Gi)?$"))]
+    pub retry_body_limit: Option<String>,
+    /// Consecutive faults after which a backend is skipped for ejectFor. Default 3.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 100))]
+    pub eject_after: Option<u32>,
+    /// How long an ejected backend is skipped, e.g. 30s. Default 30s.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = r"^[0-9]{1,6}(ms|s|m|h)$"))]
+    pub eject_for: Option<String>,
+}
+
+impl AzureOpenAIProxySpec {
+    /// `spec.backends` as the sidecar reads it (`AOAI_PROXY_BACKENDS`), when set.
+    pub fn backends_json(&self) -> Option<String> {
+        if self.backends.is_empty() {
+            return None;
+        }
+        let entries: Vec<BackendEntry> = self
+            .backends
+            .iter()
+            .map(|b| BackendEntry {
+                endpoint: b.endpoint.clone(),
+                priority: b.priority,
+                weight: b.weight,
+                deployments: b
+                    .deployments
+                    .iter()
+                    .map(|d| (d.name.clone(), d.backend_name.clone()))
+                    .collect(),
+            })
+            .collect();
+        Some(serde_json::to_string(&entries).expect("backends serialize"))
+    }
+
+    /// Every endpoint the sidecar may call, in the listed order.
+    pub fn endpoints(&self) -> Vec<&str> {
+        self.endpoint
+            .iter()
+            .map(String::as_str)
+            .chain(self.backends.iter().map(|b| b.endpoint.as_str()))
+            .collect()
+    }
 }
 
 /// The egress proxy: its URL inline, or (when it carries credentials) from a Secret.

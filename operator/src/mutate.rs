@@ -13,7 +13,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use serde_json::json;
 
 use crate::annotations::{self, Overrides};
-use crate::crd::{AzureOpenAIProxy, CredentialKind, NativeSidecarMode, config_hash};
+use crate::crd::{AzureOpenAIProxy, CredentialKind, FailoverSpec, NativeSidecarMode, config_hash};
 
 /// Why a pod was left alone.
 pub mod skip {
@@ -212,6 +212,21 @@ pub fn inject(
     Outcome::Injected { warnings }
 }
 
+/// The sidecar variables of `spec.failover`: only the fields set (the sidecar has the defaults).
+pub fn failover_env(failover: &FailoverSpec) -> Vec<(&'static str, String)> {
+    let mut vars = Vec::new();
+    if let Some(limit) = &failover.retry_body_limit {
+        vars.push((names::AOAI_PROXY_RETRY_BODY_LIMIT, limit.clone()));
+    }
+    if let Some(after) = failover.eject_after {
+        vars.push((names::AOAI_PROXY_EJECT_AFTER, after.to_string()));
+    }
+    if let Some(duration) = &failover.eject_for {
+        vars.push((names::AOAI_PROXY_EJECT_FOR, duration.clone()));
+    }
+    vars
+}
+
 fn env(name: &str, value: impl Into<String>) -> serde_json::Value {
     json!({"name": name, "value": value.into()})
 }
@@ -226,8 +241,14 @@ fn sidecar_container(
     options: &InjectOptions,
 ) -> (Container, Vec<Volume>) {
     let spec = &proxy.spec;
+    let upstream = match (&spec.endpoint, spec.backends_json()) {
+        (_, Some(backends)) => env(names::AOAI_PROXY_BACKENDS, backends),
+        (Some(endpoint), None) => env(names::API_BASE_URL, endpoint),
+        // Refused by the schema; the sidecar would stop at start naming API_BASE_URL.
+        (None, None) => env(names::API_BASE_URL, ""),
+    };
     let mut vars = vec![
-        env(names::API_BASE_URL, &spec.endpoint),
+        upstream,
         // Forwarding on loopback only: whoever reaches this port gets Azure-authenticated calls.
         env(names::HOST, "127.0.0.1"),
         env(names::PORT, port.to_string()),
@@ -244,6 +265,13 @@ fn sidecar_container(
                 .as_str(),
         ),
     ];
+    if let Some(failover) = &spec.failover {
+        vars.extend(
+            failover_env(failover)
+                .into_iter()
+                .map(|(name, value)| env(name, value)),
+        );
+    }
     let kind = spec.credential.kind();
     if let Some(kind) = kind {
         vars.push(env(

@@ -6,6 +6,7 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
+use aoai_proxy::config::{Failover, names, parse_backends};
 use aoai_proxy::credentials::certificate::ClientCertificate;
 use aoai_proxy::egress::{NoProxy, ProxyUrl};
 use k8s_openapi::api::core::v1::{ConfigMap, Pod, Secret};
@@ -14,9 +15,10 @@ use k8s_openapi::jiff::Timestamp;
 
 use crate::annotations;
 use crate::crd::{
-    AzureOpenAIProxy, AzureOpenAIProxyStatus, CredentialKind, EgressProxySpec, TrustSpec,
-    config_hash,
+    AzureOpenAIProxy, AzureOpenAIProxySpec, AzureOpenAIProxyStatus, CredentialKind,
+    EgressProxySpec, TrustSpec, config_hash,
 };
+use crate::mutate::failover_env;
 
 /// Condition types.
 pub const READY: &str = "Ready";
@@ -25,6 +27,7 @@ pub const INBOUND_KEYS_VALID: &str = "InboundKeysValid";
 pub const CERTIFICATE_EXPIRING: &str = "CertificateExpiring";
 pub const TRUST_VALID: &str = "TrustValid";
 pub const EGRESS_PROXY_VALID: &str = "EgressProxyValid";
+pub const BACKENDS_VALID: &str = "BackendsValid";
 
 /// How long to wait before looking again when nothing is due sooner (Secrets and pods trigger
 /// reconciles on their own; this only bounds drift).
@@ -246,12 +249,14 @@ pub fn assess<'a, 'b>(
         .egress_proxy
         .as_ref()
         .map(|egress| egress_check(egress, &secret));
+    let backends = backends_check(spec);
 
     let failed = [
         Some(&credentials),
         inbound.as_ref(),
         trust.as_ref(),
         egress.as_ref(),
+        backends.as_ref(),
     ]
     .into_iter()
     .flatten()
@@ -288,7 +293,11 @@ pub fn assess<'a, 'b>(
             now,
         ));
     }
-    for (type_, check) in [(TRUST_VALID, &trust), (EGRESS_PROXY_VALID, &egress)] {
+    for (type_, check) in [
+        (TRUST_VALID, &trust),
+        (EGRESS_PROXY_VALID, &egress),
+        (BACKENDS_VALID, &backends),
+    ] {
         if let Some(check) = check {
             conditions.push(condition(&previous, type_, check, generation, now));
         }
@@ -425,6 +434,43 @@ fn egress_check<'a>(egress: &EgressProxySpec, secret: &impl Fn(&str) -> SecretRe
         "EgressProxyValid",
         format!("the sidecar reaches Azure through the proxy in {what}"),
     )
+}
+
+/// `spec.backends` and `spec.failover` parse as the sidecar reads what the webhook injects
+/// (beyond the schema: an endpoint listed twice under two spellings, for one).
+fn backends_check(spec: &AzureOpenAIProxySpec) -> Option<Check> {
+    let backends = spec.backends_json();
+    if backends.is_none() && spec.failover.is_none() {
+        return None;
+    }
+    let mut count = 1;
+    if let Some(json) = &backends {
+        match parse_backends(json) {
+            Ok(parsed) => count = parsed.len(),
+            Err(e) => return Some(Check::fail("BackendsInvalid", format!("backends: {e}"))),
+        }
+    }
+    let vars = spec.failover.as_ref().map(failover_env).unwrap_or_default();
+    let lookup = |name: &str| {
+        vars.iter()
+            .find(|(n, _)| *n == name)
+            .map(|(_, v)| v.clone())
+    };
+    if let Err(e) = Failover::from_lookup(lookup) {
+        let field = match e.variable {
+            names::AOAI_PROXY_RETRY_BODY_LIMIT => "failover.retryBodyLimit",
+            names::AOAI_PROXY_EJECT_AFTER => "failover.ejectAfter",
+            _ => "failover.ejectFor",
+        };
+        return Some(Check::fail(
+            "BackendsInvalid",
+            format!("{field}: {}", e.message),
+        ));
+    }
+    Some(Check::pass(
+        "BackendsValid",
+        format!("{count} backend(s); requests fail over between them by priority"),
+    ))
 }
 
 fn secs(seconds: i64) -> Duration {
@@ -1060,5 +1106,85 @@ mod tests {
         );
         let (_, reason, _, _) = check(&proxied, &[], &[], EGRESS_PROXY_VALID);
         assert_eq!(reason, "SecretNotFound");
+    }
+
+    #[test]
+    fn backends_and_failover_are_checked_as_the_sidecar_reads_them() {
+        let with = |spec: serde_json::Value| {
+            let mut proxy: AzureOpenAIProxy = serde_json::from_value(serde_json::json!({
+                "apiVersion": "aoai-proxy.io/v1alpha1", "kind": "AzureOpenAIProxy",
+                "metadata": {"name": "p", "namespace": "ns", "generation": 1},
+                "spec": spec,
+            }))
+            .unwrap();
+            proxy.status = None;
+            let a = assess(
+                &proxy,
+                |_| Read::NotFound,
+                |_| Read::NotFound,
+                &[],
+                now(),
+                &options(),
+            );
+            let backends = a
+                .status
+                .conditions
+                .iter()
+                .find(|c| c.type_ == BACKENDS_VALID)
+                .cloned();
+            (backends, condition(&a, READY).clone())
+        };
+        let managed = serde_json::json!({"managedIdentity": {}});
+
+        let (none, _) = with(serde_json::json!({
+            "endpoint": "https://r.openai.azure.com", "credential": managed}));
+        assert!(none.is_none(), "no condition without backends or failover");
+
+        let (valid, ready) = with(serde_json::json!({
+            "backends": [{"endpoint": "https://a.openai.azure.com"},
+                         {"endpoint": "https://b.openai.azure.com", "priority": 1}],
+            "failover": {"ejectFor": "1m"},
+            "credential": managed}));
+        let valid = valid.unwrap();
+        assert_eq!(
+            (valid.status.as_str(), valid.reason.as_str()),
+            ("True", "BackendsValid")
+        );
+        assert!(
+            valid.message.starts_with("2 backend(s)"),
+            "{}",
+            valid.message
+        );
+        assert_eq!(ready.status, "True");
+
+        // The same endpoint under two spellings passes the schema, not the sidecar's parser.
+        let (twice, ready) = with(serde_json::json!({
+            "backends": [{"endpoint": "https://a.openai.azure.com"},
+                         {"endpoint": "https://a.openai.azure.com/"}],
+            "credential": managed}));
+        let twice = twice.unwrap();
+        assert_eq!(
+            (twice.status.as_str(), twice.reason.as_str()),
+            ("False", "BackendsInvalid")
+        );
+        assert!(
+            twice
+                .message
+                .contains("backend 1: https://a.openai.azure.com/ is listed twice"),
+            "{}",
+            twice.message
+        );
+        assert_eq!(
+            (ready.status.as_str(), ready.reason.as_str()),
+            ("False", "BackendsInvalid")
+        );
+
+        let (zero, _) = with(serde_json::json!({
+            "endpoint": "https://r.openai.azure.com",
+            "failover": {"ejectFor": "0s"},
+            "credential": managed}));
+        let zero = zero.unwrap();
+        assert_eq!(zero.reason, "BackendsInvalid");
+        assert_eq!(zero.message, "failover.ejectFor: must be greater than zero");
     }
 }

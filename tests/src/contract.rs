@@ -76,18 +76,66 @@ pub fn assert_sidecar_configures(
         config.listen.ip().is_loopback(),
         "{what}: the forwarding port must be loopback only"
     );
-    let wanted = Upstream::parse(&proxy.spec.endpoint).expect("a valid endpoint");
-    assert_eq!(
-        (
-            config.backends[0].upstream.authority.as_str(),
-            config.backends[0].upstream.path_prefix.as_str()
-        ),
-        (wanted.authority.as_str(), wanted.path_prefix.as_str()),
-        "{what}: upstream"
-    );
+    let got: Vec<BackendView> = config
+        .backends
+        .iter()
+        .map(|b| {
+            (
+                b.upstream.to_string(),
+                b.priority,
+                b.weight,
+                b.deployments.clone().into_iter().collect(),
+            )
+        })
+        .collect();
+    let wanted: Vec<BackendView> = match &proxy.spec.endpoint {
+        Some(endpoint) => vec![(upstream(endpoint), 0, 1, Vec::new())],
+        None => proxy
+            .spec
+            .backends
+            .iter()
+            .map(|b| {
+                let mut renames: Vec<(String, String)> = b
+                    .deployments
+                    .iter()
+                    .map(|d| (d.name.clone(), d.backend_name.clone()))
+                    .collect();
+                renames.sort();
+                (upstream(&b.endpoint), b.priority, b.weight, renames)
+            })
+            .collect(),
+    };
+    assert_eq!(got, wanted, "{what}: backends");
+    if let Some(failover) = &proxy.spec.failover {
+        let f = &config.failover;
+        if let Some(after) = failover.eject_after {
+            assert_eq!(f.eject_after, after, "{what}: failover.ejectAfter");
+        }
+        if let Some(limit) = &failover.retry_body_limit {
+            let wanted = aoai_proxy::units::parse_bytes(limit).expect("a valid limit");
+            assert_eq!(
+                f.replay_body_limit, wanted,
+                "{what}: failover.retryBodyLimit"
+            );
+        }
+        if let Some(duration) = &failover.eject_for {
+            let wanted = aoai_proxy::units::parse_duration(duration).expect("a valid duration");
+            assert_eq!(f.eject_for, wanted, "{what}: failover.ejectFor");
+        }
+    }
     format!(
         "{what}: {} on port {wanted_port} to {}",
         wanted_kind.as_str(),
-        proxy.spec.endpoint
+        proxy.spec.endpoints().join(", ")
     )
+}
+
+/// A backend as compared: endpoint, priority, weight, deployment renames (sorted).
+type BackendView = (String, u32, u32, Vec<(String, String)>);
+
+/// An endpoint as the proxy displays it once parsed.
+fn upstream(endpoint: &str) -> String {
+    Upstream::parse(endpoint)
+        .expect("a valid endpoint")
+        .to_string()
 }

@@ -202,6 +202,35 @@ async fn the_controller_reports_ready_then_a_broken_secret_and_the_schema_reject
             json!({"endpoint": "http://r.openai.azure.com", "credential": {"managedIdentity": {}}}),
             "endpoint must be an https:// URL",
         ),
+        (
+            json!({"endpoint": "https://r.openai.azure.com", "backends": [{"endpoint": "https://a.openai.azure.com"}],
+                   "credential": {"managedIdentity": {}}}),
+            "set exactly one of endpoint and backends",
+        ),
+        (
+            json!({"credential": {"managedIdentity": {}}}),
+            "set exactly one of endpoint and backends",
+        ),
+        (
+            json!({"backends": [{"endpoint": "https://a.openai.azure.com"}, {"endpoint": "https://a.openai.azure.com", "priority": 1}],
+                   "credential": {"managedIdentity": {}}}),
+            "spec.backends[1]: Duplicate value",
+        ),
+        (
+            json!({"backends": [{"endpoint": "https://a.openai.azure.com", "deployments": [{"name": "gpt-4o", "backendName": "not/a/name"}]}],
+                   "credential": {"managedIdentity": {}}}),
+            "spec.backends[0].deployments[0].backendName",
+        ),
+        (
+            json!({"backends": [{"endpoint": "https://a.openai.azure.com", "weight": 0}],
+                   "credential": {"managedIdentity": {}}}),
+            "spec.backends[0].weight",
+        ),
+        (
+            json!({"endpoint": "https://r.openai.azure.com", "failover": {"ejectFor": "soon"},
+                   "credential": {"managedIdentity": {}}}),
+            "spec.failover.ejectFor",
+        ),
     ] {
         let mut bad = proxy(spec);
         bad["metadata"]["name"] = json!("bad");
@@ -214,6 +243,47 @@ async fn the_controller_reports_ready_then_a_broken_secret_and_the_schema_reject
             .expect_err("the apiserver rejects the object");
         assert!(error.to_string().contains(message), "{error}");
     }
+
+    // What the schema cannot see, the controller reports: the sidecar's own parser finds the
+    // same endpoint listed under two spellings.
+    let spec = json!({
+        "backends": [{"endpoint": "https://a.openai.azure.com"}, {"endpoint": "https://a.openai.azure.com/"}],
+        "credential": {"managedIdentity": {}},
+    });
+    proxies
+        .patch("p", &apply, &Patch::Apply(proxy(spec)))
+        .await
+        .unwrap();
+    let status = wait_status(&proxies, "BackendsValid=False", |s| {
+        condition(s, "BackendsValid").is_some_and(|c| c["status"] == "False")
+    })
+    .await;
+    assert_eq!(
+        condition(&status, "Ready").unwrap()["reason"],
+        "BackendsInvalid"
+    );
+    assert!(
+        condition(&status, "BackendsValid").unwrap()["message"]
+            .as_str()
+            .unwrap()
+            .contains("is listed twice"),
+        "{status:#}"
+    );
+    let spec = json!({
+        "backends": [{"endpoint": "https://a.openai.azure.com"},
+                     {"endpoint": "https://b.openai.azure.com", "priority": 1, "deployments": [{"name": "gpt-4o", "backendName": "gpt-4o-b"}]}],
+        "failover": {"ejectAfter": 5},
+        "credential": {"managedIdentity": {}},
+    });
+    proxies
+        .patch("p", &apply, &Patch::Apply(proxy(spec)))
+        .await
+        .unwrap();
+    wait_status(&proxies, "BackendsValid=True and Ready=True", |s| {
+        condition(s, "BackendsValid").is_some_and(|c| c["status"] == "True")
+            && condition(s, "Ready").is_some_and(|c| c["status"] == "True")
+    })
+    .await;
 
     let _ = stop.send(());
     tokio::time::timeout(Duration::from_secs(10), controller)

@@ -99,6 +99,13 @@ impl Failover {
     }
 }
 
+impl Failover {
+    /// The settings from these variables alone: the operator checks what it injects with it.
+    pub fn from_lookup(lookup: impl Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {
+        Self::from_env(&Env(lookup))
+    }
+}
+
 impl Default for Failover {
     /// The defaults of [`super::ENV_VARS`].
     fn default() -> Self {
