@@ -7,53 +7,14 @@ proxy its token. openai-python connects as the README's client section says: `Az
 ws:// URL follows from an http base URL. Events go both ways."""
 
 import asyncio
-import http.server
 import json
-import os
-import socket
-import subprocess
 import threading
-import time
-import urllib.request
 
 import pytest
 import websockets.asyncio.server
 from openai import AzureOpenAI, OpenAI
 
-from conftest import ROOT
-
-PROXY = ROOT / "target" / "debug" / "aoai-proxy"
-IDENTITY_HEADER = "identity-header-for-the-test"
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-class Identity(http.server.BaseHTTPRequestHandler):
-    """App Service managed identity: GET ?resource=...&api-version=2019-08-01, X-IDENTITY-HEADER."""
-
-    def do_GET(self):
-        if self.headers.get("X-IDENTITY-HEADER") != IDENTITY_HEADER:
-            self.send_response(401)
-            self.end_headers()
-            return
-        body = json.dumps({
-            "access_token": "entra-token-from-the-mock",
-            "expires_on": str(int(time.time()) + 3600),
-            "resource": "https://cognitiveservices.azure.com",
-            "token_type": "Bearer",
-        }).encode()
-        self.send_response(200)
-        self.send_header("content-type", "application/json")
-        self.send_header("content-length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-
-    def log_message(self, *args):
-        pass
+from conftest import ENTRA_TOKEN, free_port, running_proxy
 
 
 class Realtime:
@@ -95,38 +56,9 @@ class Realtime:
 
 @pytest.fixture
 def proxy():
-    if not PROXY.exists():
-        pytest.skip(f"{PROXY} is not built (scripts/test builds it with cargo test --workspace)")
-    identity = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Identity)
-    threading.Thread(target=identity.serve_forever, daemon=True).start()
     realtime = Realtime()
-    port, admin = free_port(), free_port()
-    env = {
-        "API_BASE_URL": f"http://127.0.0.1:{realtime.port}",
-        "IDENTITY_ENDPOINT": f"http://127.0.0.1:{identity.server_address[1]}/msi/token",
-        "IDENTITY_HEADER": IDENTITY_HEADER,
-        "HOST": "127.0.0.1",
-        "PORT": str(port),
-        "AOAI_PROXY_ADMIN_HOST": "127.0.0.1",
-        "AOAI_PROXY_ADMIN_PORT": str(admin),
-    }
-    process = subprocess.Popen([str(PROXY)], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-    try:
-        deadline = time.time() + 15
-        while True:
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{admin}/health") as answer:
-                    if answer.status == 200:
-                        break
-            except OSError:
-                pass
-            assert time.time() < deadline, "aoai-proxy did not become healthy"
-            time.sleep(0.1)
+    with running_proxy({"API_BASE_URL": f"http://127.0.0.1:{realtime.port}"}) as (port, _):
         yield port, realtime
-    finally:
-        process.terminate()
-        process.wait(10)
-        identity.shutdown()
 
 
 def exchange(connection, realtime):
@@ -153,7 +85,7 @@ def test_azure_openai_realtime_client_through_the_proxy(proxy):
     assert path.startswith("/openai/realtime?"), path
     assert "deployment=gpt-realtime" in path and "api-version=2025-04-01-preview" in path
     lowered = {k.lower(): v for k, v in headers.items()}
-    assert lowered["authorization"] == "Bearer entra-token-from-the-mock"
+    assert lowered["authorization"] == f"Bearer {ENTRA_TOKEN}"
     assert "api-key" not in lowered
 
 
@@ -165,4 +97,4 @@ def test_openai_client_on_the_v1_api_through_the_proxy(proxy):
     path, headers = realtime.handshakes[0]
     assert path.startswith("/openai/v1/realtime?model=gpt-realtime"), path
     lowered = {k.lower(): v for k, v in headers.items()}
-    assert lowered["authorization"] == "Bearer entra-token-from-the-mock"
+    assert lowered["authorization"] == f"Bearer {ENTRA_TOKEN}"
