@@ -7,7 +7,7 @@
 //! first fault ejects it again (a circuit breaker's half-open state).
 
 use std::collections::{BTreeMap, HashMap};
-use std::sync::{Mutex, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant, SystemTime};
 
 use http::uri::PathAndQuery;
@@ -33,8 +33,8 @@ pub struct Backend {
     health: Mutex<Health>,
     pub meters: BackendMeters,
     /// Token-usage meters by deployment, resolved once each.
-    usage: RwLock<HashMap<String, DeploymentMeters>>,
-    metrics: std::sync::Arc<Metrics>,
+    usage: RwLock<HashMap<String, Arc<DeploymentMeters>>>,
+    metrics: Arc<Metrics>,
 }
 
 #[derive(Default)]
@@ -80,7 +80,7 @@ impl Backend {
     pub fn new(
         spec: &config::Backend,
         client: UpstreamClient<RequestBody>,
-        metrics: std::sync::Arc<Metrics>,
+        metrics: Arc<Metrics>,
     ) -> Self {
         let label = spec.upstream.authority.to_string();
         Self {
@@ -128,8 +128,11 @@ impl Backend {
     /// A 429: out of rotation for `wait`.
     pub fn throttled(&self, deployment: Option<&str>, wait: Duration) {
         self.meters.throttled.inc();
-        let until = Instant::now() + wait;
+        let now = Instant::now();
+        let until = now + wait;
         let mut health = self.health.lock().expect("health lock");
+        // Waits that are over go: request paths name deployments, the map must not grow.
+        health.deployments.retain(|_, until| *until > now);
         match deployment {
             Some(name) => {
                 let entry = health.deployments.entry(name.to_string()).or_insert(until);
@@ -172,11 +175,11 @@ impl Backend {
     }
 
     /// The token-usage meters of one of this backend's deployments ("" when the path names none).
-    pub fn usage_meters(&self, deployment: &str) -> DeploymentMeters {
+    pub fn usage_meters(&self, deployment: &str) -> Arc<DeploymentMeters> {
         if let Some(meters) = self.usage.read().expect("usage lock").get(deployment) {
             return meters.clone();
         }
-        let meters = self.metrics.deployment(&self.label, deployment);
+        let meters = Arc::new(self.metrics.deployment(&self.label, deployment));
         self.usage
             .write()
             .expect("usage lock")

@@ -57,6 +57,7 @@ impl Forwarder {
             let (response, original_uri) = match prepared {
                 Prepared::Answered(response, original_uri) => (response, original_uri),
                 Prepared::Forward(upstream_request, original_uri) => {
+                    // The one backend: no failover, but its 429s are honoured all the same.
                     let backend = self.backends.get(0);
                     backend.meters.requests.inc();
                     let sent = backend.client.send(upstream_request);
@@ -76,8 +77,7 @@ impl Forwarder {
                 }
                 Prepared::Failover(request) => {
                     // Boxed: it would otherwise grow every request's future, single backend too.
-                    let response = Box::pin(self.failover(*request, started, in_flight)).await;
-                    (response.0, response.1)
+                    Box::pin(self.failover(*request, started, in_flight)).await
                 }
                 Prepared::Upgrade(upgrade) => {
                     let (request, client, original_uri, backend) = *upgrade;

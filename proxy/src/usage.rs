@@ -7,6 +7,7 @@
 //! chunk boundary included), copies the object that follows (at most [`MAX_USAGE_OBJECT`] bytes)
 //! and parses it when it closes. The last object found wins.
 
+use std::sync::Arc;
 use std::time::Instant;
 
 use memchr::memmem;
@@ -57,13 +58,13 @@ impl UsageObject {
 /// deployment's meters.
 pub struct UsageMeter {
     scanner: UsageScanner,
-    meters: DeploymentMeters,
+    meters: Arc<DeploymentMeters>,
     /// For a stream, when the request arrived, until its first chunk.
     stream_started: Option<Instant>,
 }
 
 impl UsageMeter {
-    pub fn new(meters: DeploymentMeters, stream_started: Option<Instant>) -> Self {
+    pub fn new(meters: Arc<DeploymentMeters>, stream_started: Option<Instant>) -> Self {
         Self {
             scanner: UsageScanner::default(),
             meters,
