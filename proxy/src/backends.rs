@@ -51,6 +51,10 @@ struct Health {
 
 impl Health {
     /// How long `deployment` (or the whole backend) stays throttled, if it is.
+    fn throttled(&self) -> bool {
+        self.throttled_until.is_some() || !self.deployments.is_empty()
+    }
+
     fn throttled_for(&mut self, deployment: Option<&str>, now: Instant) -> Option<Duration> {
         let backend = self.throttled_until.filter(|until| *until > now);
         if backend.is_none() {
@@ -99,8 +103,12 @@ impl Backend {
 
     /// The upstream path and query for the caller's target, with the deployment renamed where
     /// this backend calls it otherwise.
-    pub fn target(&self, target: &Uri) -> Result<PathAndQuery, http::uri::InvalidUri> {
-        if let Some(app_name) = deployment_in(target.path())
+    pub fn target(
+        &self,
+        target: &Uri,
+        deployment: Option<&str>,
+    ) -> Result<PathAndQuery, http::uri::InvalidUri> {
+        if let Some(app_name) = deployment
             && let Some(ours) = self.deployments.get(app_name)
         {
             let text = target.path_and_query().map_or("/", PathAndQuery::as_str);
@@ -119,10 +127,12 @@ impl Backend {
 
     /// How long the deployment (or the backend) is still throttled, if it is.
     pub fn throttled_for(&self, deployment: Option<&str>) -> Option<Duration> {
-        self.health
-            .lock()
-            .expect("health lock")
-            .throttled_for(deployment, Instant::now())
+        let mut health = self.health.lock().expect("health lock");
+        // The clock is read only when something is throttled: the usual case costs a lock.
+        if !health.throttled() {
+            return None;
+        }
+        health.throttled_for(deployment, Instant::now())
     }
 
     /// A 429: out of rotation for `wait`.
@@ -300,10 +310,10 @@ impl Backends {
 
 /// The deployment a request path names: the segment after `/deployments/`.
 pub fn deployment_in(path: &str) -> Option<&str> {
-    let at = path.find("/deployments/")? + "/deployments/".len();
-    let rest = &path[at..];
-    let name = &rest[..rest.find('/').unwrap_or(rest.len())];
-    (!name.is_empty()).then_some(name)
+    // Segment by segment: cheaper than a substring search, which sets up a searcher each call.
+    let mut segments = path.split('/');
+    segments.find(|segment| *segment == "deployments")?;
+    segments.next().filter(|name| !name.is_empty())
 }
 
 /// `path_and_query` with its deployment segment `from` replaced by `to`.

@@ -121,7 +121,7 @@ impl Forwarder {
             },
         };
         let first = order.as_ref().map_or(0, |order| order[0]);
-        let target = match self.backends.get(first).target(&parts.uri) {
+        let target = match self.backends.get(first).target(&parts.uri, deployment) {
             Ok(path_and_query) => http::Uri::from(path_and_query),
             Err(_) => {
                 let refused =
@@ -193,7 +193,7 @@ impl Forwarder {
                 tracing::info!(from = %previous.label, to = %backend.label, "failing over");
             }
             previous = Some(backend);
-            let Ok(path_and_query) = backend.target(&original_uri) else {
+            let Ok(path_and_query) = backend.target(&original_uri, deployment) else {
                 let refused =
                     ProxyError::BadRequest("the request target cannot be forwarded".into());
                 return (refused.into_response(), original_uri);

@@ -16,6 +16,9 @@ use serde::Deserialize;
 use crate::metrics::DeploymentMeters;
 
 const KEY: &[u8] = b"\"usage\"";
+/// The key's searcher, built once (`memmem::find` builds one per call).
+static FINDER: std::sync::LazyLock<memmem::Finder<'static>> =
+    std::sync::LazyLock::new(|| memmem::Finder::new(KEY));
 /// A usage object larger than this is not one.
 const MAX_USAGE_OBJECT: usize = 4096;
 
@@ -118,7 +121,7 @@ enum State {
     Colon,
     /// After the colon: whitespace, then `{` (anything else, `null` included, is not usage).
     Value,
-    /// Copying the object.
+    /// Inside the object (depth counts its open braces).
     Object {
         depth: u32,
         in_string: bool,
@@ -197,7 +200,7 @@ impl UsageScanner {
             }
         }
         let mut search = from;
-        while let Some(found) = memmem::find(&chunk[search..], KEY) {
+        while let Some(found) = FINDER.find(&chunk[search..]) {
             let start = search + found;
             // `\"usage\"` is text inside a string, not a key.
             if start == 0 || chunk[start - 1] != b'\\' {
@@ -223,10 +226,11 @@ impl UsageScanner {
         }
     }
 
-    /// One byte past the key; returns the next offset.
+    /// Past the key: the colon, the value's start, or (inside the object) as far as the object
+    /// goes in this chunk. Returns the next offset.
     fn step(&mut self, chunk: &[u8], at: usize) -> usize {
         let byte = chunk[at];
-        match &mut self.state {
+        match self.state {
             State::Searching => unreachable!("searching is handled by find_key"),
             State::Colon => match byte {
                 b' ' | b'\t' | b'\r' | b'\n' => {}
@@ -237,53 +241,97 @@ impl UsageScanner {
                 b' ' | b'\t' | b'\r' | b'\n' => {}
                 b'{' => {
                     self.object.clear();
-                    self.object.push(b'{');
                     self.state = State::Object {
-                        depth: 1,
+                        depth: 0,
                         in_string: false,
                         escaped: false,
                     };
+                    return self.object_part(chunk, at);
                 }
                 _ => self.state = State::Searching,
             },
-            State::Object {
-                depth,
-                in_string,
-                escaped,
-            } => {
-                self.object.push(byte);
-                if *in_string {
-                    if *escaped {
-                        *escaped = false;
-                    } else if byte == b'\\' {
-                        *escaped = true;
-                    } else if byte == b'"' {
-                        *in_string = false;
-                    }
-                } else {
-                    match byte {
-                        b'"' => *in_string = true,
-                        b'{' => *depth += 1,
-                        b'}' => *depth -= 1,
-                        _ => {}
-                    }
+            State::Object { .. } => return self.object_part(chunk, at),
+        }
+        at + 1
+    }
+
+    /// Follows the object from `at` to its closing brace or the end of the chunk. An object
+    /// within one chunk is parsed where it lies; one split across chunks is copied.
+    fn object_part(&mut self, chunk: &[u8], at: usize) -> usize {
+        let State::Object {
+            mut depth,
+            mut in_string,
+            mut escaped,
+        } = self.state
+        else {
+            unreachable!("called inside an object")
+        };
+        // From one byte that matters to the next (memchr's SIMD search), not byte by byte.
+        let mut end = None;
+        let mut position = at;
+        while position < chunk.len() {
+            let rest = &chunk[position..];
+            if in_string {
+                if escaped {
+                    escaped = false;
+                    position += 1;
+                    continue;
                 }
-                let closed = matches!(self.state, State::Object { depth: 0, .. });
-                if closed {
-                    if let Ok(object) = serde_json::from_slice::<UsageObject>(&self.object)
-                        && let Some(usage) = object.usage()
-                    {
-                        self.found = Some(usage);
+                let Some(found) = memchr::memchr2(b'"', b'\\', rest) else {
+                    break;
+                };
+                if rest[found] == b'\\' {
+                    escaped = true;
+                } else {
+                    in_string = false;
+                }
+                position += found + 1;
+                continue;
+            }
+            let Some(found) = memchr::memchr3(b'"', b'{', b'}', rest) else {
+                break;
+            };
+            position += found + 1;
+            match rest[found] {
+                b'"' => in_string = true,
+                b'{' => depth += 1,
+                _ => {
+                    depth -= 1;
+                    if depth == 0 {
+                        end = Some(position);
+                        break;
                     }
-                    self.object = Vec::new();
-                    self.state = State::Searching;
-                } else if self.object.len() > MAX_USAGE_OBJECT {
-                    self.object = Vec::new();
-                    self.state = State::Searching;
                 }
             }
         }
-        at + 1
+        let Some(end) = end else {
+            self.object.extend_from_slice(&chunk[at..]);
+            self.state = if self.object.len() > MAX_USAGE_OBJECT {
+                self.object = Vec::new();
+                State::Searching
+            } else {
+                State::Object {
+                    depth,
+                    in_string,
+                    escaped,
+                }
+            };
+            return chunk.len();
+        };
+        let object = if self.object.is_empty() {
+            &chunk[at..end]
+        } else {
+            self.object.extend_from_slice(&chunk[at..end]);
+            &self.object[..]
+        };
+        if let Ok(object) = serde_json::from_slice::<UsageObject>(object)
+            && let Some(usage) = object.usage()
+        {
+            self.found = Some(usage);
+        }
+        self.object = Vec::new();
+        self.state = State::Searching;
+        end
     }
 }
 
@@ -329,6 +377,23 @@ mod tests {
         // One byte at a time.
         let bytes: Vec<&[u8]> = bytes.chunks(1).collect();
         assert_eq!(scan(&bytes).map(|u| u.total), Some(12));
+    }
+
+    #[test]
+    fn strings_inside_the_object_may_hold_braces_and_escapes_at_any_split() {
+        let text = r#"{"usage":{"note":"a\"}{b\\","total_tokens":3,"input_tokens":1}}"#.as_bytes();
+        for split in 0..text.len() {
+            let (a, b) = text.split_at(split);
+            assert_eq!(
+                scan(&[a, b]),
+                Some(Usage {
+                    input: 1,
+                    output: 0,
+                    total: 3
+                }),
+                "split at {split}"
+            );
+        }
     }
 
     #[test]
