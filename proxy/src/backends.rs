@@ -310,10 +310,13 @@ impl Backends {
 
 /// The deployment a request path names: the segment after `/deployments/`.
 pub fn deployment_in(path: &str) -> Option<&str> {
-    // Segment by segment: cheaper than a substring search, which sets up a searcher each call.
-    let mut segments = path.split('/');
-    segments.find(|segment| *segment == "deployments")?;
-    segments.next().filter(|name| !name.is_empty())
+    // From slash to slash (memchr): a substring search would set up a searcher on each call.
+    let bytes = path.as_bytes();
+    let at = memchr::memchr_iter(b'/', bytes)
+        .find(|&at| bytes[at + 1..].starts_with(b"deployments/"))?;
+    let rest = &path[at + "/deployments/".len()..];
+    let name = &rest[..memchr::memchr(b'/', rest.as_bytes()).unwrap_or(rest.len())];
+    (!name.is_empty()).then_some(name)
 }
 
 /// `path_and_query` with its deployment segment `from` replaced by `to`.
@@ -501,6 +504,11 @@ mod tests {
         assert_eq!(deployment_in("/deployments/x"), Some("x"));
         assert_eq!(deployment_in("/openai/v1/chat/completions"), None);
         assert_eq!(deployment_in("/openai/deployments/"), None);
+        assert_eq!(deployment_in("/openai/deployments"), None);
+        assert_eq!(
+            deployment_in("/x/mydeployments/a/deployments/b/c"),
+            Some("b")
+        );
         assert_eq!(
             rename_deployment(
                 "/openai/deployments/gpt-4o/chat/completions?api-version=1",
