@@ -329,13 +329,23 @@ async fn faults_fail_over_and_a_broken_backend_is_ejected() {
 }
 
 #[tokio::test]
-async fn a_reset_or_a_hang_before_the_answer_fails_over_with_the_whole_body() {
+async fn a_refused_connection_a_reset_or_a_hang_fails_over_with_the_whole_body() {
+    // A port nothing listens on: the connection is refused.
+    let refused = {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        format!("http://{}", listener.local_addr().unwrap())
+    };
     let reset = ResetBackend::start().await;
     let hanging = MockOpenAi::start().await;
     hanging.set_fault(Some(Fault::Hang));
     let healthy = MockOpenAi::start().await;
     let proxy = proxy_with(
-        &backends(&[(&reset.url(), 0), (&hanging.url(), 1), (&healthy.url(), 2)]),
+        &backends(&[
+            (&refused, 0),
+            (&reset.url(), 1),
+            (&hanging.url(), 2),
+            (&healthy.url(), 3),
+        ]),
         &[("AOAI_PROXY_UPSTREAM_TIMEOUT", "300ms")],
     )
     .await;
