@@ -224,12 +224,13 @@ impl Forwarder {
                     return (response, original_uri);
                 }
                 Ok(Err(error)) => {
-                    let error = self.upstream_failure(&error);
-                    if let ProxyError::BodyTooLarge { .. } = error {
-                        return (error.into_response(), original_uri);
+                    // The caller's body failed (too large, or the caller went away): not the
+                    // backend's fault, and nothing to send again.
+                    if find_cause::<RequestBodyError>(&error).is_some() {
+                        return (self.upstream_failure(&error).into_response(), original_uri);
                     }
                     backend.fault(failover);
-                    last = Some(Attempt::Failed(error));
+                    last = Some(Attempt::Failed(self.upstream_failure(&error)));
                 }
                 Err(_) => {
                     backend.fault(failover);

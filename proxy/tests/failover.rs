@@ -526,3 +526,85 @@ async fn weights_share_the_requests_within_a_priority() {
     assert!((240..=360).contains(&heavy), "heavy {heavy}, light {light}");
     proxy.stop().await;
 }
+
+#[tokio::test]
+async fn a_body_over_the_request_limit_is_the_callers_error_not_a_backend_fault() {
+    let first = MockOpenAi::start().await;
+    let second = MockOpenAi::start().await;
+    let proxy = proxy_with(
+        &backends(&[(&first.url(), 0), (&second.url(), 1)]),
+        &[("AOAI_PROXY_MAX_REQUEST_BODY", "1Ki")],
+    )
+    .await;
+    // Chunked, so that only the streamed bytes show it is too large.
+    let chunks = (0..4).map(|_| {
+        Ok::<_, Box<dyn std::error::Error + Send + Sync>>(http_body::Frame::data(
+            bytes::Bytes::from(vec![b'z'; 1024]),
+        ))
+    });
+    let streamed = BodyExt::boxed(http_body_util::StreamBody::new(futures_util::stream::iter(
+        chunks,
+    )));
+    let answer = fetch(
+        Request::post(format!("{}/openai/deployments/gpt-4o/files", proxy.url))
+            .body(streamed)
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(answer.status, 413, "{}", answer.text());
+    assert!(second.requests().is_empty(), "not sent to another backend");
+    let text = metrics(&proxy).await;
+    assert_eq!(
+        sample(
+            &text,
+            &format!(
+                "aoai_proxy_backend_failovers_total{{backend=\"{}\"}}",
+                label(&first)
+            )
+        ),
+        0.0
+    );
+    proxy.stop().await;
+}
+
+#[tokio::test]
+async fn callers_that_go_away_mid_upload_do_not_eject_a_backend() {
+    use tokio::io::AsyncWriteExt;
+    let first = MockOpenAi::start().await;
+    let second = MockOpenAi::start().await;
+    let proxy = proxy_with(
+        &backends(&[(&first.url(), 0), (&second.url(), 1)]),
+        &[("AOAI_PROXY_EJECT_AFTER", "2")],
+    )
+    .await;
+    let address = proxy.url.trim_start_matches("http://").to_string();
+    for _ in 0..4 {
+        let mut caller = tokio::net::TcpStream::connect(&address).await.unwrap();
+        caller
+            .write_all(b"POST /openai/deployments/gpt-4o/files HTTP/1.1\r\nhost: x\r\ncontent-length: 100000\r\n\r\npartial")
+            .await
+            .unwrap();
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        drop(caller);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let text = metrics(&proxy).await;
+    assert_eq!(
+        sample(
+            &text,
+            &format!(
+                "aoai_proxy_backend_ejections_total{{backend=\"{}\"}}",
+                label(&first)
+            )
+        ),
+        0.0,
+        "{text}"
+    );
+    assert!(second.requests().is_empty());
+    assert_eq!(chat(&proxy).await.status, 200);
+    assert!(
+        second.requests().is_empty(),
+        "the first backend still takes requests"
+    );
+    proxy.stop().await;
+}

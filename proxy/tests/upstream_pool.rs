@@ -120,15 +120,7 @@ async fn concurrent_requests_open_connections_that_all_return_to_the_pool() {
     let upstream = RawUpstream::start(AfterAnswer::KeepAlive).await;
     let proxy = TestProxy::start(&[("API_BASE_URL", &upstream.url)], fixed_token()).await;
     let url = format!("{}/openai/models", proxy.url);
-    let wave: Vec<_> = (0..16)
-        .map(|_| {
-            let url = url.clone();
-            tokio::spawn(async move { get(&url, &[]).await.status })
-        })
-        .collect();
-    for request in wave {
-        assert_eq!(request.await.unwrap(), StatusCode::OK);
-    }
+    all_ok_at_once(&url, 16).await;
     let opened = upstream.accepted();
     assert!((1..=16).contains(&opened), "{opened} connections");
     for _ in 0..32 {
@@ -218,15 +210,7 @@ async fn after_a_burst_the_pool_keeps_at_most_its_idle_cap() {
     let proxy = TestProxy::start(&[("API_BASE_URL", &upstream.url)], fixed_token()).await;
     let url = format!("{}/slow", proxy.url);
     let burst = aoai_proxy::UPSTREAM_MAX_IDLE + 36;
-    let wave: Vec<_> = (0..burst)
-        .map(|_| {
-            let url = url.clone();
-            tokio::spawn(async move { get(&url, &[]).await.status })
-        })
-        .collect();
-    for request in wave {
-        assert_eq!(request.await.unwrap(), StatusCode::OK);
-    }
+    all_ok_at_once(&url, burst).await;
     assert_eq!(
         upstream.accepted(),
         burst,
@@ -240,4 +224,17 @@ async fn after_a_burst_the_pool_keeps_at_most_its_idle_cap() {
         aoai_proxy::UPSTREAM_MAX_IDLE
     );
     proxy.stop().await;
+}
+
+/// `count` GETs of `url` at once, each answered 200.
+async fn all_ok_at_once(url: &str, count: usize) {
+    let wave: Vec<_> = (0..count)
+        .map(|_| {
+            let url = url.to_string();
+            tokio::spawn(async move { get(&url, &[]).await.status })
+        })
+        .collect();
+    for request in wave {
+        assert_eq!(request.await.unwrap(), StatusCode::OK);
+    }
 }
