@@ -199,6 +199,12 @@ pub struct FailoverSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(regex(pattern = r"^[0-9]{1,6}(ms|s|m|h)$"))]
     pub eject_for: Option<String>,
+    /// The longest wait a 429 may impose, e.g. 1m: a backend's cool-down and the Retry-After
+    /// callers are told are cut to this (a longer wait asked by Azure, or by a gateway in front of
+    /// it, is taken as this). Applies to a single endpoint too. Default 1m.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = r"^[0-9]{1,6}(ms|s|m|h)$"))]
+    pub max_throttle_wait: Option<String>,
 }
 
 impl AzureOpenAIProxySpec {

@@ -224,6 +224,9 @@ pub fn failover_env(failover: &FailoverSpec) -> Vec<(&'static str, String)> {
     if let Some(duration) = &failover.eject_for {
         vars.push((names::AOAI_PROXY_EJECT_FOR, duration.clone()));
     }
+    if let Some(duration) = &failover.max_throttle_wait {
+        vars.push((names::AOAI_PROXY_MAX_THROTTLE_WAIT, duration.clone()));
+    }
     vars
 }
 

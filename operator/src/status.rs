@@ -460,6 +460,7 @@ fn backends_check(spec: &AzureOpenAIProxySpec) -> Option<Check> {
         let field = match e.variable {
             names::AOAI_PROXY_RETRY_BODY_LIMIT => "failover.retryBodyLimit",
             names::AOAI_PROXY_EJECT_AFTER => "failover.ejectAfter",
+            names::AOAI_PROXY_MAX_THROTTLE_WAIT => "failover.maxThrottleWait",
             _ => "failover.ejectFor",
         };
         return Some(Check::fail(
@@ -1186,5 +1187,14 @@ mod tests {
         let zero = zero.unwrap();
         assert_eq!(zero.reason, "BackendsInvalid");
         assert_eq!(zero.message, "failover.ejectFor: must be greater than zero");
+
+        let (zero_wait, _) = with(serde_json::json!({
+            "endpoint": "https://r.openai.azure.com",
+            "failover": {"maxThrottleWait": "0ms"},
+            "credential": managed}));
+        assert_eq!(
+            zero_wait.unwrap().message,
+            "failover.maxThrottleWait: must be greater than zero"
+        );
     }
 }

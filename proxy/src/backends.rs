@@ -127,7 +127,7 @@ impl Backend {
 
     /// How long the deployment (or the backend) is still throttled, if it is.
     pub fn throttled_for(&self, deployment: Option<&str>) -> Option<Duration> {
-        let mut health = self.health.lock().expect("health lock");
+        let mut health = crate::panics::lock(&self.health);
         // The clock is read only when something is throttled: the usual case costs a lock.
         if !health.throttled() {
             return None;
@@ -139,8 +139,8 @@ impl Backend {
     pub fn throttled(&self, deployment: Option<&str>, wait: Duration) {
         self.meters.throttled.inc();
         let now = Instant::now();
-        let until = now + wait;
-        let mut health = self.health.lock().expect("health lock");
+        let until = later(now, wait);
+        let mut health = crate::panics::lock(&self.health);
         // Waits that are over go: request paths name deployments, the map must not grow.
         health.deployments.retain(|_, until| *until > now);
         match deployment {
@@ -161,10 +161,10 @@ impl Backend {
     /// A fault; ejects the backend after `failover.eject_after` in a row.
     pub fn fault(&self, failover: &Failover) {
         let now = Instant::now();
-        let mut health = self.health.lock().expect("health lock");
+        let mut health = crate::panics::lock(&self.health);
         health.consecutive_faults += 1;
         if health.probation || health.consecutive_faults >= failover.eject_after {
-            health.ejected_until = Some(now + failover.eject_for);
+            health.ejected_until = Some(later(now, failover.eject_for));
             health.consecutive_faults = 0;
             health.probation = false;
             drop(health);
@@ -179,20 +179,18 @@ impl Backend {
 
     /// An answer that is not a fault.
     pub fn answered(&self) {
-        let mut health = self.health.lock().expect("health lock");
+        let mut health = crate::panics::lock(&self.health);
         health.consecutive_faults = 0;
         health.probation = false;
     }
 
     /// The token-usage meters of one of this backend's deployments ("" when the path names none).
     pub fn usage_meters(&self, deployment: &str) -> Arc<DeploymentMeters> {
-        if let Some(meters) = self.usage.read().expect("usage lock").get(deployment) {
+        if let Some(meters) = crate::panics::read(&self.usage).get(deployment) {
             return meters.clone();
         }
         let meters = Arc::new(self.metrics.deployment(&self.label, deployment));
-        self.usage
-            .write()
-            .expect("usage lock")
+        crate::panics::write(&self.usage)
             .entry(deployment.to_string())
             .or_insert(meters)
             .clone()
@@ -251,7 +249,7 @@ impl Backends {
                 .map_or(self.list.len(), |n| start + n);
             let mut group = Vec::new();
             for index in start..end {
-                let mut health = self.list[index].health.lock().expect("health lock");
+                let mut health = crate::panics::lock(&self.list[index].health);
                 if let Some(wait) = health.throttled_for(deployment, now) {
                     shortest = Some(shortest.map_or(wait, |s| s.min(wait)));
                 } else if health.ejected(now) {
@@ -297,15 +295,17 @@ impl Backends {
         let now = Instant::now();
         let mut shortest = None;
         for backend in &self.list {
-            let wait = backend
-                .health
-                .lock()
-                .expect("health lock")
-                .throttled_for(deployment, now)?;
+            let wait = crate::panics::lock(&backend.health).throttled_for(deployment, now)?;
             shortest = Some(shortest.map_or(wait, |s: Duration| s.min(wait)));
         }
         shortest
     }
+}
+
+/// `now + wait`, or a time beyond any wait when the clock cannot hold that sum.
+fn later(now: Instant, wait: Duration) -> Instant {
+    now.checked_add(wait)
+        .unwrap_or_else(|| now + Duration::from_secs(100 * 365 * 86_400))
 }
 
 /// The deployment a request path names: the segment after `/deployments/`.
@@ -335,31 +335,30 @@ fn rename_deployment(path_and_query: &str, from: &str, to: &str) -> String {
     }
 }
 
-/// How long a 429 asks to wait: `retry-after-ms`, else `Retry-After` (seconds or an HTTP date),
-/// else the `x-ratelimit-reset-*` header of the exhausted limit (the longer one when neither
-/// `x-ratelimit-remaining-*` says which).
-pub fn throttle_wait(headers: &HeaderMap, now: SystemTime) -> Option<Duration> {
+/// How long a 429 asks to wait, at most `max`: `retry-after-ms`, else `Retry-After` (seconds or
+/// an HTTP date), else the `x-ratelimit-reset-*` header of the exhausted limit (the longer one when
+/// neither `x-ratelimit-remaining-*` says which). A value that is not a finite, non-negative
+/// number is ignored as if absent; a longer one is cut to `max`: the header comes from the
+/// network (a gateway in front of Azure, or a bug in either), the cool-down must not.
+pub fn throttle_wait(headers: &HeaderMap, now: SystemTime, max: Duration) -> Option<Duration> {
     let text = |name: &str| {
         headers
             .get(name)
             .and_then(|v| v.to_str().ok())
             .map(str::trim)
     };
+    let seconds = |text: &str| text.parse::<f64>().ok().and_then(seconds_to_duration);
     if let Some(ms) = text("retry-after-ms").and_then(|t| t.parse::<f64>().ok())
-        && ms.is_finite()
-        && ms >= 0.0
+        && let Some(wait) = seconds_to_duration(ms / 1000.0)
     {
-        return Some(Duration::from_secs_f64(ms / 1000.0));
+        return Some(wait.min(max));
     }
     if let Some(value) = text("retry-after") {
-        if let Ok(seconds) = value.parse::<f64>()
-            && seconds.is_finite()
-            && seconds >= 0.0
-        {
-            return Some(Duration::from_secs_f64(seconds));
+        if let Some(wait) = seconds(value) {
+            return Some(wait.min(max));
         }
         if let Ok(date) = httpdate(value) {
-            return Some(date.duration_since(now).unwrap_or(Duration::ZERO));
+            return Some(date.duration_since(now).unwrap_or(Duration::ZERO).min(max));
         }
     }
     let exhausted = |limit: &str| {
@@ -369,17 +368,25 @@ pub fn throttle_wait(headers: &HeaderMap, now: SystemTime) -> Option<Duration> {
     };
     let reset = |limit: &str| text(&format!("x-ratelimit-reset-{limit}")).and_then(reset_duration);
     let (tokens, requests) = (reset("tokens"), reset("requests"));
-    match (exhausted("tokens"), exhausted("requests")) {
+    let wait = match (exhausted("tokens"), exhausted("requests")) {
         (true, false) if tokens.is_some() => tokens,
         (false, true) if requests.is_some() => requests,
         _ => tokens.max(requests),
-    }
+    };
+    wait.map(|wait| wait.min(max))
+}
+
+/// Seconds as a duration; `None` for NaN, infinities and negative numbers, the longest duration
+/// for numbers beyond it.
+fn seconds_to_duration(seconds: f64) -> Option<Duration> {
+    (seconds.is_finite() && seconds >= 0.0)
+        .then(|| Duration::try_from_secs_f64(seconds).unwrap_or(Duration::MAX))
 }
 
 /// A reset header: seconds (`"12"`, `"0.5"`) or a duration (`"1s"`, `"6m0s"`, `"20ms"`).
 fn reset_duration(text: &str) -> Option<Duration> {
     if let Ok(seconds) = text.parse::<f64>() {
-        return (seconds.is_finite() && seconds >= 0.0).then(|| Duration::from_secs_f64(seconds));
+        return seconds_to_duration(seconds);
     }
     let mut total = Duration::ZERO;
     let mut rest = text;
@@ -399,7 +406,7 @@ fn reset_duration(text: &str) -> Option<Duration> {
             "h" => number * 3600.0,
             _ => return None,
         };
-        total += Duration::from_secs_f64(seconds);
+        total = total.saturating_add(seconds_to_duration(seconds)?);
         rest = &rest[unit_len..];
     }
     Some(total)
@@ -432,7 +439,7 @@ mod tests {
     #[test]
     fn every_form_of_the_wait_is_read() {
         let now = SystemTime::UNIX_EPOCH + Duration::from_secs(784_111_777);
-        let wait = |pairs: &[(&str, &str)]| throttle_wait(&headers(pairs), now);
+        let wait = |pairs: &[(&str, &str)]| throttle_wait(&headers(pairs), now, Duration::MAX);
         let ms = Duration::from_millis;
         assert_eq!(
             wait(&[("retry-after-ms", "1500"), ("retry-after", "9")]),
@@ -476,6 +483,64 @@ mod tests {
             None
         );
         assert_eq!(wait(&[("x-ratelimit-reset-tokens", "1x")]), None);
+    }
+
+    /// What a backend, or a gateway in front of it, may send: never a panic, never a wait
+    /// beyond the maximum, nonsense ignored.
+    #[test]
+    fn absurd_waits_are_ignored_or_capped() {
+        let now = SystemTime::UNIX_EPOCH + Duration::from_secs(784_111_777);
+        let max = Duration::from_secs(60);
+        let wait = |pairs: &[(&str, &str)]| throttle_wait(&headers(pairs), now, max);
+        for huge in [
+            &[("retry-after-ms", "1e30")][..],
+            &[("retry-after", "99999999999999999999")],
+            &[("retry-after", "1e308")],
+            &[("x-ratelimit-reset-tokens", "1e300")],
+            &[("x-ratelimit-reset-requests", "99999999999h")],
+            &[(
+                "x-ratelimit-reset-requests",
+                "99999999999999999999h99999999999999999999h",
+            )],
+            &[("retry-after", "Fri, 31 Dec 9999 23:59:59 GMT")],
+        ] {
+            assert_eq!(wait(huge), Some(max), "{huge:?}");
+        }
+        for nonsense in [
+            &[("retry-after-ms", "NaN")][..],
+            &[("retry-after-ms", "inf")],
+            &[("retry-after-ms", "-inf")],
+            &[("retry-after", "-5")],
+            &[("retry-after", "nan")],
+            &[("x-ratelimit-reset-tokens", "-1")],
+            &[("x-ratelimit-reset-tokens", "1e400")],
+            &[("x-ratelimit-reset-tokens", "NaNs")],
+            &[("x-ratelimit-reset-tokens", "-1s")],
+        ] {
+            assert_eq!(wait(nonsense), None, "{nonsense:?}");
+        }
+        // Nonsense in the first header leaves the next one to decide.
+        assert_eq!(
+            wait(&[("retry-after-ms", "NaN"), ("retry-after", "3")]),
+            Some(Duration::from_secs(3))
+        );
+        // A date in the past is no wait.
+        assert_eq!(
+            wait(&[("retry-after", "Thu, 01 Jan 1970 00:00:00 GMT")]),
+            Some(Duration::ZERO)
+        );
+    }
+
+    #[test]
+    fn a_wait_beyond_the_clock_is_a_time_beyond_any_wait() {
+        let now = Instant::now();
+        let until = later(now, Duration::MAX);
+        assert!(until > later(now, Duration::from_secs(365 * 86_400)));
+        let mut health = Health {
+            throttled_until: Some(until),
+            ..Health::default()
+        };
+        assert!(health.throttled_for(None, now).is_some());
     }
 
     #[test]

@@ -2,10 +2,10 @@
 //!
 //! [`RequestBody`] counts what the caller uploads and enforces the optional size limit.
 //! [`ResponseBody`] is either the upstream's stream or a small answer made by the proxy; an
-//! upstream stream that breaks off mid-way ends cleanly for the caller (a truncated SSE stream
-//! still ends with a proper final chunk) and is counted as an upstream reset.
+//! upstream stream that breaks off mid-way breaks off for the caller too (on HTTP/1.1 the
+//! connection closes without the final chunk, on HTTP/2 the stream is reset), so that a truncated
+//! answer is never taken for a whole one, and is counted as an upstream reset.
 
-use std::convert::Infallible;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll, ready};
@@ -171,14 +171,19 @@ impl ResponseBody {
     }
 }
 
+/// The upstream's answer broke off after its head: the caller's is cut off too.
+#[derive(Debug, thiserror::Error)]
+#[error("the upstream response broke off mid-stream")]
+pub struct BrokenOff;
+
 impl Body for ResponseBody {
     type Data = Bytes;
-    type Error = Infallible;
+    type Error = BrokenOff;
 
     fn poll_frame(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
+    ) -> Poll<Option<Result<Frame<Bytes>, BrokenOff>>> {
         match self.get_mut() {
             ResponseBody::Local(bytes) => Poll::Ready(bytes.take().map(|b| Ok(Frame::data(b)))),
             ResponseBody::Upstream(body) => {
@@ -200,9 +205,9 @@ impl Body for ResponseBody {
                         body.metrics.upstream_error(UpstreamError::Reset);
                         tracing::warn!(
                             bytes_sent = body.seen,
-                            "upstream response broke off mid-stream: {e}; ending the caller's stream"
+                            "upstream response broke off mid-stream: {e}; cutting the caller's off too"
                         );
-                        Poll::Ready(None)
+                        Poll::Ready(Some(Err(BrokenOff)))
                     }
                     None => {
                         body.done = true;

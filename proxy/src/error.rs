@@ -31,6 +31,8 @@ pub enum ProxyError {
     UpstreamFailed(String),
     /// Every backend is throttled for this request (429 from each, its wait not over).
     Throttled { retry_after: Duration },
+    /// A bug met while answering (a caught panic).
+    Internal,
 }
 
 impl ProxyError {
@@ -47,6 +49,7 @@ impl ProxyError {
                 StatusCode::BAD_GATEWAY
             }
             ProxyError::UpstreamTimeout(_) => StatusCode::GATEWAY_TIMEOUT,
+            ProxyError::Internal => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
 
@@ -60,6 +63,7 @@ impl ProxyError {
             ProxyError::UpstreamUnreachable(_)
             | ProxyError::UpstreamTimeout(_)
             | ProxyError::UpstreamFailed(_) => "upstream_error",
+            ProxyError::Internal => "internal_error",
         }
     }
 
@@ -76,6 +80,7 @@ impl ProxyError {
             ProxyError::UpstreamTimeout(_) => "upstream_timeout",
             ProxyError::UpstreamFailed(_) => "upstream_failed",
             ProxyError::Throttled { .. } => "429",
+            ProxyError::Internal => "internal_error",
         }
     }
 
@@ -107,6 +112,9 @@ impl ProxyError {
                 "every Azure OpenAI backend is throttled for this request; retry after {} ms",
                 retry_after.as_millis().max(1)
             ),
+            ProxyError::Internal => {
+                "aoai-proxy met an internal error on this request (logged, and counted in aoai_proxy_panics_total)".into()
+            }
         }
     }
 

@@ -64,9 +64,14 @@ impl Forwarder {
                     let result = tokio::time::timeout(self.upstream_timeout, sent).await;
                     let deployment = backends::deployment_in(original_uri.path());
                     let response = match result {
+                        Ok(Ok(response))
+                            if response.status() == StatusCode::SWITCHING_PROTOCOLS =>
+                        {
+                            self.unasked_switch(backend).into_response()
+                        }
                         Ok(Ok(response)) => {
                             if response.status() == StatusCode::TOO_MANY_REQUESTS {
-                                backend.throttled(deployment, wait_of(&response));
+                                backend.throttled(deployment, self.wait_asked(response.headers()));
                             }
                             self.respond(backend, deployment, started, response, in_flight)
                         }
@@ -210,8 +215,12 @@ impl Forwarder {
             let sent = backend.client.send(attempt);
             match tokio::time::timeout(self.upstream_timeout, sent).await {
                 Ok(Ok(response)) if response.status() == StatusCode::TOO_MANY_REQUESTS => {
-                    backend.throttled(deployment, wait_of(&response));
+                    backend.throttled(deployment, self.wait_asked(response.headers()));
                     last = Some(Attempt::Answered(index, response));
+                }
+                Ok(Ok(response)) if response.status() == StatusCode::SWITCHING_PROTOCOLS => {
+                    backend.fault(failover);
+                    last = Some(Attempt::Failed(self.unasked_switch(backend)));
                 }
                 Ok(Ok(response)) if is_fault(response.status()) => {
                     tracing::warn!(backend = %backend.label, status = response.status().as_u16(), "backend answered with a fault");
@@ -348,9 +357,10 @@ impl Forwarder {
         }
         let (mut parts, body) = response.into_parts();
         if status == StatusCode::TOO_MANY_REQUESTS {
-            let wait = self.backends.shortest_wait(deployment).unwrap_or_else(|| {
-                throttle_wait(&parts.headers, SystemTime::now()).unwrap_or(DEFAULT_THROTTLE)
-            });
+            let wait = self
+                .backends
+                .shortest_wait(deployment)
+                .unwrap_or_else(|| self.wait_asked(&parts.headers));
             set_retry_after(&mut parts.headers, wait);
         }
         headers::rewrite_response(&mut parts.headers);
@@ -369,6 +379,20 @@ impl Forwarder {
             });
         let body = ResponseBody::upstream(body, self.metrics.clone(), in_flight, usage);
         Response::from_parts(parts, body)
+    }
+
+    /// How long a 429 asks to wait, within the configured maximum.
+    fn wait_asked(&self, headers: &http::HeaderMap) -> Duration {
+        let max = self.backends.failover.max_throttle_wait;
+        throttle_wait(headers, SystemTime::now(), max).unwrap_or(DEFAULT_THROTTLE.min(max))
+    }
+
+    /// `101 Switching Protocols` to a request that asked for no upgrade: a protocol violation
+    /// the caller could not handle, so a 502 instead.
+    fn unasked_switch(&self, backend: &Backend) -> ProxyError {
+        self.metrics.upstream_error(UpstreamError::Failed);
+        tracing::warn!(backend = %backend.label, "upstream answered 101 Switching Protocols to a request that asked for no upgrade");
+        ProxyError::UpstreamFailed("the upstream switched protocols without being asked".into())
     }
 
     fn upstream_timeout(&self) -> ProxyError {
@@ -445,9 +469,4 @@ enum Attempt {
 /// 500, 502, 503 and 504: the answers another backend may not give.
 fn is_fault(status: StatusCode) -> bool {
     matches!(status.as_u16(), 500 | 502 | 503 | 504)
-}
-
-/// How long a 429 asks to wait.
-fn wait_of<B>(response: &Response<B>) -> Duration {
-    throttle_wait(response.headers(), SystemTime::now()).unwrap_or(DEFAULT_THROTTLE)
 }

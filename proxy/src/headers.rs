@@ -47,6 +47,12 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
             headers.remove(name);
         }
     }
+    // With Transfer-Encoding the body's length is the encoding's, and a Content-Length beside it
+    // means nothing (RFC 9112 §6.3); passed on, it would make the next hop cut the body short
+    // and read the rest as the next message.
+    if headers.contains_key(header::TRANSFER_ENCODING) {
+        headers.remove(header::CONTENT_LENGTH);
+    }
     for name in &HOP_BY_HOP {
         headers.remove(name);
     }
@@ -87,6 +93,20 @@ mod tests {
         let mut names: Vec<String> = headers.keys().map(|k| k.to_string()).collect();
         names.sort();
         names
+    }
+
+    #[test]
+    fn a_length_beside_a_transfer_encoding_is_dropped() {
+        let mut headers = map(&[
+            ("content-length", "3"),
+            ("transfer-encoding", "chunked"),
+            ("content-type", "text/plain"),
+        ]);
+        rewrite_response(&mut headers);
+        assert_eq!(names(&headers), ["content-type"]);
+        let mut alone = map(&[("content-length", "3")]);
+        rewrite_response(&mut alone);
+        assert_eq!(names(&alone), ["content-length"]);
     }
 
     #[test]
@@ -153,7 +173,7 @@ mod tests {
     fn response_keeps_end_to_end_headers() {
         let mut headers = map(&[
             ("content-type", "text/event-stream"),
-            ("transfer-encoding", "chunked"),
+            ("te", "trailers"),
             ("connection", "keep-alive"),
             ("x-ratelimit-remaining-requests", "99"),
             ("apim-request-id", "id"),

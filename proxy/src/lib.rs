@@ -16,6 +16,7 @@ pub(crate) mod health;
 pub mod inbound_auth;
 pub mod logging;
 pub(crate) mod metrics;
+pub mod panics;
 pub(crate) mod replay;
 pub mod server;
 pub mod tls;

@@ -60,6 +60,7 @@ fn main() -> ExitCode {
         eprintln!("aoai-proxy: configuration error: {e}");
         return ExitCode::from(2);
     }
+    aoai_proxy::panics::install_hook();
     let runtime = match runtime() {
         Ok(runtime) => runtime,
         Err(e) => {

@@ -246,6 +246,12 @@ impl Metrics {
             websocket_open.clone(),
         );
 
+        registry.register(
+            "panics",
+            "Internal errors (bugs) caught: each ended only the request or connection it happened in",
+            crate::panics::PANICS.clone(),
+        );
+
         let backend_family = |registry: &mut Registry, name: &str, help: &str| {
             let family = Family::<BackendLabels, Counter>::default();
             registry.register(name, help, family.clone());

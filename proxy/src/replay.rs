@@ -45,7 +45,7 @@ impl Replay {
 
     /// Whether another attempt can be sent the whole body.
     pub fn can_replay(&self) -> bool {
-        !self.0.lock().expect("replay lock").spent
+        !crate::panics::lock(&self.0).spent
     }
 
     /// The body of the next attempt.
@@ -76,7 +76,7 @@ impl ReplayBody {
         &mut self,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<ReplayFrame, hyper::Error>>> {
-        let mut shared = self.shared.lock().expect("replay lock");
+        let mut shared = crate::panics::lock(&self.shared);
         if let Some(chunk) = shared.kept.get(self.next) {
             let frame = Frame::data(chunk.clone());
             self.next += 1;
@@ -125,12 +125,12 @@ impl ReplayBody {
     }
 
     pub fn is_end_stream(&self) -> bool {
-        let shared = self.shared.lock().expect("replay lock");
+        let shared = crate::panics::lock(&self.shared);
         self.next >= shared.kept.len() && shared.caller.is_none()
     }
 
     pub fn size_hint(&self) -> SizeHint {
-        let shared = self.shared.lock().expect("replay lock");
+        let shared = crate::panics::lock(&self.shared);
         match &shared.caller {
             // Nothing read yet: the caller's own hint (its Content-Length).
             Some(caller) if shared.read == 0 => caller.size_hint(),

@@ -18,6 +18,7 @@ use tokio::net::TcpListener;
 use crate::forward::Forwarder;
 use crate::health;
 use crate::logging;
+use crate::panics;
 
 /// Largest request head (request line and headers) accepted; larger gets 431.
 pub const MAX_HEADER_BYTES: usize = 64 * 1024;
@@ -114,7 +115,14 @@ impl Server {
                 let forwarder = forwarder.clone();
                 let client_ip = peer.ip();
                 service_fn(move |request: Request<Incoming>| {
-                    forwarder.clone().handle(request, client_ip)
+                    let forwarder = forwarder.clone();
+                    async move {
+                        let handling = async move {
+                            let Ok(response) = forwarder.handle(request, client_ip).await;
+                            response
+                        };
+                        Ok::<_, Infallible>(panics::contain(handling).await)
+                    }
                 })
             },
             stopped(),

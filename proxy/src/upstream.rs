@@ -251,13 +251,13 @@ where
 {
     /// A ready connection: the shared HTTP/2 one, the most recent idle HTTP/1.1 one, or a new one.
     async fn checkout(self: &Arc<Self>) -> Result<(Sender<B>, bool), RequestError> {
-        if let Some(sender) = self.http2.lock().expect("pool lock").as_ref()
+        if let Some(sender) = crate::panics::lock(&self.http2).as_ref()
             && !sender.is_closed()
         {
             return Ok((Sender::Http2(sender.clone()), true));
         }
         loop {
-            let idle = self.idle.lock().expect("pool lock").pop();
+            let idle = crate::panics::lock(&self.idle).pop();
             let Some(Idle { mut sender, since }) = idle else {
                 break;
             };
@@ -299,7 +299,7 @@ where
                     tracing::debug!("upstream HTTP/2 connection ended: {e}");
                 }
             });
-            *self.http2.lock().expect("pool lock") = Some(sender.clone());
+            *crate::panics::lock(&self.http2) = Some(sender.clone());
             Ok(Sender::Http2(sender))
         } else {
             // One buffer and one `write`, as on the server side (`server::Server::bind`).
@@ -380,7 +380,7 @@ async fn close_idle<B>(pool: Weak<Pool<B>>) {
     loop {
         tokio::time::sleep(period).await;
         let Some(pool) = pool.upgrade() else { return };
-        let mut idle = pool.idle.lock().expect("pool lock");
+        let mut idle = crate::panics::lock(&pool.idle);
         idle.retain(|c| usable(&c.sender, c.since, pool.idle_timeout));
     }
 }
@@ -416,7 +416,7 @@ impl<B> GiveBack<B> {
     /// closes: after a burst, the pool shrinks back instead of keeping every connection open).
     fn give_back(self) {
         if let Some(pool) = self.pool.upgrade() {
-            let mut idle = pool.idle.lock().expect("pool lock");
+            let mut idle = crate::panics::lock(&pool.idle);
             if idle.len() < MAX_IDLE {
                 idle.push(Idle {
                     sender: self.sender,

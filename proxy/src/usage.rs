@@ -41,6 +41,10 @@ struct UsageObject {
     total_tokens: Option<u64>,
 }
 
+/// No answer uses more tokens than this: a larger count is not a token count, and adding it would
+/// wrap the counters.
+const MAX_TOKENS: u64 = u32::MAX as u64;
+
 impl UsageObject {
     fn usage(self) -> Option<Usage> {
         let input = self.prompt_tokens.or(self.input_tokens);
@@ -49,10 +53,11 @@ impl UsageObject {
             return None;
         }
         let (input, output) = (input.unwrap_or(0), output.unwrap_or(0));
-        Some(Usage {
+        let total = self.total_tokens.unwrap_or(input.saturating_add(output));
+        (input <= MAX_TOKENS && output <= MAX_TOKENS && total <= MAX_TOKENS).then_some(Usage {
             input,
             output,
-            total: self.total_tokens.unwrap_or(input + output),
+            total,
         })
     }
 }
@@ -441,6 +446,8 @@ data: {"type":"response.completed","response":{"id":"r","usage":{"input_tokens":
     fn text_that_mentions_usage_is_not_usage() {
         let text = r#"{"choices":[{"message":{"content":"the \"usage\":{\"total_tokens\":999} field"}}],"note":"usage"}"#;
         assert_eq!(scan(&[text.as_bytes()]), None);
+        let huge = r#"{"usage":{"prompt_tokens":18446744073709551615,"completion_tokens":18446744073709551615}}"#;
+        assert_eq!(scan(&[huge.as_bytes()]), None);
         let audio = r#"{"text":"x","usage":{"type":"duration","seconds":1.5}}"#;
         assert_eq!(scan(&[audio.as_bytes()]), None);
         assert_eq!(scan(&[b"\"usage\":{\"total_tokens\":", b"1"]), None);

@@ -122,6 +122,13 @@ pub fn assert_sidecar_configures(
             let wanted = aoai_proxy::units::parse_duration(duration).expect("a valid duration");
             assert_eq!(f.eject_for, wanted, "{what}: failover.ejectFor");
         }
+        if let Some(duration) = &failover.max_throttle_wait {
+            let wanted = aoai_proxy::units::parse_duration(duration).expect("a valid duration");
+            assert_eq!(
+                f.max_throttle_wait, wanted,
+                "{what}: failover.maxThrottleWait"
+            );
+        }
     }
     format!(
         "{what}: {} on port {wanted_port} to {}",

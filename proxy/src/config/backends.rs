@@ -75,26 +75,29 @@ pub struct Failover {
     pub eject_after: u32,
     /// How long an ejected backend is skipped.
     pub eject_for: Duration,
+    /// The longest cool-down a 429 may ask for, and the longest wait callers are told.
+    pub max_throttle_wait: Duration,
 }
 
 impl Failover {
     pub(super) fn from_env<F: Fn(&str) -> Option<String>>(
         env: &Env<F>,
     ) -> Result<Self, ConfigError> {
-        let eject_for = env.duration(names::AOAI_PROXY_EJECT_FOR)?;
-        if eject_for.is_zero() {
-            return Err(error(
-                names::AOAI_PROXY_EJECT_FOR,
-                "must be greater than zero",
-            ));
-        }
+        let positive = |name: &'static str| {
+            let duration = env.duration(name)?;
+            if duration.is_zero() {
+                return Err(error(name, "must be greater than zero"));
+            }
+            Ok(duration)
+        };
         Ok(Self {
             replay_body_limit: env.parsed(names::AOAI_PROXY_RETRY_BODY_LIMIT, parse_bytes)?,
             eject_after: env.parsed(names::AOAI_PROXY_EJECT_AFTER, |t| match t.parse::<u32>() {
                 Ok(n) if n > 0 => Ok(n),
                 _ => Err(format!("{t:?} is not a positive whole number")),
             })?,
-            eject_for,
+            eject_for: positive(names::AOAI_PROXY_EJECT_FOR)?,
+            max_throttle_wait: positive(names::AOAI_PROXY_MAX_THROTTLE_WAIT)?,
         })
     }
 }

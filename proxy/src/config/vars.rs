@@ -32,6 +32,7 @@ pub mod names {
     pub const AOAI_PROXY_RETRY_BODY_LIMIT: &str = "AOAI_PROXY_RETRY_BODY_LIMIT";
     pub const AOAI_PROXY_EJECT_AFTER: &str = "AOAI_PROXY_EJECT_AFTER";
     pub const AOAI_PROXY_EJECT_FOR: &str = "AOAI_PROXY_EJECT_FOR";
+    pub const AOAI_PROXY_MAX_THROTTLE_WAIT: &str = "AOAI_PROXY_MAX_THROTTLE_WAIT";
     pub const HOST: &str = "HOST";
     pub const PORT: &str = "PORT";
     pub const AOAI_PROXY_ADMIN_HOST: &str = "AOAI_PROXY_ADMIN_HOST";
@@ -112,6 +113,11 @@ pub const ENV_VARS: &[EnvVar] = &[
         names::AOAI_PROXY_EJECT_FOR,
         Some("30s"),
         "With several backends: how long an ejected backend is skipped (it is tried again only when no other is left); its first fault after that ejects it again.",
+    ),
+    var(
+        names::AOAI_PROXY_MAX_THROTTLE_WAIT,
+        Some("1m"),
+        "Longest wait a 429 may impose: a backend's cool-down, and the Retry-After callers are told, are cut to this (a longer retry-after-ms, Retry-After or x-ratelimit-reset-* is taken as this; a value that is not a number is ignored). Applies to one backend too.",
     ),
     var(
         names::HOST,

@@ -10,6 +10,7 @@
 //! Files (certificate, secret, federated token) are read at every acquisition, so that a rotated
 //! Kubernetes Secret or projected token is used by the next refresh without a restart.
 
+pub mod answer;
 pub mod assertion;
 pub mod certificate;
 pub mod refresh;
@@ -20,10 +21,9 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use http::{Method, Request, StatusCode};
-use http_body_util::{BodyExt, Full};
+use http_body_util::{BodyExt, Full, Limited};
 use hyper_util::client::legacy::Client;
 use ring::digest::{SHA256, digest};
-use serde::Deserialize;
 
 use crate::config::{
     self, Config, CredentialKind, EntraApp, ManagedIdentityEndpoint, SecretSource, UserAssignedId,
@@ -31,7 +31,11 @@ use crate::config::{
 };
 use crate::error::error_chain;
 use crate::upstream::Connector;
+use answer::parse_token_answer;
 use certificate::{CertificateError, ClientCertificate, unix_now};
+
+/// The largest identity answer read: a token answer is a few kilobytes.
+const MAX_ANSWER: usize = 1024 * 1024;
 
 const JWT_BEARER: &str = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer";
 
@@ -110,123 +114,32 @@ impl IdentityHttp {
             endpoint: endpoint.to_string(),
             message,
         };
-        let response = tokio::time::timeout(self.timeout, async {
+        let answer = tokio::time::timeout(self.timeout, async {
             let response = self
                 .client
                 .request(request)
                 .await
-                .map_err(|e| error_chain(&e))?;
+                .map_err(|e| transport(error_chain(&e)))?;
             let status = response.status();
-            let body = response
-                .into_body()
+            let body = Limited::new(response.into_body(), MAX_ANSWER)
                 .collect()
                 .await
-                .map_err(|e| error_chain(&e))?
+                .map_err(|e| {
+                    if e.is::<http_body_util::LengthLimitError>() {
+                        AcquireError::Malformed {
+                            endpoint: endpoint.to_string(),
+                            message: format!("the answer is larger than {MAX_ANSWER} bytes"),
+                        }
+                    } else {
+                        transport(error_chain(&*e))
+                    }
+                })?
                 .to_bytes();
-            Ok::<_, String>((status, body))
+            Ok((status, body))
         })
-        .await
-        .map_err(|_| transport(format!("no answer within {:?}", self.timeout)))?;
-        response.map_err(transport)
+        .await;
+        answer.unwrap_or_else(|_| Err(transport(format!("no answer within {:?}", self.timeout))))
     }
-}
-
-/// Deserializes a number that some endpoints send as a string (IMDS, App Service).
-fn number<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<i64>, D::Error> {
-    #[derive(Deserialize)]
-    #[serde(untagged)]
-    enum NumberOrString {
-        Number(i64),
-        Text(String),
-    }
-    Ok(match Option::<NumberOrString>::deserialize(d)? {
-        Some(NumberOrString::Number(n)) => Some(n),
-        Some(NumberOrString::Text(s)) => s.trim().parse().ok(),
-        None => None,
-    })
-}
-
-#[derive(Deserialize)]
-struct TokenResponse {
-    access_token: Option<String>,
-    #[serde(default, deserialize_with = "number")]
-    expires_in: Option<i64>,
-    #[serde(default, deserialize_with = "number")]
-    expires_on: Option<i64>,
-    #[serde(default, deserialize_with = "number")]
-    refresh_in: Option<i64>,
-}
-
-#[derive(Deserialize, Default)]
-struct ErrorResponse {
-    error: Option<serde_json::Value>,
-    error_description: Option<String>,
-    message: Option<String>,
-}
-
-/// Turns an identity endpoint's answer into a token or an error naming Azure's code.
-fn parse_token_answer(
-    endpoint: &str,
-    status: StatusCode,
-    body: &[u8],
-) -> Result<Acquired, AcquireError> {
-    if !status.is_success() {
-        let parsed: ErrorResponse = serde_json::from_slice(body).unwrap_or_default();
-        let error = match parsed.error {
-            Some(serde_json::Value::String(code)) => code,
-            Some(serde_json::Value::Object(object)) => object
-                .get("code")
-                .and_then(|c| c.as_str())
-                .unwrap_or("error")
-                .to_string(),
-            _ => status.canonical_reason().unwrap_or("error").to_string(),
-        };
-        // Entra ID appends trace and correlation ids on further lines; the first line says it all.
-        let description = parsed
-            .error_description
-            .or(parsed.message)
-            .unwrap_or_else(|| String::from_utf8_lossy(&body[..body.len().min(200)]).into_owned());
-        let description = description
-            .lines()
-            .next()
-            .unwrap_or_default()
-            .trim()
-            .to_string();
-        return Err(AcquireError::Rejected {
-            endpoint: endpoint.to_string(),
-            status: status.as_u16(),
-            error,
-            description,
-        });
-    }
-    let malformed = |message: &str| AcquireError::Malformed {
-        endpoint: endpoint.to_string(),
-        message: message.to_string(),
-    };
-    let parsed: TokenResponse = serde_json::from_slice(body).map_err(|_| malformed("not JSON"))?;
-    let access_token = parsed
-        .access_token
-        .filter(|t| !t.is_empty())
-        .ok_or_else(|| malformed("no access_token"))?;
-    let lifetime = match (parsed.expires_in, parsed.expires_on) {
-        (Some(seconds), _) => seconds,
-        (None, Some(on)) => on - unix_now(),
-        (None, None) => return Err(malformed("neither expires_in nor expires_on")),
-    };
-    if lifetime <= 0 {
-        return Err(malformed(&format!(
-            "the token expires immediately (lifetime {lifetime}s)"
-        )));
-    }
-    let refresh_in = parsed
-        .refresh_in
-        .filter(|r| *r > 0 && *r < lifetime)
-        .map(|r| Duration::from_secs(r as u64));
-    Ok(Acquired {
-        access_token,
-        lifetime: Duration::from_secs(lifetime as u64),
-        refresh_in,
-    })
 }
 
 fn read_file(variable: &'static str, path: &Path) -> Result<Vec<u8>, AcquireError> {
@@ -625,75 +538,5 @@ impl Credential {
                 })?;
         let (status, body) = http.send(request, &base).await?;
         parse_token_answer(&base, status, &body)
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    const EP: &str = "https://login.example/t/oauth2/v2.0/token";
-
-    #[test]
-    fn entra_success_with_refresh_in() {
-        let body = br#"{"token_type":"Bearer","expires_in":3599,"ext_expires_in":3599,"refresh_in":1799,"access_token":"eyJ0"}"#;
-        let acquired = parse_token_answer(EP, StatusCode::OK, body).unwrap();
-        assert_eq!(acquired.access_token, "eyJ0");
-        assert_eq!(acquired.lifetime, Duration::from_secs(3599));
-        assert_eq!(acquired.refresh_in, Some(Duration::from_secs(1799)));
-    }
-
-    #[test]
-    fn imds_strings_and_expires_on() {
-        let body = br#"{"access_token":"x","expires_in":"86399","expires_on":"1","resource":"r","token_type":"Bearer"}"#;
-        assert_eq!(
-            parse_token_answer(EP, StatusCode::OK, body)
-                .unwrap()
-                .lifetime,
-            Duration::from_secs(86399)
-        );
-        let on = unix_now() + 600;
-        let body = format!(r#"{{"access_token":"x","expires_on":"{on}"}}"#);
-        let lifetime = parse_token_answer(EP, StatusCode::OK, body.as_bytes())
-            .unwrap()
-            .lifetime;
-        assert!((598..=600).contains(&lifetime.as_secs()));
-    }
-
-    #[test]
-    fn entra_error_keeps_code_and_first_line_only() {
-        let body = br#"{"error":"invalid_client","error_description":"AADSTS7000215: Invalid client secret provided.\r\nTrace ID: abc\r\nCorrelation ID: def","error_codes":[7000215]}"#;
-        let e = parse_token_answer(EP, StatusCode::UNAUTHORIZED, body).unwrap_err();
-        assert_eq!(
-            e.to_string(),
-            format!(
-                "{EP} answered HTTP 401 invalid_client: AADSTS7000215: Invalid client secret provided."
-            )
-        );
-        assert!(!e.is_local());
-    }
-
-    #[test]
-    fn unusable_answers() {
-        for (status, body, fragment) in [
-            (StatusCode::OK, &b"<html>"[..], "not JSON"),
-            (StatusCode::OK, br#"{"expires_in":10}"#, "no access_token"),
-            (
-                StatusCode::OK,
-                br#"{"access_token":"x"}"#,
-                "neither expires_in",
-            ),
-            (
-                StatusCode::OK,
-                br#"{"access_token":"x","expires_in":0}"#,
-                "expires immediately",
-            ),
-            (StatusCode::INTERNAL_SERVER_ERROR, b"oops", "HTTP 500"),
-        ] {
-            let e = parse_token_answer(EP, status, body)
-                .unwrap_err()
-                .to_string();
-            assert!(e.contains(fragment), "{e}");
-        }
     }
 }
