@@ -418,7 +418,7 @@ async fn start_webhook(
     leading: &Arc<AtomicBool>,
 ) -> Result<(), String> {
     use futures_util::StreamExt;
-    use kube::runtime::{WatchStreamExt, reflector, watcher};
+    use kube::runtime::reflector;
 
     let native_sidecars_supported = match args.native_sidecars {
         NativeSidecars::Yes => true,
@@ -442,14 +442,7 @@ async fn start_webhook(
     );
 
     let (proxies, writer) = reflector::store();
-    let stream = reflector::reflector(
-        writer,
-        watcher(
-            kube::Api::<AzureOpenAIProxy>::all(client.clone()),
-            watcher::Config::default(),
-        )
-        .default_backoff(),
-    );
+    let stream = reflector::reflector(writer, crate::proxy_watch::watch(client.clone(), None));
     tokio::spawn(stream.for_each(|_| async {}));
 
     let cert = Arc::new(certs::ServingCert::default());

@@ -29,6 +29,7 @@ use serde_json::json;
 use crate::annotations;
 use crate::crd::{AzureOpenAIProxy, AzureOpenAIProxyStatus, RolloutPolicy};
 use crate::metrics::Metrics;
+use crate::proxy_watch;
 use crate::status::{self, Options, Read, SecretRead, stale_owners};
 
 /// The field manager of every write the controller makes.
@@ -463,7 +464,13 @@ pub async fn run(
     secret_namespaces: SecretNamespaces,
     shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
 ) {
-    let proxies: Api<AzureOpenAIProxy> = Api::all(client.clone());
+    let (unreadable_tx, unreadable_rx) = tokio::sync::mpsc::unbounded_channel();
+    let (proxy_cache, proxy_writer) = reflector::store();
+    let proxy_changes = reflector::reflector(
+        proxy_writer,
+        proxy_watch::watch(client.clone(), Some(unreadable_tx)),
+    )
+    .touched_objects();
     let secret_changes = metadata_changes::<Secret>(&client, &secret_namespaces);
     let config_map_changes = metadata_changes::<ConfigMap>(&client, &secret_namespaces);
     let (pods, pods_writer) = reflector::store();
@@ -478,11 +485,12 @@ pub async fn run(
     )
     .touched_objects();
 
-    let controller = Controller::new(proxies, watcher::Config::default())
+    let controller = Controller::for_stream(proxy_changes, proxy_cache)
         .with_config(controller::Config::default().concurrency(MAX_CONCURRENT_RECONCILES));
     let proxy_store = controller.store();
     let config_map_proxies = proxy_store.clone();
     let caches_synced = Arc::new(AtomicBool::new(false));
+    let report = report_unreadable(client.clone(), unreadable_rx);
     let context = Arc::new(Context::new(
         client,
         secret_namespaces,
@@ -540,7 +548,50 @@ pub async fn run(
                 tracing::debug!("controller: {e}");
             }
         });
-    tokio::join!(caches, run);
+    tokio::join!(caches, run, report);
+}
+
+/// Writes the status of each object the watch could not read (once per generation and reason):
+/// its spec is not what this operator knows, and nothing else would say so.
+async fn report_unreadable(
+    client: Client,
+    mut found: tokio::sync::mpsc::UnboundedReceiver<proxy_watch::Unreadable>,
+) {
+    let mut reported = HashMap::new();
+    while let Some(object) = found.recv().await {
+        let key = (object.namespace.clone(), object.name.clone());
+        let what = (object.generation, object.reason.clone());
+        if reported.get(&key) == Some(&what) {
+            continue;
+        }
+        let status = status::unreadable(object.generation, &object.reason, Timestamp::now());
+        // Untyped: the typed API would fail to read the object that comes back.
+        let resource = kube::api::ApiResource::erase::<AzureOpenAIProxy>(&());
+        let api: Api<kube::api::DynamicObject> =
+            Api::namespaced_with(client.clone(), &object.namespace, &resource);
+        let patch = json!({
+            "apiVersion": "aoai-proxy.io/v1alpha1",
+            "kind": "AzureOpenAIProxy",
+            "status": status,
+        });
+        let applied = api
+            .patch_status(
+                &object.name,
+                &PatchParams::apply(FIELD_MANAGER).force(),
+                &Patch::Apply(&patch),
+            )
+            .await;
+        match applied {
+            Ok(_) => {
+                reported.insert(key, what);
+            }
+            Err(e) => tracing::warn!(
+                namespace = object.namespace,
+                name = object.name,
+                "cannot write the status of an unreadable AzureOpenAIProxy: {e}"
+            ),
+        }
+    }
 }
 
 /// Every change to a `K` (a Secret, a ConfigMap) in `namespaces`, by metadata only:

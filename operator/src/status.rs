@@ -575,6 +575,22 @@ fn condition(
     }
 }
 
+/// The status of an object whose spec this operator cannot read: not Ready, and why.
+pub fn unreadable(generation: Option<i64>, reason: &str, now: Timestamp) -> AzureOpenAIProxyStatus {
+    let check = Check::fail("SpecUnreadable", reason);
+    AzureOpenAIProxyStatus {
+        observed_generation: generation,
+        conditions: vec![condition(
+            &AzureOpenAIProxyStatus::default(),
+            READY,
+            &check,
+            generation,
+            now,
+        )],
+        ..AzureOpenAIProxyStatus::default()
+    }
+}
+
 fn condition_status<'a>(status: &'a AzureOpenAIProxyStatus, type_: &str) -> Option<&'a Condition> {
     status.conditions.iter().find(|c| c.type_ == type_)
 }

@@ -658,7 +658,7 @@ async fn injections_and_denials_are_recorded_as_events_on_the_owner() {
 }
 
 /// A burst of 1,000 admissions on 1,000 parallel connections all get their patch; a body over the
-/// limit gets 400, never a panic.
+/// limit or nested beyond the parser's depth gets 400, never a panic.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_burst_of_a_thousand_admissions_all_answer_and_a_huge_body_is_refused() {
     let server = Arc::new(start(proxies()).await);
@@ -696,6 +696,36 @@ async fn a_burst_of_a_thousand_admissions_all_answer_and_a_huge_body_is_refused(
             .as_str()
             .unwrap()
             .contains("at most 3145728 bytes"),
+        "{answer}"
+    );
+    // Deeply nested JSON inside the object, within the size limit: skipped as the unknown field
+    // it is, without following it down the stack; the pod is injected as usual.
+    let text = serde_json::to_string(&fixture("pod-annotated.json")).unwrap();
+    let deep = format!("{}{}", "[".repeat(500_000), "]".repeat(500_000));
+    let nested = text.replacen(
+        r#""metadata":{"#,
+        &format!(r#""metadata":{{"deep":{deep},"#),
+        1,
+    );
+    assert!(nested.len() < webhook::MAX_BODY && nested.contains("deep"));
+    let mut connection = Connection::open(&server).await;
+    let (status, answer) = connection.post("/mutate", nested.into_bytes()).await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(answer["response"]["patch"].is_string(), "{answer}");
+    // Nested where a value is expected: one clear refusal.
+    let nested = text.replacen(
+        r#""metadata":{"#,
+        &format!(r#""metadata":{{"labels":{deep},"#),
+        1,
+    );
+    let mut connection = Connection::open(&server).await;
+    let (status, answer) = connection.post("/mutate", nested.into_bytes()).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert!(
+        answer["error"]
+            .as_str()
+            .unwrap()
+            .contains("the body is not an AdmissionReview"),
         "{answer}"
     );
     // Still serving.

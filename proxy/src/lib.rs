@@ -182,6 +182,11 @@ impl Proxy {
 /// Idle upstream connections the pool keeps at most.
 pub use upstream::MAX_IDLE as UPSTREAM_MAX_IDLE;
 
+/// The parsers of what the upstream sends, for the fuzz targets.
+pub use backends::throttle_wait;
+pub use usage::{Usage, UsageScanner};
+pub use websocket::{is_upgrade, restore_upgrade_headers};
+
 /// Whoever reaches the forwarding port gets Azure-authenticated calls: say so when it is open.
 fn warn_about_exposure(config: &Config) {
     if !config.listen.ip().is_loopback() && !config.inbound.enabled() {

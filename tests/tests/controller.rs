@@ -1,6 +1,8 @@
 //! The controller against a real kube-apiserver (skipped unless `KUBEBUILDER_ASSETS` is set):
 //! the CRD from `crds/` is accepted, a valid AzureOpenAIProxy gets `Ready` and its certificate
-//! date, a broken Secret turns `CredentialsValid` False, and the schema rejects bad objects.
+//! date, a broken Secret turns `CredentialsValid` False, the schema rejects bad objects, and an
+//! object the operator cannot read (a CRD from another version) is reported without holding
+//! back the others.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -281,6 +283,66 @@ async fn the_controller_reports_ready_then_a_broken_secret_and_the_schema_reject
         .unwrap();
     wait_status(&proxies, "BackendsValid=True and Ready=True", |s| {
         condition(s, "BackendsValid").is_some_and(|c| c["status"] == "True")
+            && condition(s, "Ready").is_some_and(|c| c["status"] == "True")
+    })
+    .await;
+
+    // A CRD from another version of the chart lets in an object this operator cannot read: it
+    // is reported in its own status, and every other object goes on being reconciled.
+    let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
+    let mut crd =
+        serde_json::to_value(crds.get("azureopenaiproxies.aoai-proxy.io").await.unwrap()).unwrap();
+    crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"] =
+        json!({"type": "object", "x-kubernetes-preserve-unknown-fields": true});
+    crds.replace(
+        "azureopenaiproxies.aoai-proxy.io",
+        &PostParams::default(),
+        &serde_json::from_value(crd).unwrap(),
+    )
+    .await
+    .unwrap();
+    let resource = kube::api::ApiResource::erase::<AzureOpenAIProxy>(&());
+    let untyped: Api<kube::api::DynamicObject> =
+        Api::namespaced_with(client.clone(), NS, &resource);
+    let mut unreadable = proxy(json!({"endpoint": 5, "credential": {"managedIdentity": {}}}));
+    unreadable["metadata"]["name"] = json!("unreadable");
+    untyped
+        .create(
+            &PostParams::default(),
+            &serde_json::from_value(unreadable).unwrap(),
+        )
+        .await
+        .unwrap();
+    let mut reported = Value::Null;
+    for _ in 0..120 {
+        reported = untyped.get("unreadable").await.unwrap().data["status"].clone();
+        if condition(&reported, "Ready").is_some() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    let ready = condition(&reported, "Ready").unwrap_or_else(|| panic!("{reported:#}"));
+    assert_eq!(
+        (&ready["status"], &ready["reason"]),
+        (&json!("False"), &json!("SpecUnreadable")),
+        "{reported:#}"
+    );
+    assert!(
+        ready["message"]
+            .as_str()
+            .unwrap()
+            .contains("invalid type: integer `5`, expected a string"),
+        "{reported:#}"
+    );
+    let spec = json!({"endpoint": "https://r.openai.azure.com", "failover": {"ejectAfter": 6},
+                      "credential": {"managedIdentity": {}}});
+    proxies
+        .patch("p", &apply, &Patch::Apply(proxy(spec)))
+        .await
+        .unwrap();
+    let generation = proxies.get("p").await.unwrap().metadata.generation.unwrap();
+    wait_status(&proxies, "the next generation reconciled", |s| {
+        s["observedGeneration"] == generation
             && condition(s, "Ready").is_some_and(|c| c["status"] == "True")
     })
     .await;
