@@ -134,12 +134,20 @@ enum State {
     },
 }
 
+/// Finds the usage in a body fed chunk by chunk. However the body is split, the result is the
+/// same as for the whole body at once (the fuzz target `usage_scanner` checks it): the bytes at a
+/// chunk's edge are kept, and every limit counts bytes of the body, not of a chunk.
 pub struct UsageScanner {
     state: State,
-    /// The last bytes of the previous chunk (fewer than the key's length), for a key split
-    /// across chunks.
+    /// The body's last bytes (up to the key's length): a key that began in the previous chunk,
+    /// and the byte before it (a backslash makes it text inside a string).
     tail: [u8; KEY.len()],
     tail_len: usize,
+    /// Bytes of the body fed so far.
+    fed: u64,
+    /// Where the current search began, as an offset in the body: bytes before it were read as
+    /// part of a key or an object already.
+    search_from: u64,
     object: Vec<u8>,
     found: Option<Usage>,
 }
@@ -150,6 +158,8 @@ impl Default for UsageScanner {
             state: State::Searching,
             tail: [0; KEY.len()],
             tail_len: 0,
+            fed: 0,
+            search_from: 0,
             object: Vec::new(),
             found: None,
         }
@@ -171,24 +181,24 @@ impl UsageScanner {
                         self.state = State::Colon;
                         after
                     }
-                    None => {
-                        self.keep_tail(chunk);
-                        return;
-                    }
+                    None => break,
                 },
-                _ => self.step(chunk, at),
+                _ => {
+                    let next = self.step(chunk, at);
+                    if matches!(self.state, State::Searching) {
+                        self.search_from = self.fed + next as u64;
+                    }
+                    next
+                }
             };
         }
-        if matches!(self.state, State::Searching) {
-            self.keep_tail(chunk);
-        } else {
-            self.tail_len = 0;
-        }
+        self.remember(chunk);
+        self.fed += chunk.len() as u64;
     }
 
-    /// The offset just past the next key in `chunk` from `from` (at a chunk's start, the key may
-    /// begin in the kept tail of the previous one).
-    fn find_key(&mut self, chunk: &[u8], from: usize) -> Option<usize> {
+    /// The offset just past the next key in `chunk` from `from`: at a chunk's start, a key may
+    /// begin in the kept tail of the previous one.
+    fn find_key(&self, chunk: &[u8], from: usize) -> Option<usize> {
         if from == 0 && self.tail_len > 0 {
             let kept = self.tail_len;
             let head = chunk.len().min(KEY.len() - 1);
@@ -196,20 +206,27 @@ impl UsageScanner {
             window[..kept].copy_from_slice(&self.tail[..kept]);
             window[kept..kept + head].copy_from_slice(&chunk[..head]);
             let window = &window[..kept + head];
-            if let Some(found) = memmem::find(window, KEY)
-                && found < kept
-                && (found == 0 || window[found - 1] != b'\\')
-            {
-                self.tail_len = 0;
-                return Some(found + KEY.len() - kept);
+            let window_start = self.fed - kept as u64;
+            for found in memmem::find_iter(window, KEY) {
+                // A key wholly in the tail was the previous chunk's to find.
+                let reaches_chunk = found + KEY.len() > kept;
+                let searched = window_start + found as u64 >= self.search_from;
+                // Without a byte before it, the key starts the body (the tail holds it all).
+                let escaped = found > 0 && window[found - 1] == b'\\';
+                if reaches_chunk && searched && !escaped {
+                    return Some(found + KEY.len() - kept);
+                }
             }
         }
         let mut search = from;
         while let Some(found) = FINDER.find(&chunk[search..]) {
             let start = search + found;
+            let before = match start {
+                0 => self.tail[..self.tail_len].last().copied(),
+                _ => Some(chunk[start - 1]),
+            };
             // `\"usage\"` is text inside a string, not a key.
-            if start == 0 || chunk[start - 1] != b'\\' {
-                self.tail_len = 0;
+            if before != Some(b'\\') {
                 return Some(start + KEY.len());
             }
             search = start + 1;
@@ -217,11 +234,11 @@ impl UsageScanner {
         None
     }
 
-    /// Keeps the last bytes seen (fewer than the key's length), old tail and `chunk` together.
-    fn keep_tail(&mut self, chunk: &[u8]) {
-        let max = KEY.len() - 1;
+    /// Keeps the body's last bytes: the old tail and `chunk` together.
+    fn remember(&mut self, chunk: &[u8]) {
+        let max = KEY.len();
         if chunk.len() >= max {
-            self.tail[..max].copy_from_slice(&chunk[chunk.len() - max..]);
+            self.tail.copy_from_slice(&chunk[chunk.len() - max..]);
             self.tail_len = max;
         } else {
             let old = self.tail_len.min(max - chunk.len());
@@ -260,8 +277,9 @@ impl UsageScanner {
         at + 1
     }
 
-    /// Follows the object from `at` to its closing brace or the end of the chunk. An object
-    /// within one chunk is parsed where it lies; one split across chunks is copied.
+    /// Follows the object from `at` to its closing brace, the end of the chunk, or its
+    /// [`MAX_USAGE_OBJECT`]th byte (then it is not usage, and the search goes on from there). An
+    /// object within one chunk is parsed where it lies; one split across chunks is copied.
     fn object_part(&mut self, chunk: &[u8], at: usize) -> usize {
         let State::Object {
             mut depth,
@@ -271,11 +289,13 @@ impl UsageScanner {
         else {
             unreachable!("called inside an object")
         };
+        let allowed = MAX_USAGE_OBJECT - self.object.len();
+        let limit = chunk.len().min(at + allowed);
         // From one byte that matters to the next (memchr's SIMD search), not byte by byte.
         let mut end = None;
         let mut position = at;
-        while position < chunk.len() {
-            let rest = &chunk[position..];
+        while position < limit {
+            let rest = &chunk[position..limit];
             if in_string {
                 if escaped {
                     escaped = false;
@@ -283,6 +303,7 @@ impl UsageScanner {
                     continue;
                 }
                 let Some(found) = memchr::memchr2(b'"', b'\\', rest) else {
+                    position = limit;
                     break;
                 };
                 if rest[found] == b'\\' {
@@ -294,6 +315,7 @@ impl UsageScanner {
                 continue;
             }
             let Some(found) = memchr::memchr3(b'"', b'{', b'}', rest) else {
+                position = limit;
                 break;
             };
             position += found + 1;
@@ -310,16 +332,17 @@ impl UsageScanner {
             }
         }
         let Some(end) = end else {
-            self.object.extend_from_slice(&chunk[at..]);
-            self.state = if self.object.len() > MAX_USAGE_OBJECT {
+            if limit < chunk.len() {
+                // Past the limit inside this chunk: not usage.
                 self.object = Vec::new();
-                State::Searching
-            } else {
-                State::Object {
-                    depth,
-                    in_string,
-                    escaped,
-                }
+                self.state = State::Searching;
+                return limit;
+            }
+            self.object.extend_from_slice(&chunk[at..]);
+            self.state = State::Object {
+                depth,
+                in_string,
+                escaped,
             };
             return chunk.len();
         };
@@ -440,6 +463,29 @@ data: {"type":"response.completed","response":{"id":"r","usage":{"input_tokens":
                 total: 2
             })
         );
+    }
+
+    /// Whatever the body, every split gives what the whole gives (the fuzz target checks this on
+    /// random bodies; these are the cases it found or that sit on an edge).
+    #[test]
+    fn every_split_of_odd_bodies_gives_what_the_whole_gives() {
+        let found_by_the_fuzzer: &[u8] = b"\":{#content\"\";4,\xde\x9c}],\"usage\"usage\":{NE]\x00:\"a\xff\xffa: {\xff[],\"usage\":{\"prompt_tokens\":2,\"total_tokens\":11}}\n\ndata: [DONE]\n\n";
+        let escaped_at_the_edge: &[u8] =
+            br#"{"a":"x\"usage\":{\"total_tokens\":5}","usage":{"total_tokens":3}}"#;
+        let mut too_large = br#"{"usage":{"note":""#.to_vec();
+        too_large.extend(std::iter::repeat_n(b'x', MAX_USAGE_OBJECT));
+        too_large.extend(br#""},"usage":{"total_tokens":4}}"#);
+        for body in [found_by_the_fuzzer, escaped_at_the_edge, &too_large] {
+            let whole = scan(&[body]);
+            for split in 0..body.len() {
+                let (a, b) = body.split_at(split);
+                assert_eq!(scan(&[a, b]), whole, "split at {split}");
+            }
+            let bytes: Vec<&[u8]> = body.chunks(1).collect();
+            assert_eq!(scan(&bytes), whole, "byte by byte");
+        }
+        assert_eq!(scan(&[escaped_at_the_edge]).map(|u| u.total), Some(3));
+        assert_eq!(scan(&[&too_large]).map(|u| u.total), Some(4));
     }
 
     #[test]
