@@ -41,22 +41,23 @@ pub fn is_upgrade(headers: &HeaderMap) -> bool {
 pub fn restore_upgrade_headers(headers: &mut HeaderMap) {
     headers.insert(header::CONNECTION, HeaderValue::from_static("Upgrade"));
     headers.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
-    let offered: Vec<String> = headers
+    // As bytes: a value that is not visible ASCII must not hide a key from this check.
+    let offered: Vec<Vec<u8>> = headers
         .get_all(header::SEC_WEBSOCKET_PROTOCOL)
         .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .map(|p| p.trim().to_string())
+        .flat_map(|v| v.as_bytes().split(|b| *b == b','))
+        .map(|p| p.trim_ascii().to_vec())
         .filter(|p| !p.is_empty())
         .collect();
-    if offered.iter().any(|p| p.starts_with(KEY_SUBPROTOCOL)) {
+    let carries_key = |p: &Vec<u8>| p.starts_with(KEY_SUBPROTOCOL.as_bytes());
+    if offered.iter().any(carries_key) {
         headers.remove(header::SEC_WEBSOCKET_PROTOCOL);
-        let kept: Vec<&str> = offered
+        let kept: Vec<&[u8]> = offered
             .iter()
-            .map(String::as_str)
-            .filter(|p| !p.starts_with(KEY_SUBPROTOCOL))
+            .filter(|p| !carries_key(p))
+            .map(Vec::as_slice)
             .collect();
-        if let Ok(value) = HeaderValue::from_str(&kept.join(", "))
+        if let Ok(value) = HeaderValue::from_bytes(&kept.join(&b", "[..]))
             && !kept.is_empty()
         {
             headers.insert(header::SEC_WEBSOCKET_PROTOCOL, value);
@@ -185,5 +186,22 @@ mod tests {
         let mut plain = map(&[("sec-websocket-protocol", "realtime")]);
         restore_upgrade_headers(&mut plain);
         assert_eq!(plain["sec-websocket-protocol"], "realtime");
+    }
+
+    /// Found by the fuzz target `websocket_handshake`: a byte that is not visible ASCII anywhere
+    /// in the header made the whole value unreadable as text, and the key went upstream with it.
+    #[test]
+    fn a_key_is_dropped_beside_bytes_that_are_not_text() {
+        let mut headers = HeaderMap::new();
+        headers.insert(
+            header::SEC_WEBSOCKET_PROTOCOL,
+            HeaderValue::from_bytes(b"realtime, openai-insecure-api-key.sk-122, x\xff\xfe")
+                .unwrap(),
+        );
+        restore_upgrade_headers(&mut headers);
+        assert_eq!(
+            headers[header::SEC_WEBSOCKET_PROTOCOL].as_bytes(),
+            b"realtime, x\xff\xfe"
+        );
     }
 }
