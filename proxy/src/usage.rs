@@ -207,7 +207,11 @@ impl UsageScanner {
             window[kept..kept + head].copy_from_slice(&chunk[..head]);
             let window = &window[..kept + head];
             let window_start = self.fed - kept as u64;
-            for found in memmem::find_iter(window, KEY) {
+            // Every start, overlapping ones included (`find_iter` would skip a key that begins
+            // in the closing quote of an escaped one).
+            let starts = (0..=window.len().saturating_sub(KEY.len()))
+                .filter(|&at| window[at..].starts_with(KEY));
+            for found in starts {
                 // A key wholly in the tail was the previous chunk's to find.
                 let reaches_chunk = found + KEY.len() > kept;
                 let searched = window_start + found as u64 >= self.search_from;
@@ -303,7 +307,6 @@ impl UsageScanner {
                     continue;
                 }
                 let Some(found) = memchr::memchr2(b'"', b'\\', rest) else {
-                    position = limit;
                     break;
                 };
                 if rest[found] == b'\\' {
@@ -315,7 +318,6 @@ impl UsageScanner {
                 continue;
             }
             let Some(found) = memchr::memchr3(b'"', b'{', b'}', rest) else {
-                position = limit;
                 break;
             };
             position += found + 1;
@@ -475,7 +477,13 @@ data: {"type":"response.completed","response":{"id":"r","usage":{"input_tokens":
         let mut too_large = br#"{"usage":{"note":""#.to_vec();
         too_large.extend(std::iter::repeat_n(b'x', MAX_USAGE_OBJECT));
         too_large.extend(br#""},"usage":{"total_tokens":4}}"#);
-        for body in [found_by_the_fuzzer, escaped_at_the_edge, &too_large] {
+        let overlapping_an_escaped_key: &[u8] = b"{\"id\":\x94\x00\"tent\":\"hi \\\"usage\"usage\":{\"pr?om\x8b\x8b\x8b\"usage\":{\"prompt_tokens\":9,\"completion_tokens\":2,\"total_tokens\":12}}\nt DaNE]\n\x8b\x8bpt_tosega\":{0}}}";
+        for body in [
+            found_by_the_fuzzer,
+            escaped_at_the_edge,
+            &too_large,
+            overlapping_an_escaped_key,
+        ] {
             let whole = scan(&[body]);
             for split in 0..body.len() {
                 let (a, b) = body.split_at(split);
