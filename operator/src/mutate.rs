@@ -43,6 +43,9 @@ pub mod deny {
 pub const CONTAINER_NAME: &str = "aoai-proxy";
 /// Where the sidecar binary lives in the image (the regular sidecar's postStart hook runs it).
 pub const BINARY: &str = "/usr/local/bin/aoai-proxy";
+/// The mode of the volumes only the sidecar mounts (see where they are built).
+const SIDECAR_READABLE: i32 = 0o444;
+
 const CREDENTIAL_VOLUME: &str = "aoai-proxy-credential";
 const CREDENTIAL_DIR: &str = "/var/run/secrets/aoai-proxy/credential";
 const INBOUND_KEYS_VOLUME: &str = "aoai-proxy-inbound-keys";
@@ -294,11 +297,15 @@ fn sidecar_container(
     }
     let mut volumes = Vec::new();
     let mut mounts = Vec::new();
+    // The kubelet writes Secret and projected files owned by root (or by the pod's fsGroup, which
+    // is the application's to choose) with the volume's mode: readable by all is what lets the
+    // sidecar, UID 65532, read them whatever the pod's securityContext. Only the sidecar mounts
+    // these volumes, so no other container of the pod sees them.
     let secret_volume = |name: &str, secret: &str, keys: &[&str]| -> serde_json::Value {
         let mut items: Vec<serde_json::Value> =
             keys.iter().map(|k| json!({"key": k, "path": k})).collect();
         items.dedup();
-        json!({"name": name, "secret": {"secretName": secret, "items": items, "defaultMode": 0o440}})
+        json!({"name": name, "secret": {"secretName": secret, "items": items, "defaultMode": SIDECAR_READABLE}})
     };
     let credential = &spec.credential;
     match kind {
@@ -343,7 +350,7 @@ fn sidecar_container(
         }
         Some(CredentialKind::WorkloadIdentity) => {
             let w = credential.workload_identity.as_ref().expect("kind checked");
-            volumes.push(json!({"name": AZURE_TOKEN_VOLUME, "projected": {"defaultMode": 0o440, "sources": [
+            volumes.push(json!({"name": AZURE_TOKEN_VOLUME, "projected": {"defaultMode": SIDECAR_READABLE, "sources": [
                 {"serviceAccountToken": {"audience": w.audience, "expirationSeconds": w.expiration_seconds, "path": AZURE_TOKEN_FILE}}
             ]}}));
             mounts.push(

@@ -52,16 +52,27 @@ impl TestCa {
     }
 
     fn issue_server_cert(&self) -> (rcgen::Certificate, KeyPair) {
+        self.issue_server_cert_for(&[])
+    }
+
+    /// A server certificate for 127.0.0.1, localhost, the test node's bridge gateway (where the
+    /// node tests serve their mocks to pods) and `more` names or addresses.
+    fn issue_server_cert_for(&self, more: &[&str]) -> (rcgen::Certificate, KeyPair) {
         let key = KeyPair::generate().expect("generate server key");
-        let params = CertificateParams::new(vec!["127.0.0.1".to_string(), "localhost".to_string()])
-            .expect("server params");
+        let mut names = vec![
+            "127.0.0.1".to_string(),
+            "localhost".to_string(),
+            crate::node::GATEWAY.to_string(),
+        ];
+        names.extend(more.iter().map(|n| n.to_string()));
+        let params = CertificateParams::new(names).expect("server params");
         let cert = params
             .signed_by(&key, &self.issuer)
             .expect("sign server cert");
         (cert, key)
     }
 
-    /// A server certificate for 127.0.0.1 and localhost, with its key.
+    /// A server certificate for 127.0.0.1, localhost and the node gateway, with its key.
     pub fn server_cert(&self) -> (Vec<CertificateDer<'static>>, PrivateKeyDer<'static>) {
         let (cert, key) = self.issue_server_cert();
         (
@@ -72,7 +83,12 @@ impl TestCa {
 
     /// A server certificate for 127.0.0.1 and localhost as PEM: (certificate, PKCS#8 key).
     pub fn server_cert_pem(&self) -> (String, String) {
-        let (cert, key) = self.issue_server_cert();
+        self.server_cert_pem_for(&[])
+    }
+
+    /// The same, valid for `more` names and addresses too.
+    pub fn server_cert_pem_for(&self, more: &[&str]) -> (String, String) {
+        let (cert, key) = self.issue_server_cert_for(more);
         (cert.pem(), key.serialize_pem())
     }
 

@@ -23,6 +23,9 @@ pub struct ControlPlane {
     processes: Vec<(&'static str, Child)>,
     pub url: String,
     pub ca: TestCa,
+    /// The key that verifies the service-account tokens this control plane signs (ES256, P-256,
+    /// uncompressed), as its OIDC discovery document would publish it.
+    pub service_account_public_key: Vec<u8>,
     dir: tempfile::TempDir,
 }
 
@@ -43,6 +46,10 @@ where
     .await
     .unwrap_or_else(|e| panic!("apply {name}: {e}"))
 }
+
+/// The Service network; the `kubernetes` Service takes its first address.
+pub const SERVICE_CIDR: &str = "10.0.0.0/24";
+const KUBERNETES_SERVICE_IP: &str = "10.0.0.1";
 
 pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
@@ -108,7 +115,27 @@ impl ControlPlane {
         Some(plane)
     }
 
+    /// The control plane of a real node ([`crate::node`]): the apiserver listens on the pod
+    /// bridge's gateway (pods reach it through the `kubernetes` Service), authorizes kubelets as
+    /// nodes, gives pods service-account tokens and calls webhooks at their pods' addresses; the
+    /// controller manager also runs the endpoint, namespace and root-CA controllers. `None` when
+    /// `KUBEBUILDER_ASSETS` lacks the binaries, as for [`ControlPlane::start`].
+    pub async fn start_for_node(test: &str) -> Option<Self> {
+        let mut plane = Self::start_as(
+            test,
+            &["kube-controller-manager"],
+            Some(crate::node::GATEWAY),
+        )
+        .await?;
+        plane.start_controller_manager();
+        Some(plane)
+    }
+
     async fn start_with(test: &str, more: &[&str]) -> Option<Self> {
+        Self::start_as(test, more, None).await
+    }
+
+    async fn start_as(test: &str, more: &[&str], node: Option<std::net::Ipv4Addr>) -> Option<Self> {
         let required: Vec<&str> = ["etcd", "kube-apiserver"]
             .iter()
             .chain(more)
@@ -127,14 +154,19 @@ impl ControlPlane {
         let dir = tempfile::tempdir().expect("temp dir");
         let path = |name: &str| dir.path().join(name);
         let ca = TestCa::new();
-        let (serving_cert, serving_key) = ca.server_cert_pem();
+        // The `kubernetes` Service's address, as pods reach the apiserver.
+        let (serving_cert, serving_key) = ca.server_cert_pem_for(&[KUBERNETES_SERVICE_IP]);
         let (admin_cert, admin_key) = ca.client_cert_pem("aoai-e2e-admin", "system:masters");
+        let (kubelet_client_cert, kubelet_client_key) =
+            ca.client_cert_pem("kube-apiserver-kubelet-client", "system:masters");
         let service_account_key = rcgen::KeyPair::generate().expect("service account key");
         for (name, content) in [
             ("serving.crt", serving_cert),
             ("serving.key", serving_key),
             ("admin.crt", admin_cert),
             ("admin.key", admin_key),
+            ("kubelet-client.crt", kubelet_client_cert),
+            ("kubelet-client.key", kubelet_client_key),
             // The apiserver verifies tokens with the public key and signs them with the private one.
             ("sa.pub", service_account_key.public_key_pem()),
             ("sa.key", service_account_key.serialize_pem()),
@@ -160,33 +192,54 @@ impl ControlPlane {
         );
 
         let port = free_port();
-        let apiserver = spawn(
-            &assets.join("kube-apiserver"),
-            &[
-                format!("--etcd-servers={etcd_url}"),
-                format!("--cert-dir={}", dir.path().display()),
-                format!("--tls-cert-file={}", path("serving.crt").display()),
-                format!("--tls-private-key-file={}", path("serving.key").display()),
-                format!("--client-ca-file={}", ca.root_pem_path().display()),
-                format!("--service-account-key-file={}", path("sa.pub").display()),
+        let address = node.map_or("127.0.0.1".to_string(), |ip| ip.to_string());
+        let mut args = vec![
+            format!("--etcd-servers={etcd_url}"),
+            format!("--cert-dir={}", dir.path().display()),
+            format!("--tls-cert-file={}", path("serving.crt").display()),
+            format!("--tls-private-key-file={}", path("serving.key").display()),
+            format!("--client-ca-file={}", ca.root_pem_path().display()),
+            format!("--service-account-key-file={}", path("sa.pub").display()),
+            format!(
+                "--service-account-signing-key-file={}",
+                path("sa.key").display()
+            ),
+            format!("--service-account-issuer={SERVICE_ACCOUNT_ISSUER}"),
+            format!("--secure-port={port}"),
+            format!("--bind-address={address}"),
+            format!("--advertise-address={address}"),
+            // Address ranges the apiserver allocates from; no traffic leaves this machine.
+            format!("--service-cluster-ip-range={SERVICE_CIDR}"),
+            "--allow-privileged=true".into(),
+        ];
+        if node.is_some() {
+            args.extend([
+                "--authorization-mode=Node,RBAC".to_string(),
+                "--kubelet-preferred-address-types=InternalIP,Hostname".into(),
                 format!(
-                    "--service-account-signing-key-file={}",
-                    path("sa.key").display()
+                    "--kubelet-client-certificate={}",
+                    path("kubelet-client.crt").display()
                 ),
-                format!("--service-account-issuer={SERVICE_ACCOUNT_ISSUER}"),
-                format!("--secure-port={port}"),
-                "--bind-address=127.0.0.1".into(),
-                "--advertise-address=127.0.0.1".into(),
-                // Address ranges the apiserver allocates from; no traffic goes there.
-                "--service-cluster-ip-range=10.0.0.0/24".into(),
-                "--authorization-mode=RBAC".into(),
-                "--allow-privileged=true".into(),
+                format!(
+                    "--kubelet-client-key={}",
+                    path("kubelet-client.key").display()
+                ),
+                // Webhooks and other Services are called at their pods' addresses.
+                "--enable-aggregator-routing=true".into(),
+            ]);
+        } else {
+            args.extend([
+                "--authorization-mode=RBAC".to_string(),
                 // Pods name no ServiceAccount that must exist first, and get no API token volume.
                 "--disable-admission-plugins=ServiceAccount".into(),
-            ],
+            ]);
+        }
+        let apiserver = spawn(
+            &assets.join("kube-apiserver"),
+            &args,
             &path("kube-apiserver.log"),
         );
-        let url = format!("https://127.0.0.1:{port}");
+        let url = format!("https://{address}:{port}");
         let admin_user = format!(
             "    client-certificate: {}\n    client-key: {}\n",
             path("admin.crt").display(),
@@ -201,6 +254,7 @@ impl ControlPlane {
             processes: vec![("etcd", etcd), ("kube-apiserver", apiserver)],
             url,
             ca,
+            service_account_public_key: service_account_key.public_key_raw().to_vec(),
             dir,
         };
         plane.wait_ready().await;
@@ -238,7 +292,7 @@ impl ControlPlane {
                     path("sa.key").display()
                 ),
                 format!("--root-ca-file={}", self.ca.root_pem_path().display()),
-                "--controllers=deployment,replicaset,job,garbagecollector,serviceaccount,serviceaccount-token".into(),
+                "--controllers=deployment,replicaset,job,garbagecollector,serviceaccount,serviceaccount-token,endpoints-controller,endpointslice-controller,namespace-controller,root-ca-certificate-publisher-controller".into(),
                 "--leader-elect=false".into(),
                 "--bind-address=127.0.0.1".into(),
                 format!("--secure-port={}", free_port()),
@@ -256,6 +310,24 @@ impl ControlPlane {
         config.auth_info.client_key = Some(self.file("admin.key"));
         config.default_namespace = "default".into();
         kube::Client::try_from(config).expect("a client for the control plane")
+    }
+
+    /// A kubeconfig file for a client certificate (the node's components), named `name`.
+    pub fn write_kubeconfig(&self, name: &str, cert_pem: &str, key_pem: &str) -> PathBuf {
+        let (cert, key) = (
+            self.file(&format!("{name}.crt")),
+            self.file(&format!("{name}.key")),
+        );
+        std::fs::write(&cert, cert_pem).expect("write a client certificate");
+        std::fs::write(&key, key_pem).expect("write a client key");
+        let user = format!("    client-certificate: {cert}\n    client-key: {key}\n");
+        let path = self.dir.path().join(format!("{name}.kubeconfig"));
+        std::fs::write(
+            &path,
+            kubeconfig(&self.url, &self.ca.root_pem_path(), &user),
+        )
+        .expect("write a kubeconfig");
+        path
     }
 
     /// The admin kubeconfig file (for processes: the operator, Helm).

@@ -35,6 +35,67 @@ pub struct App {
     pub certificates: Vec<Vec<u8>>,
     /// The service-account token a federated credential accepts.
     pub federated_token: Option<String>,
+    /// A federated credential as Entra ID checks one: any token its issuer signed for this
+    /// subject and audience, verified with the issuer's key (the real node's kubelet projects
+    /// tokens the test cannot know in advance).
+    pub federated_issuer: Option<FederatedIssuer>,
+}
+
+/// The issuer, subject and audience of a federated credential, and the issuer's ES256 public key
+/// (as its OIDC discovery document would publish it).
+#[derive(Clone)]
+pub struct FederatedIssuer {
+    pub issuer: String,
+    pub subject: String,
+    pub audience: String,
+    /// The P-256 public key, uncompressed (65 bytes).
+    pub public_key: Vec<u8>,
+}
+
+impl FederatedIssuer {
+    /// Whether `token` is a JWT this issuer signed for this subject and audience, unexpired.
+    pub fn accepts(&self, token: &str) -> Result<(), String> {
+        let parts: Vec<&str> = token.split('.').collect();
+        let [header, payload, signature] = parts.as_slice() else {
+            return Err("not a JWT".into());
+        };
+        let header = decode_json(header).ok_or("an unreadable JWT header")?;
+        if header["alg"] != "ES256" {
+            return Err(format!("alg {} is not ES256", header["alg"]));
+        }
+        let signature = URL_SAFE_NO_PAD
+            .decode(signature)
+            .map_err(|_| "an unreadable signature")?;
+        ring::signature::UnparsedPublicKey::new(
+            &ring::signature::ECDSA_P256_SHA256_FIXED,
+            &self.public_key,
+        )
+        .verify(format!("{}.{}", parts[0], parts[1]).as_bytes(), &signature)
+        .map_err(|_| "the signature is not the issuer's")?;
+        let claims = decode_json(payload).ok_or("unreadable claims")?;
+        let audiences = match &claims["aud"] {
+            serde_json::Value::String(one) => vec![one.clone()],
+            serde_json::Value::Array(many) => many
+                .iter()
+                .filter_map(|a| a.as_str().map(String::from))
+                .collect(),
+            _ => Vec::new(),
+        };
+        let now = time::OffsetDateTime::now_utc().unix_timestamp();
+        if claims["iss"] != self.issuer.as_str() {
+            return Err(format!("issuer {} is not {}", claims["iss"], self.issuer));
+        }
+        if claims["sub"] != self.subject.as_str() {
+            return Err(format!("subject {} is not {}", claims["sub"], self.subject));
+        }
+        if !audiences.contains(&self.audience) {
+            return Err(format!("audience {audiences:?} lacks {}", self.audience));
+        }
+        if claims["exp"].as_i64().is_none_or(|exp| exp <= now) {
+            return Err("expired".into());
+        }
+        Ok(())
+    }
 }
 
 /// Failures the endpoint can be told to produce.
@@ -89,6 +150,24 @@ impl MockEntra {
         lifetime: Duration,
         ledger: Arc<TokenLedger>,
     ) -> Self {
+        Self::start_at(
+            std::net::Ipv4Addr::LOCALHOST.into(),
+            app,
+            tls,
+            lifetime,
+            ledger,
+        )
+        .await
+    }
+
+    /// The same, listening on `ip` (the node tests' bridge gateway, which pods reach).
+    pub async fn start_at(
+        ip: std::net::IpAddr,
+        app: App,
+        tls: rustls::ServerConfig,
+        lifetime: Duration,
+        ledger: Arc<TokenLedger>,
+    ) -> Self {
         let state = Arc::new(State {
             app: Mutex::new(app),
             lifetime: Mutex::new(lifetime),
@@ -98,7 +177,7 @@ impl MockEntra {
             ledger,
             base_url: Mutex::new(String::new()),
         });
-        let server = MockServer::https(Self::handler(state.clone()), tls.clone()).await;
+        let server = MockServer::https_at(ip, Self::handler(state.clone()), tls.clone()).await;
         *state.base_url.lock().unwrap() = server.url();
         Self {
             addr: server.addr,
@@ -343,6 +422,19 @@ fn check(
         ));
     }
     let assertion = field("client_assertion").unwrap_or_default();
+    if let Some(issuer) = &app.federated_issuer {
+        return match issuer.accepts(assertion) {
+            Ok(()) => Ok(None),
+            Err(why) => Err(reject(
+                400,
+                "invalid_client",
+                700213,
+                format!(
+                    "No matching federated identity record found for presented assertion: {why}."
+                ),
+            )),
+        };
+    }
     if let Some(federated) = &app.federated_token {
         return if assertion == federated {
             Ok(None)

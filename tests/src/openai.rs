@@ -119,6 +119,21 @@ impl MockOpenAi {
         self.state.invalid_tokens.load(Ordering::SeqCst)
     }
 
+    /// Over HTTPS on `ip` (the node tests' bridge gateway), answering 401 to any token `ledger`
+    /// does not hold as valid, as [`MockOpenAi::start_checking`] does.
+    pub async fn start_tls_at(
+        ip: std::net::IpAddr,
+        tls: rustls::ServerConfig,
+        ledger: Arc<TokenLedger>,
+    ) -> Self {
+        let state = Arc::new(State {
+            ledger: Some(ledger),
+            ..State::default()
+        });
+        let server = MockServer::https_at(ip, Self::handler(state.clone()), tls).await;
+        Self { server, state }
+    }
+
     /// Over HTTPS with a certificate from `tls` (ALPN h2 and http/1.1).
     pub async fn start_tls(tls: rustls::ServerConfig) -> Self {
         let state = Arc::new(State::default());

@@ -41,13 +41,13 @@ fn python() -> PathBuf {
 }
 
 /// `helm install <release> charts/aoai-proxy-operator -n <namespace> --create-namespace` with
-/// `values`, then the webhook configuration pointed at 127.0.0.1.
-pub async fn install_chart(
+/// `values`, through Helm's own library; returns the release's manifest.
+pub fn helm_install(
     plane: &ControlPlane,
     release: &str,
     namespace: &str,
-    values: serde_json::Value,
-) -> InstalledChart {
+    values: &serde_json::Value,
+) -> String {
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("helm/install.py");
     let output = Command::new(python())
         .arg(script)
@@ -60,7 +60,18 @@ pub async fn install_chart(
         "helm install failed:\n{}",
         String::from_utf8_lossy(&output.stderr)
     );
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
 
+/// `helm install <release> charts/aoai-proxy-operator -n <namespace> --create-namespace` with
+/// `values`, then the webhook configuration pointed at 127.0.0.1.
+pub async fn install_chart(
+    plane: &ControlPlane,
+    release: &str,
+    namespace: &str,
+    values: serde_json::Value,
+) -> InstalledChart {
+    helm_install(plane, release, namespace, &values);
     let client = plane.client();
     let deployments: Api<Deployment> = Api::namespaced(client.clone(), namespace);
     let deployment = deployments

@@ -95,6 +95,20 @@ impl MockServer {
         Self::start(handler, Some(TlsAcceptor::from(Arc::new(tls)))).await
     }
 
+    /// Serves `handler` over HTTPS on `ip` (the node tests serve pods on the bridge gateway).
+    pub async fn https_at(
+        ip: std::net::IpAddr,
+        handler: Handler,
+        tls: rustls::ServerConfig,
+    ) -> Self {
+        Self::bind(
+            SocketAddr::new(ip, 0),
+            handler,
+            Some(TlsAcceptor::from(Arc::new(tls))),
+        )
+        .await
+    }
+
     /// Serves `handler` on a given address (to restart a stopped mock where it was).
     pub async fn start_on(
         addr: SocketAddr,
@@ -109,7 +123,9 @@ impl MockServer {
     }
 
     async fn bind(addr: SocketAddr, handler: Handler, tls: Option<TlsAcceptor>) -> Self {
-        let listener = TcpListener::bind(addr).await.expect("bind on 127.0.0.1");
+        let listener = TcpListener::bind(addr)
+            .await
+            .unwrap_or_else(|e| panic!("bind on {addr}: {e}"));
         let addr = listener.local_addr().expect("local addr");
         let scheme = if tls.is_some() { "https" } else { "http" };
         let (stop, mut stopped) = oneshot::channel::<()>();

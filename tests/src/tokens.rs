@@ -43,6 +43,11 @@ impl TokenLedger {
         self.counter.load(Ordering::SeqCst)
     }
 
+    /// Every token issued (to check that none reached a log).
+    pub fn tokens(&self) -> Vec<String> {
+        self.issued.lock().unwrap().keys().cloned().collect()
+    }
+
     /// Issue and expiry of `token`.
     pub fn lifetime_of(&self, token: &str) -> Option<(Instant, Instant)> {
         self.issued.lock().unwrap().get(token).copied()
