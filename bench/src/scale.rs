@@ -8,7 +8,7 @@
 
 use std::time::{Duration, Instant, SystemTime};
 
-use aoai_e2e::ca::{fixture_key_pem, self_signed_client_cert};
+use aoai_e2e::ca::{fixture_key_pem, self_signed_client_cert, tls_secret};
 use aoai_e2e::control_plane::{ControlPlane, apply};
 use aoai_e2e::operator::{OperatorProcess, install_chart};
 use aoai_operator::annotations::INJECT;
@@ -184,11 +184,7 @@ pub async fn run(args: ScaleArgs) {
         apply(
             &secrets,
             "client-cert",
-            json!({
-                "apiVersion": "v1", "kind": "Secret", "type": "kubernetes.io/tls",
-                "metadata": {"name": "client-cert", "namespace": name},
-                "stringData": {"tls.crt": cert, "tls.key": fixture_key_pem("client-a")},
-            }),
+            tls_secret("client-cert", &name, &cert, "client-a"),
         )
         .await;
     }

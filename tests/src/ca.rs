@@ -131,6 +131,16 @@ impl TestCa {
     }
 }
 
+/// A `kubernetes.io/tls` Secret `namespace/name` holding `certificate` and the fixture key
+/// `key`, as `kubectl create secret tls` makes it.
+pub fn tls_secret(name: &str, namespace: &str, certificate: &str, key: &str) -> serde_json::Value {
+    serde_json::json!({
+        "apiVersion": "v1", "kind": "Secret", "type": "kubernetes.io/tls",
+        "metadata": {"name": name, "namespace": namespace},
+        "stringData": {"tls.crt": certificate, "tls.key": fixture_key_pem(key)},
+    })
+}
+
 /// Folder of the fixture keys.
 pub fn fixtures_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures")

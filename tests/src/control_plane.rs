@@ -58,7 +58,8 @@ pub fn free_port() -> u16 {
         .port()
 }
 
-fn spawn(binary: &Path, args: &[String], log: &Path) -> Child {
+/// Starts `binary` with `args`, its output in `log`.
+pub(crate) fn spawn(binary: &Path, args: &[String], log: &Path) -> Child {
     let log_file = std::fs::File::create(log).expect("create log file");
     Command::new(binary)
         .args(args)
@@ -69,10 +70,11 @@ fn spawn(binary: &Path, args: &[String], log: &Path) -> Child {
         .unwrap_or_else(|e| panic!("cannot start {}: {e}", binary.display()))
 }
 
-fn tail(path: &Path) -> String {
+/// The last `lines` lines of the file at `path`.
+pub(crate) fn tail(path: &Path, lines: usize) -> String {
     let text = std::fs::read_to_string(path).unwrap_or_default();
-    let lines: Vec<&str> = text.lines().collect();
-    lines[lines.len().saturating_sub(30)..].join("\n")
+    let all: Vec<&str> = text.lines().collect();
+    all[all.len().saturating_sub(lines)..].join("\n")
 }
 
 /// A kubeconfig for `server`, trusting `ca_file`, authenticating with `user` (a YAML mapping).
@@ -381,7 +383,7 @@ impl ControlPlane {
 
     /// The last lines of a process's log (`etcd`, `kube-apiserver`, `kube-controller-manager`).
     pub fn log_tail(&self, process: &str) -> String {
-        tail(&self.dir.path().join(format!("{process}.log")))
+        tail(&self.dir.path().join(format!("{process}.log")), 30)
     }
 
     async fn wait_ready(&mut self) {
@@ -401,7 +403,7 @@ impl ControlPlane {
                 if let Ok(Some(status)) = child.try_wait() {
                     panic!(
                         "{name} exited with {status}; its log ends:\n{}",
-                        tail(&self.dir.path().join(format!("{name}.log")))
+                        tail(&self.dir.path().join(format!("{name}.log")), 30)
                     );
                 }
             }

@@ -21,7 +21,7 @@ use std::time::{Duration, Instant};
 use k8s_openapi::api::core::v1::{Namespace, Node as NodeObject, Pod};
 use kube::api::{Api, DeleteParams, ListParams};
 
-use crate::control_plane::{ControlPlane, free_port};
+use crate::control_plane::{ControlPlane, free_port, spawn, tail};
 
 /// The pod bridge's gateway: this machine, as pods see it. Mocks the pods call listen here.
 pub const GATEWAY: Ipv4Addr = Ipv4Addr::new(10, 213, 7, 1);
@@ -244,23 +244,6 @@ fn run(program: &str, args: &[&str]) -> Result<String, String> {
 
 fn must(program: &str, args: &[&str]) -> String {
     run(program, args).unwrap_or_else(|e| panic!("{e}"))
-}
-
-fn spawn(binary: &Path, args: &[String], log: &Path) -> Child {
-    let log_file = std::fs::File::create(log).expect("create log file");
-    Command::new(binary)
-        .args(args)
-        .stdin(Stdio::null())
-        .stdout(log_file.try_clone().expect("clone log file"))
-        .stderr(log_file)
-        .spawn()
-        .unwrap_or_else(|e| panic!("cannot start {}: {e}", binary.display()))
-}
-
-fn tail(path: &Path, lines: usize) -> String {
-    let text = std::fs::read_to_string(path).unwrap_or_default();
-    let all: Vec<&str> = text.lines().collect();
-    all[all.len().saturating_sub(lines)..].join("\n")
 }
 
 fn netns() -> BTreeSet<String> {
@@ -580,33 +563,22 @@ state = "{state}"
         archive
     }
 
+    /// `ctr` on the node's containerd, in the Kubernetes namespace.
+    fn ctr(&self, args: &[&str]) -> Result<String, String> {
+        let socket = self.socket();
+        let mut all = vec!["--address", &socket, "-n", K8S_NAMESPACE];
+        all.extend_from_slice(args);
+        run("ctr", &all)
+    }
+
     /// Imports an image archive into the node's containerd, as `reference`.
     pub fn import_image(&self, archive: &Path, reference: &str) {
-        must(
-            "ctr",
-            &[
-                "--address",
-                &self.socket(),
-                "-n",
-                K8S_NAMESPACE,
-                "images",
-                "import",
-                "--no-unpack",
-                &archive.display().to_string(),
-            ],
-        );
-        let listed = must(
-            "ctr",
-            &[
-                "--address",
-                &self.socket(),
-                "-n",
-                K8S_NAMESPACE,
-                "images",
-                "ls",
-                "-q",
-            ],
-        );
+        let archive = archive.display().to_string();
+        self.ctr(&["images", "import", "--no-unpack", &archive])
+            .unwrap_or_else(|e| panic!("{e}"));
+        let listed = self
+            .ctr(&["images", "ls", "-q"])
+            .unwrap_or_else(|e| panic!("{e}"));
         assert!(
             listed
                 .lines()
@@ -849,19 +821,7 @@ conntrack:
         }
         let deadline = Instant::now() + within;
         while Instant::now() < deadline {
-            let listed = run(
-                "ctr",
-                &[
-                    "--address",
-                    &self.socket(),
-                    "-n",
-                    K8S_NAMESPACE,
-                    "containers",
-                    "ls",
-                    "-q",
-                ],
-            )
-            .unwrap_or_default();
+            let listed = self.ctr(&["containers", "ls", "-q"]).unwrap_or_default();
             if listed.trim().is_empty() {
                 return;
             }

@@ -9,7 +9,7 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
-use aoai_e2e::ca::{fixture_key_pem, self_signed_client_cert};
+use aoai_e2e::ca::{fixture_key_pem, self_signed_client_cert, tls_secret};
 use aoai_e2e::control_plane::{ControlPlane, SERVICE_ACCOUNT_ISSUER, apply, free_port};
 use aoai_e2e::entra::{App, MockEntra};
 use aoai_e2e::openai::MockOpenAi;
@@ -102,11 +102,7 @@ async fn the_chart_installed_operator_injects_counts_rolls_out_and_fails_closed_
     apply(
         &secrets,
         "openai-client-cert",
-        json!({
-            "apiVersion": "v1", "kind": "Secret", "type": "kubernetes.io/tls",
-            "metadata": {"name": "openai-client-cert", "namespace": NS},
-            "stringData": {"tls.crt": cert, "tls.key": fixture_key_pem("client-a")},
-        }),
+        tls_secret("openai-client-cert", NS, &cert, "client-a"),
     )
     .await;
     let proxies: Api<AzureOpenAIProxy> = Api::namespaced(client.clone(), NS);

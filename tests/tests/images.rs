@@ -62,7 +62,11 @@ fn the_test_images_are_the_dockerfiles_final_stages() {
         );
         assert_eq!(stage.user, "65532:65532", "{dockerfile}");
         let installed = format!("/usr/local/bin/{binary}");
-        assert_eq!(stage.entrypoint, std::slice::from_ref(&installed), "{dockerfile}");
+        assert_eq!(
+            stage.entrypoint,
+            std::slice::from_ref(&installed),
+            "{dockerfile}"
+        );
         assert_eq!(stage.copies.len(), 1, "{dockerfile}");
         assert_eq!(stage.copies[0].1, installed, "{dockerfile}");
 

@@ -10,7 +10,7 @@
 
 use std::time::{Duration, Instant};
 
-use aoai_e2e::ca::{fixture_key_pem, self_signed_client_cert};
+use aoai_e2e::ca::{fixture_key_pem, self_signed_client_cert, tls_secret};
 use aoai_e2e::control_plane::{SERVICE_ACCOUNT_ISSUER, apply};
 use aoai_e2e::entra::{App, FederatedIssuer, MockEntra};
 use aoai_e2e::image::{self, FinalStage};
@@ -35,6 +35,8 @@ const TAG: &str = "e2e";
 const NS: &str = "team-a";
 const OPERATOR_NS: &str = "aoai-system";
 const RELEASE: &str = "aoai-proxy-operator";
+/// The chart's label on the operator's pods.
+const OPERATOR_PODS: &str = "app.kubernetes.io/name=aoai-proxy-operator";
 const TENANT: &str = "contoso.onmicrosoft.com";
 const CLIENT_ID: &str = "11111111-2222-3333-4444-555555555555";
 const WORKLOAD_CLIENT_ID: &str = "22222222-3333-4444-5555-666666666666";
@@ -289,7 +291,7 @@ async fn the_quick_start_on_a_real_node() {
     wait_pods_ready(
         &mut node,
         OPERATOR_NS,
-        "app.kubernetes.io/name=aoai-proxy-operator",
+        OPERATOR_PODS,
         2,
         Duration::from_secs(120),
     )
@@ -299,16 +301,8 @@ async fn the_quick_start_on_a_real_node() {
         "a replica holds the leader Lease",
         Duration::from_secs(60),
         || async {
-            let held: Vec<String> = leases
-                .list(&ListParams::default())
+            lease_holder(&leases)
                 .await
-                .map(|l| l.items)
-                .unwrap_or_default()
-                .into_iter()
-                .filter_map(|l| l.spec?.holder_identity)
-                .collect();
-            held.into_iter()
-                .next()
                 .ok_or_else(|| "no Lease held yet".to_string())
         },
     )
@@ -324,15 +318,7 @@ async fn the_quick_start_on_a_real_node() {
         "another replica takes the Lease over",
         Duration::from_secs(90),
         || async {
-            let held: Vec<String> = leases
-                .list(&ListParams::default())
-                .await
-                .map(|l| l.items)
-                .unwrap_or_default()
-                .into_iter()
-                .filter_map(|l| l.spec?.holder_identity)
-                .collect();
-            match held.into_iter().next() {
+            match lease_holder(&leases).await {
                 Some(now) if now != holder => Ok(now),
                 other => Err(format!("held by {other:?}")),
             }
@@ -353,11 +339,7 @@ async fn the_quick_start_on_a_real_node() {
     apply(
         &secrets,
         "openai-client-cert",
-        json!({
-            "apiVersion": "v1", "kind": "Secret", "type": "kubernetes.io/tls",
-            "metadata": {"name": "openai-client-cert", "namespace": NS},
-            "stringData": {"tls.crt": certificate, "tls.key": fixture_key_pem("client-a")},
-        }),
+        tls_secret("openai-client-cert", NS, &certificate, "client-a"),
     )
     .await;
     let maps: Api<ConfigMap> = Api::namespaced(client.clone(), NS);
@@ -686,7 +668,7 @@ async fn the_quick_start_on_a_real_node() {
     wait_pods_ready(
         &mut node,
         OPERATOR_NS,
-        "app.kubernetes.io/name=aoai-proxy-operator",
+        OPERATOR_PODS,
         2,
         Duration::from_secs(120),
     )
@@ -713,6 +695,17 @@ async fn the_quick_start_on_a_real_node() {
     );
 
     node.stop().await;
+}
+
+/// Who holds the operator's leader Lease, if anyone.
+async fn lease_holder(leases: &Api<Lease>) -> Option<String> {
+    leases
+        .list(&ListParams::default())
+        .await
+        .ok()?
+        .items
+        .into_iter()
+        .find_map(|l| l.spec?.holder_identity)
 }
 
 /// The time of day of a klog line (`I1205 03:14:43.204377 ...`), in seconds.
@@ -743,4 +736,33 @@ fn quantity_bytes(quantity: &str) -> u64 {
         other => panic!("unknown unit {other}"),
     };
     number.parse::<u64>().unwrap() * factor
+}
+
+/// The README's quick start names what the node test runs: the same release, namespaces,
+/// Secret and examples. (What differs is said there: the images come from this checkout, and
+/// the examples' endpoint and authority point at the mocks.)
+#[test]
+fn the_quick_start_is_what_the_node_test_runs() {
+    let readme = std::fs::read_to_string(root().join("README.md")).unwrap();
+    let start = readme.find("## Quick start in a cluster").unwrap();
+    let section = &readme[start..start + readme[start..].find("\n## Run the proxy").unwrap()];
+    for command in [
+        format!(
+            "helm install {RELEASE} charts/aoai-proxy-operator -n {OPERATOR_NS} --create-namespace"
+        ),
+        format!("kubectl create namespace {NS}"),
+        format!("kubectl -n {NS} create secret tls openai-client-cert"),
+        "kubectl apply -f examples/client-certificate.yaml".into(),
+        "kubectl apply -f examples/deployment.yaml".into(),
+        format!("kubectl -n {NS} get aoaip openai"),
+    ] {
+        assert!(
+            section.contains(&command),
+            "the quick start lacks `{command}`"
+        );
+    }
+    assert!(
+        section.contains("tests/tests/node.rs"),
+        "the quick start says the test runs it"
+    );
 }
