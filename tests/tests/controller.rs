@@ -306,13 +306,19 @@ async fn the_controller_reports_ready_then_a_broken_secret_and_the_schema_reject
         Api::namespaced_with(client.clone(), NS, &resource);
     let mut unreadable = proxy(json!({"endpoint": 5, "credential": {"managedIdentity": {}}}));
     unreadable["metadata"]["name"] = json!("unreadable");
-    untyped
-        .create(
-            &PostParams::default(),
-            &serde_json::from_value(unreadable).unwrap(),
-        )
-        .await
-        .unwrap();
+    let unreadable: kube::api::DynamicObject = serde_json::from_value(unreadable).unwrap();
+    // The apiserver takes a moment to serve the replaced schema.
+    aoai_e2e::wait::until(
+        "the permissive CRD is served",
+        Duration::from_secs(30),
+        || async {
+            untyped
+                .create(&PostParams::default(), &unreadable)
+                .await
+                .map_err(|e| e.to_string())
+        },
+    )
+    .await;
     let mut reported = Value::Null;
     for _ in 0..120 {
         reported = untyped.get("unreadable").await.unwrap().data["status"].clone();
