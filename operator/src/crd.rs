@@ -4,7 +4,7 @@
 //! Validation lives in the schema itself (patterns, ranges, enums and CEL rules), so that
 //! `kubectl apply` rejects a bad object with a clear message; `crds/` holds the generated YAML.
 
-use aoai_proxy::config::BackendEntry;
+use aoai_proxy_contract::config::BackendEntry;
 use k8s_openapi::api::core::v1::ResourceRequirements;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 use kube::{CustomResource, KubeSchema};
@@ -320,7 +320,7 @@ impl AzureCloud {
     pub fn authority_host(self) -> &'static str {
         match self {
             // The proxy's own defaults: one statement of the public cloud's values.
-            AzureCloud::AzurePublicCloud => aoai_proxy::config::DEFAULT_AUTHORITY_HOST,
+            AzureCloud::AzurePublicCloud => aoai_proxy_contract::config::DEFAULT_AUTHORITY_HOST,
             AzureCloud::AzureUSGovernment => "https://login.microsoftonline.us",
             AzureCloud::AzureChinaCloud => "https://login.chinacloudapi.cn",
         }
@@ -328,7 +328,7 @@ impl AzureCloud {
 
     pub fn scope(self) -> &'static str {
         match self {
-            AzureCloud::AzurePublicCloud => aoai_proxy::config::DEFAULT_SCOPE,
+            AzureCloud::AzurePublicCloud => aoai_proxy_contract::config::DEFAULT_SCOPE,
             AzureCloud::AzureUSGovernment => "https://cognitiveservices.azure.us/.default",
             AzureCloud::AzureChinaCloud => "https://cognitiveservices.azure.cn/.default",
         }
@@ -374,10 +374,9 @@ impl CredentialKind {
         }
     }
 
-    /// The proxy's `AOAI_PROXY_CREDENTIAL` value.
     /// The proxy's own kind (its `AOAI_PROXY_CREDENTIAL` value).
-    pub fn proxy_kind(self) -> aoai_proxy::config::CredentialKind {
-        use aoai_proxy::config::CredentialKind as Proxy;
+    pub fn proxy_kind(self) -> aoai_proxy_contract::sidecar_env::CredentialKind {
+        use aoai_proxy_contract::sidecar_env::CredentialKind as Proxy;
         match self {
             CredentialKind::ClientCertificate => Proxy::Certificate,
             CredentialKind::ClientSecret => Proxy::Secret,
@@ -387,28 +386,53 @@ impl CredentialKind {
     }
 }
 
+/// The one credential a spec sets, with its settings.
+#[derive(Clone, Copy, Debug)]
+pub enum CredentialSource<'a> {
+    ClientCertificate(&'a ClientCertificateSpec),
+    ClientSecret(&'a ClientSecretSpec),
+    WorkloadIdentity(&'a WorkloadIdentitySpec),
+    ManagedIdentity(&'a ManagedIdentitySpec),
+}
+
+impl CredentialSource<'_> {
+    pub fn kind(self) -> CredentialKind {
+        match self {
+            Self::ClientCertificate(_) => CredentialKind::ClientCertificate,
+            Self::ClientSecret(_) => CredentialKind::ClientSecret,
+            Self::WorkloadIdentity(_) => CredentialKind::WorkloadIdentity,
+            Self::ManagedIdentity(_) => CredentialKind::ManagedIdentity,
+        }
+    }
+}
+
 impl CredentialSpec {
     /// The one credential set, or `None` when zero or several are (the schema forbids both).
-    pub fn kind(&self) -> Option<CredentialKind> {
+    pub fn source(&self) -> Option<CredentialSource<'_>> {
         let set = [
             self.client_certificate
-                .is_some()
-                .then_some(CredentialKind::ClientCertificate),
+                .as_ref()
+                .map(CredentialSource::ClientCertificate),
             self.client_secret
-                .is_some()
-                .then_some(CredentialKind::ClientSecret),
+                .as_ref()
+                .map(CredentialSource::ClientSecret),
             self.workload_identity
-                .is_some()
-                .then_some(CredentialKind::WorkloadIdentity),
+                .as_ref()
+                .map(CredentialSource::WorkloadIdentity),
             self.managed_identity
-                .is_some()
-                .then_some(CredentialKind::ManagedIdentity),
+                .as_ref()
+                .map(CredentialSource::ManagedIdentity),
         ];
-        let mut kinds = set.into_iter().flatten();
-        match (kinds.next(), kinds.next()) {
-            (Some(kind), None) => Some(kind),
+        let mut sources = set.into_iter().flatten();
+        match (sources.next(), sources.next()) {
+            (Some(source), None) => Some(source),
             _ => None,
         }
+    }
+
+    /// The kind of [`Self::source`].
+    pub fn kind(&self) -> Option<CredentialKind> {
+        self.source().map(CredentialSource::kind)
     }
 }
 

@@ -7,13 +7,22 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use aoai_proxy::config::names;
-use k8s_openapi::api::core::v1::{Container, EnvVar, PodSpec, Volume};
+use aoai_proxy_contract::config::{Secret, UserAssignedId};
+use aoai_proxy_contract::sidecar_env::{
+    Aliased, AppEnv, ClientSecretEnv, CredentialEnv, EgressEnv, EnvValue, FailoverEnv, InboundEnv,
+    LimitsEnv, ListenerEnv, LogEnv, ManagedIdentityEnv, SecretValue, SidecarEnv, UpstreamEnv,
+};
+use k8s_openapi::api::core::v1::{
+    Container, EnvVar, EnvVarSource, PodSpec, SecretKeySelector, Volume,
+};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use serde_json::json;
 
 use crate::annotations::{self, Overrides};
-use crate::crd::{AzureOpenAIProxy, CredentialKind, FailoverSpec, NativeSidecarMode, config_hash};
+use crate::crd::{
+    AzureOpenAIProxy, AzureOpenAIProxySpec, CredentialSource, FailoverSpec, LogLevel,
+    NativeSidecarMode, config_hash,
+};
 
 /// Why a pod was left alone.
 pub mod skip {
@@ -35,6 +44,8 @@ pub mod deny {
     pub const PORT_CONFLICT: &str = "port_conflict";
     /// `hostNetwork` pods share the node's ports: the forwarding port would be open on the node.
     pub const HOST_NETWORK: &str = "host_network";
+    /// The AzureOpenAIProxy names no endpoint or no single credential (its schema refuses both).
+    pub const INVALID_PROXY: &str = "invalid_proxy";
     /// The AdmissionReview could not be read.
     pub const MALFORMED_REQUEST: &str = "malformed_request";
 }
@@ -188,9 +199,18 @@ pub fn inject(
         NativeSidecarMode::Never => false,
         NativeSidecarMode::Auto => options.native_sidecars_supported,
     };
+    let log_level = overrides.log_level.unwrap_or(sidecar.log_level);
+    let Some(env) = sidecar_env(&proxy.spec, port, admin_port, log_level) else {
+        return denied(
+            deny::INVALID_PROXY,
+            format!(
+                "AzureOpenAIProxy {name:?} names no endpoint or no single credential; see its status"
+            ),
+        );
+    };
     let hash = config_hash(&proxy.spec, &options.default_image);
     let (container, volumes) =
-        sidecar_container(proxy, &overrides, port, admin_port, native, options);
+        sidecar_container(proxy, &env, &overrides, admin_port, native, options);
 
     for app in &mut spec.containers {
         add_app_env(app, proxy, port);
@@ -215,86 +235,170 @@ pub fn inject(
     Outcome::Injected { warnings }
 }
 
-/// The sidecar variables of `spec.failover`: only the fields set (the sidecar has the defaults).
-pub fn failover_env(failover: &FailoverSpec) -> Vec<(&'static str, String)> {
-    let mut vars = Vec::new();
-    if let Some(limit) = &failover.retry_body_limit {
-        vars.push((names::AOAI_PROXY_RETRY_BODY_LIMIT, limit.clone()));
+/// The sidecar's failover settings from `spec.failover`, as written there (unset: the sidecar's
+/// defaults).
+pub fn failover_env(failover: Option<&FailoverSpec>) -> FailoverEnv {
+    let Some(failover) = failover else {
+        return FailoverEnv::default();
+    };
+    FailoverEnv {
+        retry_body_limit: failover.retry_body_limit.clone(),
+        eject_after: failover.eject_after.map(|n| n.to_string()),
+        eject_for: failover.eject_for.clone(),
+        max_throttle_wait: failover.max_throttle_wait.clone(),
     }
-    if let Some(after) = failover.eject_after {
-        vars.push((names::AOAI_PROXY_EJECT_AFTER, after.to_string()));
-    }
-    if let Some(duration) = &failover.eject_for {
-        vars.push((names::AOAI_PROXY_EJECT_FOR, duration.clone()));
-    }
-    if let Some(duration) = &failover.max_throttle_wait {
-        vars.push((names::AOAI_PROXY_MAX_THROTTLE_WAIT, duration.clone()));
-    }
-    vars
 }
 
-fn env(name: &str, value: impl Into<String>) -> serde_json::Value {
-    json!({"name": name, "value": value.into()})
+/// Where the sidecar finds a file the kubelet mounts for it.
+fn file_in(dir: &str, key: &str) -> String {
+    format!("{dir}/{key}")
+}
+
+/// Every setting of the sidecar for this AzureOpenAIProxy, as one exhaustive value: a setting
+/// the proxy gains is a compile error here until the operator decides it. `None` when the spec
+/// names no endpoint or no single credential (the schema refuses both).
+pub fn sidecar_env(
+    spec: &AzureOpenAIProxySpec,
+    port: i32,
+    admin_port: i32,
+    log_level: LogLevel,
+) -> Option<SidecarEnv> {
+    let upstream = match (&spec.endpoint, spec.backends_json()) {
+        (_, Some(backends)) => UpstreamEnv::Backends(backends),
+        (Some(endpoint), None) => UpstreamEnv::Endpoint(Aliased::new(endpoint.clone())),
+        (None, None) => return None,
+    };
+    let app = || AppEnv {
+        tenant_id: spec.tenant_id.clone().unwrap_or_default(),
+        client_id: spec.client_id.clone().unwrap_or_default(),
+    };
+    let credential = match spec.credential.source()? {
+        CredentialSource::ClientCertificate(c) => CredentialEnv::Certificate {
+            app: app(),
+            path: Aliased::new(file_in(CREDENTIAL_DIR, &c.certificate_key)),
+            key_path: (c.private_key_key != c.certificate_key)
+                .then(|| file_in(CREDENTIAL_DIR, &c.private_key_key)),
+            password: None,
+            send_chain: c.send_certificate_chain.then(|| "true".to_string()),
+        },
+        // A file, not a variable: a rotated Secret is picked up at the next refresh.
+        CredentialSource::ClientSecret(c) => CredentialEnv::Secret {
+            app: app(),
+            secret: ClientSecretEnv::File(file_in(CREDENTIAL_DIR, &c.key)),
+        },
+        CredentialSource::WorkloadIdentity(_) => CredentialEnv::WorkloadIdentity {
+            app: app(),
+            token_file: file_in(AZURE_TOKEN_DIR, AZURE_TOKEN_FILE),
+        },
+        CredentialSource::ManagedIdentity(m) => CredentialEnv::ManagedIdentity {
+            endpoint: ManagedIdentityEnv::Imds { host: None },
+            id: match (&m.client_id, &m.object_id, &m.resource_id) {
+                (Some(id), _, _) => Some(UserAssignedId::ClientId(id.clone())),
+                (None, Some(id), _) => Some(UserAssignedId::ObjectId(id.clone())),
+                (None, None, Some(id)) => Some(UserAssignedId::ResourceId(id.clone())),
+                (None, None, None) => None,
+            },
+        },
+    };
+    let egress = spec.egress_proxy.as_ref();
+    Some(SidecarEnv {
+        upstream,
+        failover: failover_env(spec.failover.as_ref()),
+        // Forwarding on loopback only: whoever reaches this port gets Azure-authenticated calls.
+        listener: ListenerEnv {
+            host: Some("127.0.0.1".into()),
+            port: Some(port.to_string()),
+        },
+        // The admin listener (health, metrics; never forwarded) is reachable for the kubelet.
+        admin: ListenerEnv {
+            host: Some("0.0.0.0".into()),
+            port: Some(admin_port.to_string()),
+        },
+        credential,
+        authority_host: Some(spec.authority_host().to_string()),
+        scope: Some(Aliased::new(spec.scope().to_string())),
+        trust_bundle: spec.trust.as_ref().map(|_| file_in(TRUST_DIR, TRUST_FILE)),
+        egress: EgressEnv {
+            https_proxy: egress.and_then(|e| match (&e.https_proxy, &e.https_proxy_from) {
+                (Some(url), _) => Some(Aliased::new(SecretValue::Inline(Secret::new(url.clone())))),
+                (None, Some(from)) => Some(Aliased::new(SecretValue::SecretKey {
+                    secret: from.secret_name.clone(),
+                    key: from.key.clone(),
+                })),
+                (None, None) => None,
+            }),
+            http_proxy: None,
+            no_proxy: egress
+                .filter(|e| !e.no_proxy.is_empty())
+                .map(|e| Aliased::new(e.no_proxy.join(","))),
+        },
+        inbound: InboundEnv {
+            expected_key: None,
+            keys: None,
+            keys_file: spec
+                .inbound_keys
+                .as_ref()
+                .map(|keys| file_in(INBOUND_KEYS_DIR, &keys.key)),
+            max_failures: None,
+            failure_window: None,
+            lockout: None,
+        },
+        limits: LimitsEnv {
+            connect_timeout: None,
+            identity_timeout: None,
+            upstream_timeout: None,
+            pool_idle_timeout: None,
+            header_read_timeout: None,
+            max_request_body: None,
+            shutdown_grace: None,
+        },
+        log: LogEnv {
+            level: Some(log_level.as_str().to_string()),
+            format: None,
+        },
+    })
+}
+
+/// The container variables of `env`.
+fn container_env(env: &SidecarEnv) -> Vec<EnvVar> {
+    env.to_env()
+        .into_iter()
+        .map(|(name, value)| match value {
+            EnvValue::Text(text) => EnvVar {
+                name: name.to_string(),
+                value: Some(text),
+                value_from: None,
+            },
+            EnvValue::SecretKey { secret, key } => secret_key_env(name, &secret, &key),
+        })
+        .collect()
+}
+
+fn secret_key_env(name: &str, secret: &str, key: &str) -> EnvVar {
+    EnvVar {
+        name: name.to_string(),
+        value: None,
+        value_from: Some(EnvVarSource {
+            secret_key_ref: Some(SecretKeySelector {
+                name: secret.to_string(),
+                key: key.to_string(),
+                optional: None,
+            }),
+            ..Default::default()
+        }),
+    }
 }
 
 /// The sidecar container and the volumes it mounts.
 fn sidecar_container(
     proxy: &AzureOpenAIProxy,
+    env: &SidecarEnv,
     overrides: &Overrides,
-    port: i32,
     admin_port: i32,
     native: bool,
     options: &InjectOptions,
 ) -> (Container, Vec<Volume>) {
     let spec = &proxy.spec;
-    let upstream = match (&spec.endpoint, spec.backends_json()) {
-        (_, Some(backends)) => env(names::AOAI_PROXY_BACKENDS, backends),
-        (Some(endpoint), None) => env(names::API_BASE_URL, endpoint),
-        // Refused by the schema; the sidecar would stop at start naming API_BASE_URL.
-        (None, None) => env(names::API_BASE_URL, ""),
-    };
-    let mut vars = vec![
-        upstream,
-        // Forwarding on loopback only: whoever reaches this port gets Azure-authenticated calls.
-        env(names::HOST, "127.0.0.1"),
-        env(names::PORT, port.to_string()),
-        // The admin listener (health, metrics; never forwarded) is reachable for the kubelet.
-        env(names::AOAI_PROXY_ADMIN_HOST, "0.0.0.0"),
-        env(names::AOAI_PROXY_ADMIN_PORT, admin_port.to_string()),
-        env(names::AZURE_AUTHORITY_HOST, spec.authority_host()),
-        env(names::AZURE_SCOPE, spec.scope()),
-        env(
-            names::AOAI_PROXY_LOG_LEVEL,
-            overrides
-                .log_level
-                .unwrap_or(spec.sidecar.log_level)
-                .as_str(),
-        ),
-    ];
-    if let Some(failover) = &spec.failover {
-        vars.extend(
-            failover_env(failover)
-                .into_iter()
-                .map(|(name, value)| env(name, value)),
-        );
-    }
-    let kind = spec.credential.kind();
-    if let Some(kind) = kind {
-        vars.push(env(
-            names::AOAI_PROXY_CREDENTIAL,
-            kind.proxy_kind().as_str(),
-        ));
-    }
-    if kind != Some(CredentialKind::ManagedIdentity) {
-        for (name, value) in [
-            (names::AZURE_TENANT_ID, &spec.tenant_id),
-            (names::AZURE_CLIENT_ID, &spec.client_id),
-        ] {
-            if let Some(value) = value {
-                vars.push(env(name, value));
-            }
-        }
-    }
     let mut volumes = Vec::new();
     let mut mounts = Vec::new();
     // The kubelet writes Secret and projected files owned by root (or by the pod's fsGroup, which
@@ -307,13 +411,8 @@ fn sidecar_container(
         items.dedup();
         json!({"name": name, "secret": {"secretName": secret, "items": items, "defaultMode": SIDECAR_READABLE}})
     };
-    let credential = &spec.credential;
-    match kind {
-        Some(CredentialKind::ClientCertificate) => {
-            let c = credential
-                .client_certificate
-                .as_ref()
-                .expect("kind checked");
+    match spec.credential.source() {
+        Some(CredentialSource::ClientCertificate(c)) => {
             volumes.push(secret_volume(
                 CREDENTIAL_VOLUME,
                 &c.secret_name,
@@ -322,58 +421,22 @@ fn sidecar_container(
             mounts.push(
                 json!({"name": CREDENTIAL_VOLUME, "mountPath": CREDENTIAL_DIR, "readOnly": true}),
             );
-            vars.push(env(
-                names::AZURE_CERTIFICATE_PATH,
-                format!("{CREDENTIAL_DIR}/{}", c.certificate_key),
-            ));
-            if c.private_key_key != c.certificate_key {
-                vars.push(env(
-                    names::AOAI_PROXY_CERTIFICATE_KEY_PATH,
-                    format!("{CREDENTIAL_DIR}/{}", c.private_key_key),
-                ));
-            }
-            if c.send_certificate_chain {
-                vars.push(env(names::AZURE_CLIENT_SEND_CERTIFICATE_CHAIN, "true"));
-            }
         }
-        Some(CredentialKind::ClientSecret) => {
-            let c = credential.client_secret.as_ref().expect("kind checked");
+        Some(CredentialSource::ClientSecret(c)) => {
             volumes.push(secret_volume(CREDENTIAL_VOLUME, &c.secret_name, &[&c.key]));
             mounts.push(
                 json!({"name": CREDENTIAL_VOLUME, "mountPath": CREDENTIAL_DIR, "readOnly": true}),
             );
-            // A file, not an env var: a rotated Secret is picked up at the next refresh.
-            vars.push(env(
-                names::AOAI_PROXY_CLIENT_SECRET_FILE,
-                format!("{CREDENTIAL_DIR}/{}", c.key),
-            ));
         }
-        Some(CredentialKind::WorkloadIdentity) => {
-            let w = credential.workload_identity.as_ref().expect("kind checked");
+        Some(CredentialSource::WorkloadIdentity(w)) => {
             volumes.push(json!({"name": AZURE_TOKEN_VOLUME, "projected": {"defaultMode": SIDECAR_READABLE, "sources": [
                 {"serviceAccountToken": {"audience": w.audience, "expirationSeconds": w.expiration_seconds, "path": AZURE_TOKEN_FILE}}
             ]}}));
             mounts.push(
                 json!({"name": AZURE_TOKEN_VOLUME, "mountPath": AZURE_TOKEN_DIR, "readOnly": true}),
             );
-            vars.push(env(
-                names::AZURE_FEDERATED_TOKEN_FILE,
-                format!("{AZURE_TOKEN_DIR}/{AZURE_TOKEN_FILE}"),
-            ));
         }
-        Some(CredentialKind::ManagedIdentity) => {
-            let m = credential.managed_identity.as_ref().expect("kind checked");
-            if let Some(id) = &m.client_id {
-                vars.push(env(names::AZURE_CLIENT_ID, id));
-            }
-            if let Some(id) = &m.object_id {
-                vars.push(env(names::AOAI_PROXY_MANAGED_IDENTITY_OBJECT_ID, id));
-            }
-            if let Some(id) = &m.resource_id {
-                vars.push(env(names::AOAI_PROXY_MANAGED_IDENTITY_RESOURCE_ID, id));
-            }
-        }
-        None => {}
+        Some(CredentialSource::ManagedIdentity(_)) | None => {}
     }
     if let Some(keys) = &spec.inbound_keys {
         volumes.push(secret_volume(
@@ -384,22 +447,6 @@ fn sidecar_container(
         mounts.push(
             json!({"name": INBOUND_KEYS_VOLUME, "mountPath": INBOUND_KEYS_DIR, "readOnly": true}),
         );
-        vars.push(env(
-            names::AOAI_PROXY_INBOUND_KEYS_FILE,
-            format!("{INBOUND_KEYS_DIR}/{}", keys.key),
-        ));
-    }
-
-    if let Some(egress) = &spec.egress_proxy {
-        match (&egress.https_proxy, &egress.https_proxy_from) {
-            (Some(url), _) => vars.push(env(names::HTTPS_PROXY, url)),
-            (None, Some(from)) => vars.push(json!({"name": names::HTTPS_PROXY, "valueFrom": {
-                "secretKeyRef": {"name": from.secret_name, "key": from.key}}})),
-            (None, None) => {}
-        }
-        if !egress.no_proxy.is_empty() {
-            vars.push(env(names::NO_PROXY, egress.no_proxy.join(",")));
-        }
     }
     if let Some(trust) = &spec.trust {
         // Mounted as a directory (no subPath), so that the kubelet updates the file in place and
@@ -413,17 +460,13 @@ fn sidecar_container(
             (None, None) => {}
         }
         mounts.push(json!({"name": TRUST_VOLUME, "mountPath": TRUST_DIR, "readOnly": true}));
-        vars.push(env(
-            names::SSL_CERT_FILE,
-            format!("{TRUST_DIR}/{TRUST_FILE}"),
-        ));
     }
 
     let probe = |path: &str, period: i32, failures: i32| json!({"httpGet": {"path": path, "port": admin_port}, "periodSeconds": period, "failureThreshold": failures, "timeoutSeconds": 2});
     let mut container = json!({
         "name": CONTAINER_NAME,
         "image": spec.sidecar.image.as_deref().unwrap_or(&options.default_image),
-        "env": vars,
+        "env": container_env(env),
         "ports": [{"name": "aoai-admin", "containerPort": admin_port, "protocol": "TCP"}],
         "readinessProbe": probe("/health", 5, 2),
         "livenessProbe": probe("/livez", 10, 3),
@@ -509,13 +552,11 @@ fn add_app_env(container: &mut Container, proxy: &AzureOpenAIProxy, port: i32) {
     }
     for name in &app.api_key_variables {
         let var = match &proxy.spec.inbound_keys {
-            Some(keys) => {
-                serde_json::from_value(json!({"name": name, "valueFrom": {"secretKeyRef": {
-                    "name": keys.secret_name,
-                    "key": keys.client_key.as_deref().unwrap_or(&keys.key),
-                }}}))
-                .expect("a secretKeyRef EnvVar")
-            }
+            Some(keys) => secret_key_env(
+                name,
+                &keys.secret_name,
+                keys.client_key.as_deref().unwrap_or(&keys.key),
+            ),
             None => EnvVar {
                 name: name.clone(),
                 value: Some(app.api_key_placeholder.clone()),

@@ -6,16 +6,16 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use aoai_proxy::config::{Failover, names, parse_backends};
 use aoai_proxy::credentials::certificate::ClientCertificate;
-use aoai_proxy::egress::{NoProxy, ProxyUrl};
+use aoai_proxy_contract::config::{Failover, names, parse_backends};
+use aoai_proxy_contract::egress::{NoProxy, ProxyUrl};
 use k8s_openapi::api::core::v1::{ConfigMap, Pod, Secret};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use k8s_openapi::jiff::Timestamp;
 
 use crate::annotations;
 use crate::crd::{
-    AzureOpenAIProxy, AzureOpenAIProxySpec, AzureOpenAIProxyStatus, CredentialKind,
+    AzureOpenAIProxy, AzureOpenAIProxySpec, AzureOpenAIProxyStatus, CredentialSource,
     EgressProxySpec, TrustSpec, config_hash,
 };
 use crate::mutate::failover_env;
@@ -112,17 +112,12 @@ pub fn assess<'a, 'b>(
     let mut certificate_not_after = None;
     let mut expiring = None;
 
-    let credentials = match spec.credential.kind() {
+    let credentials = match spec.credential.source() {
         None => Check::fail(
             "InvalidSpec",
             "set exactly one credential: clientCertificate, clientSecret, workloadIdentity or managedIdentity",
         ),
-        Some(CredentialKind::ClientCertificate) => {
-            let cert = spec
-                .credential
-                .client_certificate
-                .as_ref()
-                .expect("kind checked");
+        Some(CredentialSource::ClientCertificate(cert)) => {
             match certificate_from(
                 &secret,
                 &cert.secret_name,
@@ -182,12 +177,7 @@ pub fn assess<'a, 'b>(
                 }
             }
         }
-        Some(CredentialKind::ClientSecret) => {
-            let s = spec
-                .credential
-                .client_secret
-                .as_ref()
-                .expect("kind checked");
+        Some(CredentialSource::ClientSecret(s)) => {
             match secret_value(&secret, &s.secret_name, &s.key) {
                 Err(check) => check,
                 Ok(value) if value.iter().all(u8::is_ascii_whitespace) => Check::fail(
@@ -200,11 +190,11 @@ pub fn assess<'a, 'b>(
                 ),
             }
         }
-        Some(CredentialKind::WorkloadIdentity) => Check::pass(
+        Some(CredentialSource::WorkloadIdentity(_)) => Check::pass(
             "WorkloadIdentity",
             "pods exchange their projected service-account token; the federated credential is checked by Entra ID at the first exchange",
         ),
-        Some(CredentialKind::ManagedIdentity) => Check::pass(
+        Some(CredentialSource::ManagedIdentity(_)) => Check::pass(
             "ManagedIdentity",
             "pods use the node's or pod's managed identity; it is checked by Entra ID at the first token request",
         ),
@@ -450,13 +440,7 @@ fn backends_check(spec: &AzureOpenAIProxySpec) -> Option<Check> {
             Err(e) => return Some(Check::fail("BackendsInvalid", format!("backends: {e}"))),
         }
     }
-    let vars = spec.failover.as_ref().map(failover_env).unwrap_or_default();
-    let lookup = |name: &str| {
-        vars.iter()
-            .find(|(n, _)| *n == name)
-            .map(|(_, v)| v.clone())
-    };
-    if let Err(e) = Failover::from_lookup(lookup) {
+    if let Err(e) = Failover::from_env(&failover_env(spec.failover.as_ref())) {
         let field = match e.variable {
             names::AOAI_PROXY_RETRY_BODY_LIMIT => "failover.retryBodyLimit",
             names::AOAI_PROXY_EJECT_AFTER => "failover.ejectAfter",

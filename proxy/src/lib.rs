@@ -5,7 +5,6 @@
 
 pub(crate) mod backends;
 pub(crate) mod body;
-pub mod config;
 pub mod credentials;
 pub mod egress;
 pub(crate) mod error;
@@ -21,10 +20,12 @@ pub(crate) mod replay;
 pub mod server;
 pub mod tls;
 pub mod token;
-pub mod units;
 pub(crate) mod upstream;
 pub(crate) mod usage;
 pub(crate) mod websocket;
+
+/// The configuration and its units live in the contract crate, which the operator shares.
+pub use aoai_proxy_contract::{config, units};
 
 use std::future::Future;
 use std::net::SocketAddr;

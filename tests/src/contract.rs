@@ -1,12 +1,15 @@
 //! The contract between what the operator injects and what the proxy reads, checked on real
-//! injections: the sidecar's environment, started as the kubelet would, must parse with the
-//! proxy's own `Config::from_lookup` into the credential, port and upstream its AzureOpenAIProxy
-//! asks for. A variable renamed or dropped on either side fails here.
+//! injections: the sidecar's environment, as the kubelet would give it, must read back as exactly
+//! the `SidecarEnv` the operator decided (every setting), and the proxy's own `Config` from it
+//! must be what the AzureOpenAIProxy asks for. A variable renamed, dropped or mis-mounted on
+//! either side fails here.
 
 use aoai_operator::annotations;
+use aoai_operator::annotations::Overrides;
 use aoai_operator::crd::AzureOpenAIProxy;
-use aoai_operator::mutate::CONTAINER_NAME;
-use aoai_proxy::config::{Config, Upstream};
+use aoai_operator::mutate::{CONTAINER_NAME, sidecar_env};
+use aoai_proxy::config::{Config, Secret, Upstream};
+use aoai_proxy_contract::sidecar_env::{SecretValue, SidecarEnv};
 use k8s_openapi::api::core::v1::PodSpec;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 
@@ -50,7 +53,39 @@ pub fn assert_sidecar_configures(
         "service-account-token",
         root.path(),
     );
-    let config = Config::from_lookup(|name| env.get(name).cloned()).unwrap_or_else(|e| {
+    // The kubelet above wrote the mounted files under `root`: each path must name a file it
+    // wrote, and reads back as the path in the container.
+    let root_text = root.path().to_string_lossy().to_string();
+    let env: std::collections::HashMap<String, String> = env
+        .into_iter()
+        .map(|(name, value)| match value.strip_prefix(&root_text) {
+            Some(in_container) => {
+                assert!(
+                    std::path::Path::new(&value).is_file(),
+                    "{what}: {name}={in_container} names no file the pod mounts"
+                );
+                (name, in_container.to_string())
+            }
+            None => (name, value),
+        })
+        .collect();
+    let read = SidecarEnv::from_lookup(|name| env.get(name).cloned()).unwrap_or_else(|e| {
+        panic!("{what}: the injected environment does not configure the proxy: {e}")
+    });
+    let annotations = meta.annotations.clone().unwrap_or_default();
+    let overrides = Overrides::parse(&annotations).expect("valid overrides");
+    let port = overrides.port.unwrap_or(proxy.spec.sidecar.port);
+    let admin_port = overrides
+        .admin_port
+        .unwrap_or(proxy.spec.sidecar.admin_port);
+    let log_level = overrides.log_level.unwrap_or(proxy.spec.sidecar.log_level);
+    let decided = sidecar_env(&proxy.spec, port, admin_port, log_level).expect("a valid spec");
+    assert_eq!(
+        read,
+        resolved(decided),
+        "{what}: the sidecar reads other settings than the operator decided"
+    );
+    let config = Config::from_sidecar_env(&read).unwrap_or_else(|e| {
         panic!("{what}: the injected environment does not configure the proxy: {e}")
     });
 
@@ -130,11 +165,49 @@ pub fn assert_sidecar_configures(
             );
         }
     }
+    let spec = &proxy.spec;
+    assert_eq!(
+        config.admin_listen.port() as i32,
+        admin_port,
+        "{what}: admin port"
+    );
+    assert_eq!(
+        config.authority_host,
+        spec.authority_host(),
+        "{what}: authority"
+    );
+    assert_eq!(config.scope, spec.scope(), "{what}: scope");
+    assert_eq!(config.log_level, log_level.as_str(), "{what}: log level");
+    assert_eq!(
+        config.inbound.keys_file.is_some(),
+        spec.inbound_keys.is_some(),
+        "{what}: inbound keys"
+    );
+    assert_eq!(
+        config.extra_roots.is_some(),
+        spec.trust.is_some(),
+        "{what}: trust bundle"
+    );
+    assert_eq!(
+        config.egress.https.is_some(),
+        spec.egress_proxy.is_some(),
+        "{what}: egress proxy"
+    );
     format!(
         "{what}: {} on port {wanted_port} to {}",
         wanted_kind.as_str(),
         proxy.spec.endpoints().join(", ")
     )
+}
+
+/// `env` as the sidecar reads it: a value the kubelet takes from a Secret arrives as its text.
+fn resolved(mut env: SidecarEnv) -> SidecarEnv {
+    for value in env.secret_values_mut() {
+        if let SecretValue::SecretKey { secret, key } = value {
+            *value = SecretValue::Inline(Secret::new(content(Source::Secret, secret, key)));
+        }
+    }
+    env
 }
 
 /// A backend as compared: endpoint, priority, weight, deployment renames (sorted).

@@ -1,10 +1,10 @@
 //! Configuration from environment variables, validated once at start.
 //!
 //! Every variable the proxy reads is listed in [`ENV_VARS`] (`vars`); `aoai-proxy --help` prints
-//! that table and a test checks that the README documents each entry. The credential is chosen in
-//! `credential`, the timeouts and limits read in `limits`. Parsing is a pure function of a lookup
-//! closure so that tests never touch the process environment. An empty value counts as unset, since
-//! templated manifests often render `value: ""`.
+//! that table and a test checks that the README documents each entry. What is set is read into a
+//! [`SidecarEnv`] (see `sidecar_env`); here each value is checked: the credential in `credential`,
+//! the backends and failover in `backends`, the timeouts and limits in `limits`. Parsing is a pure
+//! function of a lookup closure so that tests never touch the process environment.
 
 use std::fmt;
 use std::net::{IpAddr, SocketAddr};
@@ -22,13 +22,14 @@ mod credential;
 mod limits;
 mod vars;
 
+pub use crate::sidecar_env::CredentialKind;
+use crate::sidecar_env::{Aliased, SecretValue, SidecarEnv};
 pub use backends::{
     Backend, BackendEntry, Failover, MAX_BACKENDS, MAX_WEIGHT, is_deployment_name, parse_backends,
 };
 use credential::credential_from;
 pub use credential::{
-    Credential, CredentialKind, EntraApp, ManagedIdentityEndpoint, SecretSource, UserAssignedId,
-    is_guid,
+    Credential, EntraApp, ManagedIdentityEndpoint, SecretSource, UserAssignedId, is_guid,
 };
 pub use limits::Limits;
 pub use vars::{DEFAULT_AUTHORITY_HOST, DEFAULT_IMDS_HOST, DEFAULT_SCOPE, ENV_VARS, EnvVar, names};
@@ -48,7 +49,7 @@ impl fmt::Display for ConfigError {
 
 impl std::error::Error for ConfigError {}
 
-fn error(variable: &'static str, message: impl Into<String>) -> ConfigError {
+pub(crate) fn error(variable: &'static str, message: impl Into<String>) -> ConfigError {
     ConfigError {
         variable,
         message: message.into(),
@@ -208,77 +209,66 @@ fn default_of(name: &str) -> &'static str {
         .unwrap_or_else(|| panic!("{name} has no default in ENV_VARS"))
 }
 
-/// Reads variables through `lookup`, treating empty values as unset.
-struct Env<F: Fn(&str) -> Option<String>>(F);
+/// The value of `name`, or else its default in [`ENV_VARS`] (the one statement of each default,
+/// which `--help` and the README print), through `parse`.
+fn parsed<T>(
+    name: &'static str,
+    value: &Option<String>,
+    parse: impl Fn(&str) -> Result<T, String>,
+) -> Result<T, ConfigError> {
+    parse(value.as_deref().unwrap_or_else(|| default_of(name))).map_err(|m| error(name, m))
+}
 
-impl<F: Fn(&str) -> Option<String>> Env<F> {
-    fn get(&self, name: &'static str) -> Option<String> {
-        debug_assert!(
-            ENV_VARS.iter().any(|v| v.name == name),
-            "{name} is not in ENV_VARS"
-        );
-        (self.0)(name)
-            .map(|v| v.trim().to_string())
-            .filter(|v| !v.is_empty())
+/// The value of `name` through `parse`, or `None` for a variable without a default.
+fn optional<T>(
+    name: &'static str,
+    value: &Option<String>,
+    parse: impl Fn(&str) -> Result<T, String>,
+) -> Result<Option<T>, ConfigError> {
+    value
+        .as_deref()
+        .map(|text| parse(text).map_err(|m| error(name, m)))
+        .transpose()
+}
+
+fn duration(name: &'static str, value: &Option<String>) -> Result<Duration, ConfigError> {
+    parsed(name, value, parse_duration)
+}
+
+fn positive_duration(name: &'static str, value: &Option<String>) -> Result<Duration, ConfigError> {
+    let duration = duration(name, value)?;
+    if duration.is_zero() {
+        return Err(error(name, "must be greater than zero"));
     }
+    Ok(duration)
+}
 
-    /// A variable with an alias: either may be set; both set to different values is an error.
-    fn get_aliased(
-        &self,
-        name: &'static str,
-        alias: &'static str,
-    ) -> Result<Option<(&'static str, String)>, ConfigError> {
-        match (self.get(name), self.get(alias)) {
-            (Some(a), Some(b)) if a != b => Err(error(
-                alias,
-                format!("contradicts {name}; set only one of them"),
-            )),
-            (Some(a), _) => Ok(Some((name, a))),
-            (None, Some(b)) => Ok(Some((alias, b))),
-            (None, None) => Ok(None),
-        }
+fn positive_number(text: &str) -> Result<u32, String> {
+    match text.parse::<u32>() {
+        Ok(n) if n > 0 => Ok(n),
+        _ => Err(format!("{text:?} is not a positive whole number")),
     }
+}
 
-    /// The variable's value, or else its default in [`ENV_VARS`] (the one statement of each
-    /// default, which `--help` and the README print), through `parse`.
-    fn parsed<T>(
-        &self,
-        name: &'static str,
-        parse: impl Fn(&str) -> Result<T, String>,
-    ) -> Result<T, ConfigError> {
-        let text = self
-            .get(name)
-            .unwrap_or_else(|| default_of(name).to_string());
-        parse(&text).map_err(|message| error(name, message))
-    }
-
-    /// The variable's value through `parse`, or `None` for a variable without a default.
-    fn optional<T>(
-        &self,
-        name: &'static str,
-        parse: impl Fn(&str) -> Result<T, String>,
-    ) -> Result<Option<T>, ConfigError> {
-        self.get(name)
-            .map(|text| parse(&text).map_err(|message| error(name, message)))
-            .transpose()
-    }
-
-    fn duration(&self, name: &'static str) -> Result<Duration, ConfigError> {
-        self.parsed(name, parse_duration)
-    }
-
-    fn bool(&self, name: &'static str) -> Result<bool, ConfigError> {
-        self.parsed(name, |text| match text.to_ascii_lowercase().as_str() {
+fn bool(name: &'static str, value: &Option<String>) -> Result<bool, ConfigError> {
+    parsed(name, value, |text| {
+        match text.to_ascii_lowercase().as_str() {
             "true" | "1" | "yes" => Ok(true),
             "false" | "0" | "no" => Ok(false),
             _ => Err(format!("{text:?} is not a boolean (use true or false)")),
-        })
-    }
+        }
+    })
+}
 
-    fn required(&self, name: &'static str, why: &str) -> Result<String, ConfigError> {
-        self.get(name)
-            .ok_or_else(|| error(name, format!("is required {why}")))
-    }
+/// A secret's text. A reference to a Kubernetes Secret is the kubelet's to resolve: the sidecar
+/// never sees one, but a `SidecarEnv` built by hand can hold it.
+fn inline(name: &'static str, value: &SecretValue) -> Result<Secret, ConfigError> {
+    value.inline().map(Secret::new).ok_or_else(|| {
+        error(
+            name,
+            "names a Kubernetes Secret, which only the kubelet resolves",
+        )
+    })
 }
 
 fn parse_port(text: &str) -> Result<u16, String> {
@@ -339,15 +329,18 @@ impl Config {
 
     /// Reads the configuration through `lookup` (name → value), validating every variable.
     pub fn from_lookup(lookup: impl Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {
-        let env = Env(lookup);
+        Self::from_sidecar_env(&SidecarEnv::from_lookup(lookup)?)
+    }
 
-        let backends = backends::backends_from(&env)?;
-        let failover = Failover::from_env(&env)?;
+    /// Checks every value of `env`; the error names the variable at fault.
+    pub fn from_sidecar_env(env: &SidecarEnv) -> Result<Self, ConfigError> {
+        let backends = backends::backends_from(&env.upstream)?;
+        let failover = Failover::from_env(&env.failover)?;
 
-        let host = env.parsed(names::HOST, parse_ip)?;
-        let port = env.parsed(names::PORT, parse_port)?;
-        let admin_host = env.parsed(names::AOAI_PROXY_ADMIN_HOST, parse_ip)?;
-        let admin_port = env.parsed(names::AOAI_PROXY_ADMIN_PORT, parse_port)?;
+        let host = parsed(names::HOST, &env.listener.host, parse_ip)?;
+        let port = parsed(names::PORT, &env.listener.port, parse_port)?;
+        let admin_host = parsed(names::AOAI_PROXY_ADMIN_HOST, &env.admin.host, parse_ip)?;
+        let admin_port = parsed(names::AOAI_PROXY_ADMIN_PORT, &env.admin.port, parse_port)?;
         if admin_port == port {
             return Err(error(
                 names::AOAI_PROXY_ADMIN_PORT,
@@ -355,39 +348,64 @@ impl Config {
             ));
         }
 
-        let credential = credential_from(&env)?;
-        let authority_host = env.parsed(names::AZURE_AUTHORITY_HOST, parse_authority_host)?;
-        let scope = match env.get_aliased(names::AZURE_SCOPE, names::AZURE_OPENAI_SCOPE)? {
-            Some((name, text)) => parse_scope(&text).map_err(|m| error(name, m))?,
+        let credential = credential_from(&env.credential)?;
+        let authority_host = parsed(
+            names::AZURE_AUTHORITY_HOST,
+            &env.authority_host,
+            parse_authority_host,
+        )?;
+        let scope = match &env.scope {
+            Some(scope) => parse_scope(&scope.value).map_err(|m| {
+                error(
+                    scope.variable(names::AZURE_SCOPE, names::AZURE_OPENAI_SCOPE),
+                    m,
+                )
+            })?,
             None => default_of(names::AZURE_SCOPE).to_string(),
         };
-        let extra_roots = env.get(names::SSL_CERT_FILE).map(PathBuf::from);
-        let proxy = |name, alias| -> Result<Option<ProxyUrl>, ConfigError> {
-            match env.get_aliased(name, alias)? {
-                Some((variable, text)) => ProxyUrl::parse(&text)
+        let extra_roots = env.trust_bundle.as_ref().map(PathBuf::from);
+        let proxy = |value: &Option<Aliased<SecretValue>>, name, alias| match value {
+            Some(value) => {
+                let variable = value.variable(name, alias);
+                let text = inline(variable, &value.value)?;
+                ProxyUrl::parse(text.expose())
                     .map(Some)
-                    .map_err(|message| error(variable, message)),
-                None => Ok(None),
+                    .map_err(|message| error(variable, message))
             }
+            None => Ok(None),
         };
         let egress = Egress {
-            https: proxy(names::HTTPS_PROXY, names::HTTPS_PROXY_LOWERCASE)?,
-            http: proxy(names::HTTP_PROXY, names::HTTP_PROXY_LOWERCASE)?,
-            no_proxy: match env.get_aliased(names::NO_PROXY, names::NO_PROXY_LOWERCASE)? {
-                Some((variable, text)) => {
-                    NoProxy::parse(&text).map_err(|message| error(variable, message))?
-                }
+            https: proxy(
+                &env.egress.https_proxy,
+                names::HTTPS_PROXY,
+                names::HTTPS_PROXY_LOWERCASE,
+            )?,
+            http: proxy(
+                &env.egress.http_proxy,
+                names::HTTP_PROXY,
+                names::HTTP_PROXY_LOWERCASE,
+            )?,
+            no_proxy: match &env.egress.no_proxy {
+                Some(list) => NoProxy::parse(&list.value).map_err(|message| {
+                    error(
+                        list.variable(names::NO_PROXY, names::NO_PROXY_LOWERCASE),
+                        message,
+                    )
+                })?,
                 None => NoProxy::default(),
             },
         };
 
+        let inbound = &env.inbound;
         let mut keys: Vec<Secret> = Vec::new();
-        if let Some(key) = env.get(names::EXPECTED_KEY) {
-            keys.push(Secret::new(key));
+        if let Some(key) = &inbound.expected_key {
+            keys.push(inline(names::EXPECTED_KEY, key)?);
         }
-        if let Some(list) = env.get(names::AOAI_PROXY_INBOUND_KEYS) {
+        if let Some(list) = &inbound.keys {
+            let list = inline(names::AOAI_PROXY_INBOUND_KEYS, list)?;
             keys.extend(
-                list.split(',')
+                list.expose()
+                    .split(',')
                     .map(str::trim)
                     .filter(|k| !k.is_empty())
                     .map(Secret::new),
@@ -395,35 +413,24 @@ impl Config {
         }
         let inbound = InboundAuthConfig {
             keys,
-            keys_file: env
-                .get(names::AOAI_PROXY_INBOUND_KEYS_FILE)
-                .map(PathBuf::from),
-            max_failures: env.parsed(names::AOAI_PROXY_AUTH_MAX_FAILURES, |t| {
-                match t.parse::<u32>() {
-                    Ok(n) if n > 0 => Ok(n),
-                    _ => Err(format!("{t:?} is not a positive whole number")),
-                }
-            })?,
-            failure_window: env.duration(names::AOAI_PROXY_AUTH_FAILURE_WINDOW)?,
-            lockout: env.duration(names::AOAI_PROXY_AUTH_LOCKOUT)?,
+            keys_file: inbound.keys_file.as_ref().map(PathBuf::from),
+            max_failures: parsed(
+                names::AOAI_PROXY_AUTH_MAX_FAILURES,
+                &inbound.max_failures,
+                positive_number,
+            )?,
+            failure_window: duration(
+                names::AOAI_PROXY_AUTH_FAILURE_WINDOW,
+                &inbound.failure_window,
+            )?,
+            lockout: duration(names::AOAI_PROXY_AUTH_LOCKOUT, &inbound.lockout)?,
         };
 
-        let limits = Limits::from_env(&env)?;
-        for (name, value) in [
-            (names::AOAI_PROXY_CONNECT_TIMEOUT, limits.connect_timeout),
-            (names::AOAI_PROXY_UPSTREAM_TIMEOUT, limits.upstream_timeout),
-            (
-                names::AOAI_PROXY_HEADER_READ_TIMEOUT,
-                limits.header_read_timeout,
-            ),
-        ] {
-            if value.is_zero() {
-                return Err(error(name, "must be greater than zero"));
-            }
-        }
-
-        let log_level = env.parsed(names::AOAI_PROXY_LOG_LEVEL, |t| Ok(t.to_string()))?;
-        let log_format = env.parsed(names::AOAI_PROXY_LOG_FORMAT, |t| {
+        let limits = Limits::from_env(&env.limits)?;
+        let log_level = parsed(names::AOAI_PROXY_LOG_LEVEL, &env.log.level, |t| {
+            Ok(t.to_string())
+        })?;
+        let log_format = parsed(names::AOAI_PROXY_LOG_FORMAT, &env.log.format, |t| {
             match t.to_ascii_lowercase().as_str() {
                 "text" => Ok(LogFormat::Text),
                 "json" => Ok(LogFormat::Json),

@@ -11,7 +11,8 @@ use serde::{Deserialize, Serialize};
 
 use super::Upstream;
 use super::vars::names;
-use super::{ConfigError, Env, error};
+use super::{ConfigError, error, parsed, positive_duration, positive_number};
+use crate::sidecar_env::{FailoverEnv, UpstreamEnv};
 use crate::units::parse_bytes;
 
 /// At most this many backends: each keeps its own connection pool.
@@ -80,65 +81,46 @@ pub struct Failover {
 }
 
 impl Failover {
-    pub(super) fn from_env<F: Fn(&str) -> Option<String>>(
-        env: &Env<F>,
-    ) -> Result<Self, ConfigError> {
-        let positive = |name: &'static str| {
-            let duration = env.duration(name)?;
-            if duration.is_zero() {
-                return Err(error(name, "must be greater than zero"));
-            }
-            Ok(duration)
-        };
+    /// Checks the failover settings; the operator checks what it injects with this too.
+    pub fn from_env(env: &FailoverEnv) -> Result<Self, ConfigError> {
         Ok(Self {
-            replay_body_limit: env.parsed(names::AOAI_PROXY_RETRY_BODY_LIMIT, parse_bytes)?,
-            eject_after: env.parsed(names::AOAI_PROXY_EJECT_AFTER, |t| match t.parse::<u32>() {
-                Ok(n) if n > 0 => Ok(n),
-                _ => Err(format!("{t:?} is not a positive whole number")),
-            })?,
-            eject_for: positive(names::AOAI_PROXY_EJECT_FOR)?,
-            max_throttle_wait: positive(names::AOAI_PROXY_MAX_THROTTLE_WAIT)?,
+            replay_body_limit: parsed(
+                names::AOAI_PROXY_RETRY_BODY_LIMIT,
+                &env.retry_body_limit,
+                parse_bytes,
+            )?,
+            eject_after: parsed(
+                names::AOAI_PROXY_EJECT_AFTER,
+                &env.eject_after,
+                positive_number,
+            )?,
+            eject_for: positive_duration(names::AOAI_PROXY_EJECT_FOR, &env.eject_for)?,
+            max_throttle_wait: positive_duration(
+                names::AOAI_PROXY_MAX_THROTTLE_WAIT,
+                &env.max_throttle_wait,
+            )?,
         })
-    }
-}
-
-impl Failover {
-    /// The settings from these variables alone: the operator checks what it injects with it.
-    pub fn from_lookup(lookup: impl Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {
-        Self::from_env(&Env(lookup))
     }
 }
 
 impl Default for Failover {
     /// The defaults of [`super::ENV_VARS`].
     fn default() -> Self {
-        Self::from_env(&Env(|_| None)).expect("every default in ENV_VARS parses")
+        Self::from_env(&FailoverEnv::default()).expect("every default in ENV_VARS parses")
     }
 }
 
-/// The backends from `AOAI_PROXY_BACKENDS`, or the one of `API_BASE_URL` / `TARGET_URL`.
-pub(super) fn backends_from<F: Fn(&str) -> Option<String>>(
-    env: &Env<F>,
-) -> Result<Vec<Backend>, ConfigError> {
-    let base = env.get_aliased(names::API_BASE_URL, names::TARGET_URL)?;
-    match (env.get(names::AOAI_PROXY_BACKENDS), base) {
-        (Some(_), Some((base_var, _))) => Err(error(
-            names::AOAI_PROXY_BACKENDS,
-            format!(
-                "contradicts {base_var}; set only one of them (a single backend can be the list's one entry)"
-            ),
-        )),
-        (Some(list), None) => {
-            parse_backends(&list).map_err(|m| error(names::AOAI_PROXY_BACKENDS, m))
+/// The backends of `AOAI_PROXY_BACKENDS`, or the one of `API_BASE_URL` / `TARGET_URL`.
+pub(super) fn backends_from(env: &UpstreamEnv) -> Result<Vec<Backend>, ConfigError> {
+    match env {
+        UpstreamEnv::Backends(list) => {
+            parse_backends(list).map_err(|m| error(names::AOAI_PROXY_BACKENDS, m))
         }
-        (None, Some((base_var, base))) => {
-            let upstream = Upstream::parse(&base).map_err(|m| error(base_var, m))?;
+        UpstreamEnv::Endpoint(base) => {
+            let upstream = Upstream::parse(&base.value)
+                .map_err(|m| error(base.variable(names::API_BASE_URL, names::TARGET_URL), m))?;
             Ok(vec![Backend::single(upstream)])
         }
-        (None, None) => Err(error(
-            names::API_BASE_URL,
-            "is required: the Azure OpenAI endpoint, e.g. https://my-resource.openai.azure.com (or set TARGET_URL, or AOAI_PROXY_BACKENDS for several)",
-        )),
     }
 }
 

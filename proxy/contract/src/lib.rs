@@ -1,0 +1,9 @@
+//! The contract between the aoai-proxy sidecar and whoever configures it (the operator's
+//! injection, a manifest, a shell): every environment variable the sidecar reads, its default, and
+//! how its value is read and checked. Both the proxy and the operator use this crate, so the two
+//! cannot drift apart.
+
+pub mod config;
+pub mod egress;
+pub mod sidecar_env;
+pub mod units;
