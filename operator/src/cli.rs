@@ -13,9 +13,9 @@ use crate::lease::{self, LeaseConfig};
 use crate::metrics::Metrics;
 use crate::mutate::InjectOptions;
 use crate::{certs, controller, status, webhook};
-use aoai_proxy::config::LogFormat;
+use aoai_proxy_contract::config::LogFormat;
 use aoai_proxy::server::shutdown_signal;
-use aoai_proxy::units::parse_duration;
+use aoai_proxy_contract::units::parse_duration;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use kube::CustomResourceExt;
 
@@ -40,8 +40,11 @@ enum Command {
 #[derive(Args)]
 struct InjectArgs {
     /// Manifests to read (multi-document YAML, List kinds too); `-` for stdin.
-    #[arg(default_value = "-")]
+    #[arg(default_value = "-", conflicts_with = "filename")]
     file: String,
+    /// The same, as kubectl users type it: `-f deployment.yaml`.
+    #[arg(short = 'f', long)]
+    filename: Option<String>,
     /// A file with the AzureOpenAIProxy objects to use (repeatable). AzureOpenAIProxy objects in
     /// the input are used too; with neither, they are read from the cluster.
     #[arg(long = "proxy")]
@@ -215,18 +218,19 @@ fn inject(args: InjectArgs) -> ExitCode {
         eprintln!("aoai-operator inject: {message}");
         ExitCode::FAILURE
     };
+    let file = args.filename.as_deref().unwrap_or(&args.file);
     let mut input = String::new();
-    let read = if args.file == "-" {
+    let read = if file == "-" {
         std::io::stdin().read_to_string(&mut input).map(|_| ())
     } else {
-        std::fs::read_to_string(&args.file).map(|text| input = text)
+        std::fs::read_to_string(file).map(|text| input = text)
     };
     if let Err(e) = read {
-        return fail(format!("cannot read {}: {e}", args.file));
+        return fail(format!("cannot read {file}: {e}"));
     }
     let documents = match parse(&input) {
         Ok(documents) => documents,
-        Err(e) => return fail(format!("{}: {e}", args.file)),
+        Err(e) => return fail(format!("{file}: {e}")),
     };
     let mut proxies = proxies_in(&documents);
     for path in &args.proxies {

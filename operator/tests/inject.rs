@@ -121,6 +121,25 @@ fn denials_exit_non_zero_and_say_why() {
 }
 
 #[test]
+fn the_manifest_can_be_named_as_kubectl_does() {
+    let input = golden_dir().join("deployment-certificate.in.yaml");
+    let (positional, _, _) = run_inject(&input, &[]);
+    let output = Command::new(env!("CARGO_BIN_EXE_aoai-operator"))
+        .args(["inject", "-f"])
+        .arg(&input)
+        .args(["--proxy-image", IMAGE])
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(0));
+    assert_eq!(String::from_utf8(output.stdout).unwrap(), positional);
+    let both = Command::new(env!("CARGO_BIN_EXE_aoai-operator"))
+        .args(["inject", "a.yaml", "-f", "b.yaml"])
+        .output()
+        .unwrap();
+    assert_eq!(both.status.code(), Some(2), "a file named twice is a usage error");
+}
+
+#[test]
 fn without_a_proxy_or_a_cluster_inject_says_so() {
     let dir = tempfile::tempdir().unwrap();
     let pod = dir.path().join("pod.yaml");
