@@ -579,47 +579,48 @@ fn condition_status<'a>(status: &'a AzureOpenAIProxyStatus, type_: &str) -> Opti
     status.conditions.iter().find(|c| c.type_ == type_)
 }
 
-/// Events for the transitions users care about: became ready, credential invalid, certificate
-/// expiring.
+/// Each condition's Events: its type, the status that is bad news, the Warning reason when it
+/// turns bad (or stays bad for another reason), the Normal reason when it turns good again.
+const CONDITION_EVENTS: [(&str, &str, &str, &str); 7] = [
+    (READY, "False", "NotReady", "Ready"),
+    (CREDENTIALS_VALID, "False", "CredentialInvalid", "CredentialValid"),
+    (INBOUND_KEYS_VALID, "False", "InboundKeysInvalid", "InboundKeysValid"),
+    (CERTIFICATE_EXPIRING, "True", "CertificateExpiring", "CertificateRenewed"),
+    (TRUST_VALID, "False", "TrustInvalid", "TrustValid"),
+    (EGRESS_PROXY_VALID, "False", "EgressProxyInvalid", "EgressProxyValid"),
+    (BACKENDS_VALID, "False", "BackendsInvalid", "BackendsValid"),
+];
+
+/// An Event for every condition that changed: a Warning when it turns bad or its reason for
+/// being bad changes, a Normal one when it recovers (and for Ready, when first reached).
 fn transitions(
     previous: &AzureOpenAIProxyStatus,
     next: &AzureOpenAIProxyStatus,
 ) -> Vec<Transition> {
-    let changed_to = |type_: &str, value: &str| -> Option<&Condition> {
-        let now = condition_status(next, type_).filter(|c| c.status == value)?;
-        match condition_status(previous, type_) {
-            Some(before) if before.status == value && before.reason == now.reason => None,
-            _ => Some(now),
-        }
-    };
     let mut events = Vec::new();
-    if let Some(c) = changed_to(READY, "True") {
-        events.push(Transition {
-            warning: false,
-            reason: "Ready",
-            message: c.message.clone(),
-        });
-    }
-    if let Some(c) = changed_to(CREDENTIALS_VALID, "False") {
-        events.push(Transition {
-            warning: true,
-            reason: "CredentialInvalid",
-            message: c.message.clone(),
-        });
-    }
-    if let Some(c) = changed_to(INBOUND_KEYS_VALID, "False") {
-        events.push(Transition {
-            warning: true,
-            reason: "InboundKeysInvalid",
-            message: c.message.clone(),
-        });
-    }
-    if let Some(c) = changed_to(CERTIFICATE_EXPIRING, "True") {
-        events.push(Transition {
-            warning: true,
-            reason: "CertificateExpiring",
-            message: c.message.clone(),
-        });
+    for (type_, bad, bad_reason, good_reason) in CONDITION_EVENTS {
+        let Some(now) = condition_status(next, type_) else {
+            continue;
+        };
+        let before = condition_status(previous, type_);
+        let unchanged = before.is_some_and(|b| b.status == now.status && b.reason == now.reason);
+        if unchanged {
+            continue;
+        }
+        let was_bad = before.is_some_and(|b| b.status == bad);
+        if now.status == bad {
+            events.push(Transition {
+                warning: true,
+                reason: bad_reason,
+                message: now.message.clone(),
+            });
+        } else if was_bad || (type_ == READY && before.is_none_or(|b| b.status != now.status)) {
+            events.push(Transition {
+                warning: false,
+                reason: good_reason,
+                message: now.message.clone(),
+            });
+        }
     }
     events
 }
@@ -977,6 +978,56 @@ mod tests {
                 ("StatefulSet".to_string(), "db".to_string())
             ]
         );
+    }
+
+    #[test]
+    fn every_condition_raises_an_event_when_it_turns_bad_and_when_it_recovers() {
+        let with = |type_: &str, status: &str, reason: &str| AzureOpenAIProxyStatus {
+            conditions: vec![Condition {
+                type_: type_.into(),
+                status: status.into(),
+                reason: reason.into(),
+                message: format!("{type_} is {status}"),
+                observed_generation: Some(1),
+                last_transition_time: Time(now()),
+            }],
+            ..Default::default()
+        };
+        for (type_, bad, bad_reason, good_reason) in CONDITION_EVENTS {
+            let good = if bad == "True" { "False" } else { "True" };
+            let (ok, failing) = (with(type_, good, "Fine"), with(type_, bad, "Broken"));
+            let events = |before: &AzureOpenAIProxyStatus, after: &AzureOpenAIProxyStatus| {
+                transitions(before, after)
+                    .into_iter()
+                    .map(|t| (t.reason, t.warning))
+                    .collect::<Vec<_>>()
+            };
+            assert_eq!(events(&ok, &failing), [(bad_reason, true)], "{type_}");
+            assert_eq!(events(&failing, &ok), [(good_reason, false)], "{type_}");
+            assert_eq!(
+                events(&failing, &with(type_, bad, "BrokenOtherwise")),
+                [(bad_reason, true)],
+                "{type_}: a new reason to be bad"
+            );
+            assert!(events(&ok, &ok).is_empty(), "{type_}");
+            assert!(events(&failing, &failing).is_empty(), "{type_}");
+        }
+        // Every condition an assessment writes has its Events.
+        let mut p = proxy(json!({"managedIdentity": {}}));
+        p.spec = serde_json::from_value(json!({
+            "backends": [{"endpoint": "https://a.openai.azure.com"}],
+            "credential": {"clientCertificate": {"secretName": "cert"}},
+            "inboundKeys": {"secretName": "keys"},
+            "trust": {"configMap": {"name": "corp-ca"}},
+            "egressProxy": {"httpsProxy": "http://proxy:3128"},
+        }))
+        .unwrap();
+        let a = run(&p, &[tls_secret("client-a", NOW + 90 * DAY)], &[]);
+        let covered: Vec<&str> = CONDITION_EVENTS.iter().map(|(t, ..)| *t).collect();
+        for c in &a.status.conditions {
+            assert!(covered.contains(&c.type_.as_str()), "{} raises no Event", c.type_);
+        }
+        assert_eq!(a.status.conditions.len(), covered.len());
     }
 
     #[test]
