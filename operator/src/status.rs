@@ -580,15 +580,41 @@ fn condition_status<'a>(status: &'a AzureOpenAIProxyStatus, type_: &str) -> Opti
 }
 
 /// Each condition's Events: its type, the status that is bad news, the Warning reason when it
-/// turns bad (or stays bad for another reason), the Normal reason when it turns good again.
-const CONDITION_EVENTS: [(&str, &str, &str, &str); 7] = [
-    (READY, "False", "NotReady", "Ready"),
-    (CREDENTIALS_VALID, "False", "CredentialInvalid", "CredentialValid"),
-    (INBOUND_KEYS_VALID, "False", "InboundKeysInvalid", "InboundKeysValid"),
-    (CERTIFICATE_EXPIRING, "True", "CertificateExpiring", "CertificateRenewed"),
-    (TRUST_VALID, "False", "TrustInvalid", "TrustValid"),
-    (EGRESS_PROXY_VALID, "False", "EgressProxyInvalid", "EgressProxyValid"),
-    (BACKENDS_VALID, "False", "BackendsInvalid", "BackendsValid"),
+/// turns bad (or stays bad for another reason), the Normal reason when it turns good again. Ready
+/// raises no Warning of its own: whatever made it False raised one.
+const CONDITION_EVENTS: [(&str, &str, Option<&str>, &str); 7] = [
+    (READY, "False", None, "Ready"),
+    (
+        CREDENTIALS_VALID,
+        "False",
+        Some("CredentialInvalid"),
+        "CredentialValid",
+    ),
+    (
+        INBOUND_KEYS_VALID,
+        "False",
+        Some("InboundKeysInvalid"),
+        "InboundKeysValid",
+    ),
+    (
+        CERTIFICATE_EXPIRING,
+        "True",
+        Some("CertificateExpiring"),
+        "CertificateRenewed",
+    ),
+    (TRUST_VALID, "False", Some("TrustInvalid"), "TrustValid"),
+    (
+        EGRESS_PROXY_VALID,
+        "False",
+        Some("EgressProxyInvalid"),
+        "EgressProxyValid",
+    ),
+    (
+        BACKENDS_VALID,
+        "False",
+        Some("BackendsInvalid"),
+        "BackendsValid",
+    ),
 ];
 
 /// An Event for every condition that changed: a Warning when it turns bad or its reason for
@@ -609,11 +635,11 @@ fn transitions(
         }
         let was_bad = before.is_some_and(|b| b.status == bad);
         if now.status == bad {
-            events.push(Transition {
+            events.extend(bad_reason.map(|reason| Transition {
                 warning: true,
-                reason: bad_reason,
+                reason,
                 message: now.message.clone(),
-            });
+            }));
         } else if was_bad || (type_ == READY && before.is_none_or(|b| b.status != now.status)) {
             events.push(Transition {
                 warning: false,
@@ -1002,11 +1028,12 @@ mod tests {
                     .map(|t| (t.reason, t.warning))
                     .collect::<Vec<_>>()
             };
-            assert_eq!(events(&ok, &failing), [(bad_reason, true)], "{type_}");
+            let warning: Vec<(&str, bool)> = bad_reason.map(|r| (r, true)).into_iter().collect();
+            assert_eq!(events(&ok, &failing), warning, "{type_}");
             assert_eq!(events(&failing, &ok), [(good_reason, false)], "{type_}");
             assert_eq!(
                 events(&failing, &with(type_, bad, "BrokenOtherwise")),
-                [(bad_reason, true)],
+                warning,
                 "{type_}: a new reason to be bad"
             );
             assert!(events(&ok, &ok).is_empty(), "{type_}");
@@ -1025,7 +1052,11 @@ mod tests {
         let a = run(&p, &[tls_secret("client-a", NOW + 90 * DAY)], &[]);
         let covered: Vec<&str> = CONDITION_EVENTS.iter().map(|(t, ..)| *t).collect();
         for c in &a.status.conditions {
-            assert!(covered.contains(&c.type_.as_str()), "{} raises no Event", c.type_);
+            assert!(
+                covered.contains(&c.type_.as_str()),
+                "{} raises no Event",
+                c.type_
+            );
         }
         assert_eq!(a.status.conditions.len(), covered.len());
     }

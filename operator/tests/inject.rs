@@ -136,7 +136,11 @@ fn the_manifest_can_be_named_as_kubectl_does() {
         .args(["inject", "a.yaml", "-f", "b.yaml"])
         .output()
         .unwrap();
-    assert_eq!(both.status.code(), Some(2), "a file named twice is a usage error");
+    assert_eq!(
+        both.status.code(),
+        Some(2),
+        "a file named twice is a usage error"
+    );
 }
 
 #[test]
