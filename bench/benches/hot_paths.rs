@@ -5,7 +5,7 @@ use std::hint::black_box;
 use std::sync::Arc;
 
 use aoai_operator::crd::AzureOpenAIProxy;
-use aoai_operator::mutate::{InjectOptions, inject, pod_patch};
+use aoai_operator::mutate::{InjectOptions, Outcome, decide};
 use aoai_proxy::headers::{rewrite_request, rewrite_response};
 use criterion::{Criterion, criterion_group, criterion_main};
 use http::{HeaderMap, HeaderValue};
@@ -95,22 +95,19 @@ fn mutation(c: &mut Criterion) {
         default_image: "aoai-proxy:bench".into(),
         native_sidecars_supported: true,
     };
-    c.bench_function("inject + pod_patch (2-container pod)", |b| {
+    c.bench_function("decide + patch (2-container pod)", |b| {
         b.iter(|| {
-            let (mut meta, mut spec) = (pod.metadata.clone(), pod.spec.clone().unwrap());
-            inject(
-                &mut meta,
-                &mut spec,
+            let spec = pod.spec.as_ref().unwrap();
+            match decide(
+                &pod.metadata,
+                spec,
                 "wh-test",
                 |_| Some(proxy.clone()),
                 &options,
-            );
-            black_box(pod_patch(
-                &pod.metadata,
-                pod.spec.as_ref().unwrap(),
-                &meta,
-                &spec,
-            ))
+            ) {
+                Outcome::Injected(injection) => black_box(injection.patch(&pod.metadata, spec)),
+                other => panic!("{other:?}"),
+            }
         })
     });
 }

@@ -134,10 +134,10 @@ fn inject_value(
             .map(Arc::new)
     };
     match inject(&mut meta, &mut spec, &namespace, lookup, options) {
-        Outcome::Injected { warnings } => {
+        Outcome::Injected(injection) => {
             template["metadata"] = serde_json::to_value(&meta).unwrap_or_default();
             template["spec"] = serde_json::to_value(&spec).unwrap_or_default();
-            for warning in warnings {
+            for warning in injection.warnings {
                 report
                     .notes
                     .push(format!("{label}: injected, with a warning: {warning}"));

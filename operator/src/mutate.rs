@@ -80,13 +80,11 @@ pub struct InjectOptions {
     pub native_sidecars_supported: bool,
 }
 
-/// The result of [`inject`].
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// The result of [`decide`] and [`inject`].
+#[derive(Debug, Clone, PartialEq)]
 pub enum Outcome {
-    /// The sidecar was added; warnings are for the user (admission warnings, stderr).
-    Injected {
-        warnings: Vec<String>,
-    },
+    /// The sidecar is added, as described.
+    Injected(Box<Injection>),
     Skipped(&'static str),
     Denied {
         reason: &'static str,
@@ -101,11 +99,135 @@ fn denied(reason: &'static str, message: impl Into<String>) -> Outcome {
     }
 }
 
-/// Injects the sidecar configured by the AzureOpenAIProxy the pod names, found by `lookup` in
-/// `namespace`, into `meta` and `spec`. Leaves them untouched unless the outcome is `Injected`.
+/// What an injection adds to a pod, decided once: [`Injection::apply`] adds it to typed values
+/// (`aoai-operator inject`), [`Injection::patch`] writes it as the webhook's JSON Patch. Nothing
+/// already in the pod is replaced or moved, except the one sidecar put first.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Injection {
+    /// Labels and annotations to set.
+    pub labels: BTreeMap<String, String>,
+    pub annotations: BTreeMap<String, String>,
+    /// For each application container, by its index in the pod as it came: the variables to
+    /// append (those it does not set itself).
+    pub app_env: Vec<Vec<EnvVar>>,
+    /// Volumes to append.
+    pub volumes: Vec<Volume>,
+    /// The sidecar, first of the init containers (native) or of the containers.
+    pub sidecar: Container,
+    pub native: bool,
+    /// For the user (admission warnings, stderr).
+    pub warnings: Vec<String>,
+}
+
+impl Injection {
+    /// Adds the injection to the pod it was decided for.
+    pub fn apply(&self, meta: &mut ObjectMeta, spec: &mut PodSpec) {
+        for (map, added) in [
+            (&mut meta.labels, &self.labels),
+            (&mut meta.annotations, &self.annotations),
+        ] {
+            map.get_or_insert_with(BTreeMap::new)
+                .extend(added.iter().map(|(k, v)| (k.clone(), v.clone())));
+        }
+        for (container, vars) in spec.containers.iter_mut().zip(&self.app_env) {
+            if !vars.is_empty() {
+                container
+                    .env
+                    .get_or_insert_with(Vec::new)
+                    .extend(vars.iter().cloned());
+            }
+        }
+        if !self.volumes.is_empty() {
+            spec.volumes
+                .get_or_insert_with(Vec::new)
+                .extend(self.volumes.iter().cloned());
+        }
+        if self.native {
+            spec.init_containers
+                .get_or_insert_with(Vec::new)
+                .insert(0, self.sidecar.clone());
+        } else {
+            spec.containers.insert(0, self.sidecar.clone());
+        }
+    }
+
+    /// The JSON Patch that makes [`Self::apply`]'s change to the pod it was decided for: only
+    /// `add` operations, so that fields of the pod this build of the API types does not know
+    /// are kept. The sidecar is inserted last, so that the application containers' indexes
+    /// hold until then.
+    pub fn patch(&self, meta: &ObjectMeta, spec: &PodSpec) -> json_patch::Patch {
+        let mut ops: Vec<serde_json::Value> = Vec::new();
+        let mut add = |path: String, value: serde_json::Value| {
+            ops.push(json!({"op": "add", "path": path, "value": value}));
+        };
+        for (field, existing, added) in [
+            ("labels", &meta.labels, &self.labels),
+            ("annotations", &meta.annotations, &self.annotations),
+        ] {
+            match existing {
+                None if !added.is_empty() => add(format!("/metadata/{field}"), json!(added)),
+                None => {}
+                Some(_) => {
+                    for (key, value) in added {
+                        add(
+                            format!("/metadata/{field}/{}", pointer_key(key)),
+                            json!(value),
+                        );
+                    }
+                }
+            }
+        }
+        for (index, (container, vars)) in spec.containers.iter().zip(&self.app_env).enumerate() {
+            match &container.env {
+                _ if vars.is_empty() => {}
+                None => add(format!("/spec/containers/{index}/env"), json!(vars)),
+                Some(_) => {
+                    for var in vars {
+                        add(format!("/spec/containers/{index}/env/-"), json!(var));
+                    }
+                }
+            }
+        }
+        match &spec.volumes {
+            _ if self.volumes.is_empty() => {}
+            None => add("/spec/volumes".into(), json!(self.volumes)),
+            Some(_) => {
+                for volume in &self.volumes {
+                    add("/spec/volumes/-".into(), json!(volume));
+                }
+            }
+        }
+        match (self.native, &spec.init_containers) {
+            (true, None) => add("/spec/initContainers".into(), json!([self.sidecar])),
+            (true, Some(_)) => add("/spec/initContainers/0".into(), json!(self.sidecar)),
+            (false, _) => add("/spec/containers/0".into(), json!(self.sidecar)),
+        }
+        serde_json::from_value(serde_json::Value::Array(ops))
+            .expect("add operations form a JSON Patch")
+    }
+}
+
+/// Injects the sidecar configured by the AzureOpenAIProxy the pod names into `meta` and `spec`:
+/// [`decide`], then [`Injection::apply`]. Leaves them untouched unless the outcome is `Injected`.
 pub fn inject(
     meta: &mut ObjectMeta,
     spec: &mut PodSpec,
+    namespace: &str,
+    lookup: impl FnOnce(&str) -> Option<Arc<AzureOpenAIProxy>>,
+    options: &InjectOptions,
+) -> Outcome {
+    let outcome = decide(meta, spec, namespace, lookup, options);
+    if let Outcome::Injected(injection) = &outcome {
+        injection.apply(meta, spec);
+    }
+    outcome
+}
+
+/// Decides what injecting the sidecar configured by the AzureOpenAIProxy the pod names, found by
+/// `lookup` in `namespace`, adds to the pod (`meta`, `spec`); or why it is left alone or refused.
+pub fn decide(
+    meta: &ObjectMeta,
+    spec: &PodSpec,
     namespace: &str,
     lookup: impl FnOnce(&str) -> Option<Arc<AzureOpenAIProxy>>,
     options: &InjectOptions,
@@ -212,27 +334,25 @@ pub fn inject(
     let (container, volumes) =
         sidecar_container(proxy, &env, &overrides, admin_port, native, options);
 
-    for app in &mut spec.containers {
-        add_app_env(app, proxy, port);
-    }
-    spec.volumes.get_or_insert_with(Vec::new).extend(volumes);
-    if native {
-        spec.init_containers
-            .get_or_insert_with(Vec::new)
-            .insert(0, container);
-    } else {
-        spec.containers.insert(0, container);
-    }
-    meta.labels
-        .get_or_insert_with(BTreeMap::new)
-        .insert(annotations::PROXY_LABEL.into(), name);
-    let written = meta.annotations.get_or_insert_with(BTreeMap::new);
-    written.insert(
-        annotations::STATUS.into(),
-        annotations::STATUS_INJECTED.into(),
-    );
-    written.insert(annotations::CONFIG_HASH.into(), hash);
-    Outcome::Injected { warnings }
+    Outcome::Injected(Box::new(Injection {
+        labels: BTreeMap::from([(annotations::PROXY_LABEL.to_string(), name)]),
+        annotations: BTreeMap::from([
+            (
+                annotations::STATUS.to_string(),
+                annotations::STATUS_INJECTED.to_string(),
+            ),
+            (annotations::CONFIG_HASH.to_string(), hash),
+        ]),
+        app_env: spec
+            .containers
+            .iter()
+            .map(|app| app_env(app, proxy, port))
+            .collect(),
+        volumes,
+        sidecar: container,
+        native,
+        warnings,
+    }))
 }
 
 /// The sidecar's failover settings from `spec.failover`, as written there (unset: the sidecar's
@@ -530,9 +650,9 @@ fn resources(
     resources
 }
 
-/// Points an application container at the sidecar: each variable only where the container does
-/// not set it already.
-fn add_app_env(container: &mut Container, proxy: &AzureOpenAIProxy, port: i32) {
+/// The variables that point an application container at the sidecar: each only where the
+/// container does not set it already.
+fn app_env(container: &Container, proxy: &AzureOpenAIProxy, port: i32) -> Vec<EnvVar> {
     let app = &proxy.spec.app_env;
     let base = format!("http://127.0.0.1:{port}");
     let mut wanted: Vec<EnvVar> = Vec::new();
@@ -565,109 +685,17 @@ fn add_app_env(container: &mut Container, proxy: &AzureOpenAIProxy, port: i32) {
         };
         wanted.push(var);
     }
-    let env = container.env.get_or_insert_with(Vec::new);
+    let existing = container.env.as_deref().unwrap_or_default();
+    let mut added: Vec<EnvVar> = Vec::new();
     for var in wanted {
-        if !env.iter().any(|e| e.name == var.name) {
-            env.push(var);
+        if !existing.iter().chain(&added).any(|e| e.name == var.name) {
+            added.push(var);
         }
     }
+    added
 }
 
 /// Escapes a map key for a JSON Pointer (RFC 6901).
 fn pointer_key(key: &str) -> String {
     key.replace('~', "~0").replace('/', "~1")
-}
-
-/// The JSON Patch that turns the pod (`before_*`) into the injected one (`after_*`), written as
-/// insertions at known places (never replacements of what the API server sent, which may carry
-/// fields this build of the API types does not know).
-pub fn pod_patch(
-    before_meta: &ObjectMeta,
-    before_spec: &PodSpec,
-    after_meta: &ObjectMeta,
-    after_spec: &PodSpec,
-) -> json_patch::Patch {
-    let mut ops: Vec<serde_json::Value> = Vec::new();
-    let add = |ops: &mut Vec<serde_json::Value>, path: String, value: serde_json::Value| {
-        ops.push(json!({"op": "add", "path": path, "value": value}));
-    };
-    for (field, before, after) in [
-        ("labels", &before_meta.labels, &after_meta.labels),
-        (
-            "annotations",
-            &before_meta.annotations,
-            &after_meta.annotations,
-        ),
-    ] {
-        let after = after.clone().unwrap_or_default();
-        match before {
-            None if !after.is_empty() => add(&mut ops, format!("/metadata/{field}"), json!(after)),
-            None => {}
-            Some(before) => {
-                for (key, value) in &after {
-                    if before.get(key) != Some(value) {
-                        add(
-                            &mut ops,
-                            format!("/metadata/{field}/{}", pointer_key(key)),
-                            json!(value),
-                        );
-                    }
-                }
-            }
-        }
-    }
-    // Application containers keep their index until the sidecar is inserted (last).
-    let offset = after_spec.containers.len() - before_spec.containers.len();
-    for (index, before) in before_spec.containers.iter().enumerate() {
-        let after = &after_spec.containers[index + offset];
-        let (before_env, after_env) = (
-            before.env.as_deref().unwrap_or_default(),
-            after.env.as_deref().unwrap_or_default(),
-        );
-        if before.env.is_none() && !after_env.is_empty() {
-            add(
-                &mut ops,
-                format!("/spec/containers/{index}/env"),
-                json!(after_env),
-            );
-        } else {
-            for var in &after_env[before_env.len()..] {
-                add(
-                    &mut ops,
-                    format!("/spec/containers/{index}/env/-"),
-                    json!(var),
-                );
-            }
-        }
-    }
-    let before_volumes = before_spec.volumes.as_deref().unwrap_or_default();
-    let after_volumes = after_spec.volumes.as_deref().unwrap_or_default();
-    if before_spec.volumes.is_none() && !after_volumes.is_empty() {
-        add(&mut ops, "/spec/volumes".into(), json!(after_volumes));
-    } else {
-        for volume in &after_volumes[before_volumes.len()..] {
-            add(&mut ops, "/spec/volumes/-".into(), json!(volume));
-        }
-    }
-    let before_init = before_spec.init_containers.as_deref().unwrap_or_default();
-    let after_init = after_spec.init_containers.as_deref().unwrap_or_default();
-    if after_init.len() > before_init.len() {
-        if before_spec.init_containers.is_none() {
-            add(&mut ops, "/spec/initContainers".into(), json!(after_init));
-        } else {
-            add(
-                &mut ops,
-                "/spec/initContainers/0".into(),
-                json!(after_init[0]),
-            );
-        }
-    }
-    if offset == 1 {
-        add(
-            &mut ops,
-            "/spec/containers/0".into(),
-            json!(after_spec.containers[0]),
-        );
-    }
-    serde_json::from_value(serde_json::Value::Array(ops)).expect("add operations form a JSON Patch")
 }

@@ -295,14 +295,13 @@ impl Webhook {
         let Some(spec) = pod.spec.as_ref() else {
             return denial(deny::MALFORMED_REQUEST, "the pod has no spec");
         };
-        let (mut meta, mut new_spec) = (pod.metadata.clone(), spec.clone());
         let lookup = |name: &str| self.proxies.get(&ObjectRef::new(name).within(&namespace));
-        match mutate::inject(&mut meta, &mut new_spec, &namespace, lookup, &self.options) {
+        match mutate::decide(&pod.metadata, spec, &namespace, lookup, &self.options) {
             Outcome::Skipped(reason) => Decision::Skipped(reason),
             Outcome::Denied { reason, message } => denial(reason, message),
-            Outcome::Injected { warnings } => Decision::Injected {
-                patch: mutate::pod_patch(&pod.metadata, spec, &meta, &new_spec),
-                warnings,
+            Outcome::Injected(injection) => Decision::Injected {
+                patch: injection.patch(&pod.metadata, spec),
+                warnings: injection.warnings,
             },
         }
     }
