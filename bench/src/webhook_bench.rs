@@ -98,7 +98,13 @@ pub async fn run(_core: Option<usize>) {
     });
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let port = listener.local_addr().unwrap().port();
-    tokio::spawn(webhook::serve(listener, server_config(cert), hook));
+    tokio::spawn(webhook::serve(
+        listener,
+        server_config(cert),
+        hook,
+        std::future::pending(),
+        std::time::Duration::ZERO,
+    ));
     let mut roots = rustls::RootCertStore::empty();
     roots.add(ca.root_der().clone()).unwrap();
 

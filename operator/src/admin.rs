@@ -50,8 +50,13 @@ pub fn route<B>(admin: &Admin, request: &Request<B>) -> Response<Full<Bytes>> {
     response
 }
 
-/// Serves until the task is dropped.
-pub async fn serve(listener: TcpListener, admin: Arc<Admin>) {
+/// Serves until `stop` resolves; then requests in flight get `grace` to finish.
+pub async fn serve(
+    listener: TcpListener,
+    admin: Arc<Admin>,
+    stop: impl std::future::Future<Output = ()>,
+    grace: std::time::Duration,
+) {
     aoai_proxy::server::serve(
         "admin",
         listener,
@@ -64,8 +69,8 @@ pub async fn serve(listener: TcpListener, admin: Arc<Admin>) {
                 async move { Ok::<_, Infallible>(response) }
             })
         },
-        std::future::pending(),
-        std::time::Duration::ZERO,
+        stop,
+        grace,
     )
     .await
 }

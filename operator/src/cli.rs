@@ -311,6 +311,62 @@ fn run(args: RunArgs) -> ExitCode {
 }
 
 async fn serve(args: RunArgs) -> ExitCode {
+    let listeners = Listeners::default();
+    let code = operate(&args, &listeners).await;
+    listeners.drain().await;
+    code
+}
+
+/// How long requests in flight on the admin and webhook listeners may run once the operator is
+/// done.
+const LISTENER_GRACE: Duration = Duration::from_secs(5);
+
+/// The operator's HTTP listeners (admin, webhook). They serve until the operator is done, so that
+/// the API server keeps being answered while reconciles drain; then each stops accepting and
+/// its requests in flight get [`LISTENER_GRACE`] to finish.
+struct Listeners {
+    stop: tokio::sync::watch::Sender<bool>,
+    tasks: std::sync::Mutex<Vec<tokio::task::JoinHandle<()>>>,
+}
+
+impl Default for Listeners {
+    fn default() -> Self {
+        Self {
+            stop: tokio::sync::watch::channel(false).0,
+            tasks: Default::default(),
+        }
+    }
+}
+
+impl Listeners {
+    fn stopped(&self) -> impl std::future::Future<Output = ()> + Send + 'static {
+        let mut stop = self.stop.subscribe();
+        async move {
+            let _ = stop.wait_for(|stop| *stop).await;
+        }
+    }
+
+    fn spawn(&self, listener: impl std::future::Future<Output = ()> + Send + 'static) {
+        let task = tokio::spawn(listener);
+        self.tasks
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .push(task);
+    }
+
+    async fn drain(self) {
+        let _ = self.stop.send(true);
+        let tasks = self
+            .tasks
+            .into_inner()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        for task in tasks {
+            let _ = task.await;
+        }
+    }
+}
+
+async fn operate(args: &RunArgs, listeners: &Listeners) -> ExitCode {
     let _ = rustls::crypto::ring::default_provider().install_default();
     let client = match kube::Client::try_default().await {
         Ok(client) => client,
@@ -331,9 +387,14 @@ async fn serve(args: RunArgs) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    tokio::spawn(admin::serve(listener, admin.clone()));
+    listeners.spawn(admin::serve(
+        listener,
+        admin.clone(),
+        listeners.stopped(),
+        LISTENER_GRACE,
+    ));
     let leading = Arc::new(AtomicBool::new(false));
-    if let Err(e) = start_webhook(&args, &client, &metrics, &admin, &leading).await {
+    if let Err(e) = start_webhook(args, &client, &metrics, &admin, &leading, listeners).await {
         tracing::error!("{e}");
         return ExitCode::FAILURE;
     }
@@ -350,8 +411,11 @@ async fn serve(args: RunArgs) -> ExitCode {
     tracing::info!("aoai-operator {} starting", env!("CARGO_PKG_VERSION"));
 
     let (shutdown_tx, shutdown_rx) = tokio::sync::watch::channel(false);
+    let unready = admin.clone();
     tokio::spawn(async move {
         shutdown_signal().await;
+        // Out of the Service's endpoints while the listeners still answer what is in flight.
+        unready.ready.store(false, Ordering::Relaxed);
         let _ = shutdown_tx.send(true);
     });
     let shutdown = move || {
@@ -420,6 +484,7 @@ async fn start_webhook(
     metrics: &Arc<Metrics>,
     admin: &Arc<Admin>,
     leading: &Arc<AtomicBool>,
+    listeners: &Listeners,
 ) -> Result<(), String> {
     use futures_util::StreamExt;
     use kube::runtime::reflector;
@@ -500,10 +565,12 @@ async fn start_webhook(
             },
         )),
     });
-    tokio::spawn(webhook::serve(
+    listeners.spawn(webhook::serve(
         listener,
         certs::server_config(cert.clone()),
         webhook,
+        listeners.stopped(),
+        LISTENER_GRACE,
     ));
     let admin = admin.clone();
     tokio::spawn(async move {

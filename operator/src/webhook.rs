@@ -330,9 +330,16 @@ impl Webhook {
     }
 }
 
-/// Serves the webhook over TLS on `listener` until the task is dropped. `tls` is consulted at
-/// each handshake, so a rotated certificate is used without a restart.
-pub async fn serve(listener: TcpListener, tls: Arc<rustls::ServerConfig>, webhook: Arc<Webhook>) {
+/// Serves the webhook over TLS on `listener` until `stop` resolves; then requests in flight get
+/// `grace` to finish. `tls` is consulted at each handshake, so a rotated certificate is used
+/// without a restart.
+pub async fn serve(
+    listener: TcpListener,
+    tls: Arc<rustls::ServerConfig>,
+    webhook: Arc<Webhook>,
+    stop: impl std::future::Future<Output = ()>,
+    grace: std::time::Duration,
+) {
     aoai_proxy::server::serve(
         "webhook",
         listener,
@@ -345,8 +352,8 @@ pub async fn serve(listener: TcpListener, tls: Arc<rustls::ServerConfig>, webhoo
                 async move { Ok::<_, Infallible>(webhook.handle(request).await) }
             })
         },
-        std::future::pending(),
-        std::time::Duration::ZERO,
+        stop,
+        grace,
     )
     .await
 }

@@ -58,6 +58,8 @@ struct Server {
     url_port: u16,
     ca: TestCa,
     metrics: Arc<Metrics>,
+    /// Stops the listener (as the operator does when it is done).
+    stop: Arc<tokio::sync::Notify>,
 }
 
 async fn start(proxies: Vec<AzureOpenAIProxy>) -> Server {
@@ -83,11 +85,20 @@ async fn start(proxies: Vec<AzureOpenAIProxy>) -> Server {
     });
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let port = listener.local_addr().unwrap().port();
-    tokio::spawn(webhook::serve(listener, server_config(cert), hook));
+    let stop = Arc::new(tokio::sync::Notify::new());
+    let stopped = stop.clone();
+    tokio::spawn(webhook::serve(
+        listener,
+        server_config(cert),
+        hook,
+        async move { stopped.notified().await },
+        std::time::Duration::from_secs(5),
+    ));
     Server {
         url_port: port,
         ca,
         metrics,
+        stop,
     }
 }
 
@@ -96,24 +107,29 @@ struct Connection {
     sender: hyper::client::conn::http1::SendRequest<Full<Bytes>>,
 }
 
+/// A TLS connection to the webhook, trusting its CA.
+async fn tls_to(server: &Server) -> tokio_rustls::client::TlsStream<TcpStream> {
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(server.ca.root_der().clone()).unwrap();
+    let config = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    let tcp = TcpStream::connect(("127.0.0.1", server.url_port))
+        .await
+        .unwrap();
+    tokio_rustls::TlsConnector::from(Arc::new(config))
+        .connect("127.0.0.1".try_into().unwrap(), tcp)
+        .await
+        .expect("the webhook's certificate is trusted")
+}
+
 impl Connection {
     async fn open(server: &Server) -> Self {
-        let mut roots = rustls::RootCertStore::empty();
-        roots.add(server.ca.root_der().clone()).unwrap();
-        let config = rustls::ClientConfig::builder_with_provider(Arc::new(
-            rustls::crypto::ring::default_provider(),
-        ))
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-        let tcp = TcpStream::connect(("127.0.0.1", server.url_port))
-            .await
-            .unwrap();
-        let tls = tokio_rustls::TlsConnector::from(Arc::new(config))
-            .connect("127.0.0.1".try_into().unwrap(), tcp)
-            .await
-            .expect("the webhook's certificate is trusted");
+        let tls = tls_to(server).await;
         let (sender, connection) =
             hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tls))
                 .await
@@ -863,4 +879,47 @@ fn an_object_of_another_kind_is_allowed_unchanged() {
         answer["response"].get("patch").is_none_or(Value::is_null),
         "{answer}"
     );
+}
+
+/// When the operator is done, the webhook stops accepting connections, and a review already in
+/// flight (its body still arriving) is answered rather than cut off.
+#[tokio::test]
+async fn on_stop_a_review_in_flight_is_answered_and_new_connections_are_refused() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let server = start(proxies()).await;
+    let body = serde_json::to_vec(&fixture("pod-annotated.json")).unwrap();
+    let mut tls = tls_to(&server).await;
+    let head = format!(
+        "POST /mutate HTTP/1.1\r\nhost: 127.0.0.1\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n",
+        body.len()
+    );
+    let (first, rest) = body.split_at(body.len() / 2);
+    tls.write_all(head.as_bytes()).await.unwrap();
+    tls.write_all(first).await.unwrap();
+    tls.flush().await.unwrap();
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+
+    server.stop.notify_one();
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    assert!(
+        TcpStream::connect(("127.0.0.1", server.url_port))
+            .await
+            .is_err(),
+        "a stopped webhook must not accept connections"
+    );
+
+    tls.write_all(rest).await.unwrap();
+    tls.flush().await.unwrap();
+    let mut answer = Vec::new();
+    let read = tokio::time::timeout(
+        std::time::Duration::from_secs(10),
+        tls.read_to_end(&mut answer),
+    )
+    .await
+    .expect("the answer comes before the grace period ends");
+    // The connection closes after the answer (a TLS close_notify may be missing).
+    let _ = read;
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    assert!(answer.contains("\"allowed\":true"), "{answer}");
 }

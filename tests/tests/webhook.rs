@@ -143,7 +143,13 @@ async fn an_annotated_pod_is_created_with_the_sidecar_and_a_bad_one_is_denied() 
         metrics: Arc::new(Metrics::new()),
         events: None,
     });
-    tokio::spawn(webhook::serve(listener, certs::server_config(cert), hook));
+    tokio::spawn(webhook::serve(
+        listener,
+        certs::server_config(cert),
+        hook,
+        std::future::pending(),
+        std::time::Duration::ZERO,
+    ));
 
     let pods: Api<Pod> = Api::namespaced(client.clone(), NS);
     let pod = json!({
