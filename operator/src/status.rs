@@ -16,7 +16,7 @@ use k8s_openapi::jiff::Timestamp;
 use crate::annotations;
 use crate::crd::{
     AzureOpenAIProxy, AzureOpenAIProxySpec, AzureOpenAIProxyStatus, CredentialSource,
-    EgressProxySpec, TrustSpec, config_hash,
+    EgressProxySpec, InboundKeysSpec, TrustSpec, config_hash,
 };
 use crate::mutate::failover_env;
 
@@ -108,77 +108,147 @@ pub fn assess<'a, 'b>(
     let spec = &proxy.spec;
     let previous = proxy.status.clone().unwrap_or_default();
     let hash = config_hash(spec, &options.default_image);
-    let mut requeue_after = RESYNC;
-    let mut certificate_not_after = None;
-    let mut expiring = None;
 
-    let credentials = match spec.credential.source() {
-        None => Check::fail(
+    let credential = credential_check(spec, &secret, now, options);
+    let checks = Checks {
+        credentials: credential.check,
+        inbound: spec
+            .inbound_keys
+            .as_ref()
+            .map(|keys| inbound_check(keys, &secret)),
+        expiring: credential.expiring,
+        trust: spec
+            .trust
+            .as_ref()
+            .map(|trust| trust_check(trust, &secret, &config_map)),
+        egress: spec
+            .egress_proxy
+            .as_ref()
+            .map(|egress| egress_check(egress, &secret)),
+        backends: backends_check(spec),
+    };
+    let generation = proxy.metadata.generation;
+    let (live, current) = pod_counts(pods, &hash);
+    let status = AzureOpenAIProxyStatus {
+        observed_generation: generation,
+        conditions: checks.conditions(&previous, generation, now),
+        credential: spec.credential.kind().map(|k| k.as_str().to_string()),
+        certificate_not_after: credential.certificate_not_after,
+        config_hash: Some(hash),
+        injected_pods: Some(live),
+        current_pods: Some(current),
+        rolled_out_hash: previous.rolled_out_hash.clone(),
+    };
+    let transitions = transitions(&previous, &status);
+    Assessment {
+        status,
+        transitions,
+        requeue_after: credential.requeue_after,
+    }
+}
+
+/// What was found, one check per condition (`None`: the condition does not apply).
+struct Checks {
+    credentials: Check,
+    inbound: Option<Check>,
+    expiring: Option<Check>,
+    trust: Option<Check>,
+    egress: Option<Check>,
+    backends: Option<Check>,
+}
+
+impl Checks {
+    /// Ready when every check that applies passes; else the first failure says why.
+    fn ready(&self) -> Check {
+        let failed = [
+            Some(&self.credentials),
+            self.inbound.as_ref(),
+            self.trust.as_ref(),
+            self.egress.as_ref(),
+            self.backends.as_ref(),
+        ]
+        .into_iter()
+        .flatten()
+        .find(|c| !c.ok);
+        match failed {
+            Some(failed) => Check::fail(failed.reason, failed.message.clone()),
+            None => Check::pass(
+                "Ready",
+                "the configuration is valid; pods annotated with it get the sidecar",
+            ),
+        }
+    }
+
+    fn conditions(
+        &self,
+        previous: &AzureOpenAIProxyStatus,
+        generation: Option<i64>,
+        now: Timestamp,
+    ) -> Vec<Condition> {
+        let ready = self.ready();
+        [
+            (READY, Some(&ready)),
+            (CREDENTIALS_VALID, Some(&self.credentials)),
+            (INBOUND_KEYS_VALID, self.inbound.as_ref()),
+            (CERTIFICATE_EXPIRING, self.expiring.as_ref()),
+            (TRUST_VALID, self.trust.as_ref()),
+            (EGRESS_PROXY_VALID, self.egress.as_ref()),
+            (BACKENDS_VALID, self.backends.as_ref()),
+        ]
+        .into_iter()
+        .filter_map(|(type_, check)| {
+            check.map(|check| condition(previous, type_, check, generation, now))
+        })
+        .collect()
+    }
+}
+
+/// The injected pods still running, and how many of them carry the current config hash.
+fn pod_counts(pods: &[&Pod], hash: &str) -> (i32, i32) {
+    let live: Vec<&&Pod> = pods.iter().filter(|p| !is_finished(p)).collect();
+    let current = live
+        .iter()
+        .filter(|p| pod_config_hash(p) == Some(hash))
+        .count();
+    (live.len() as i32, current as i32)
+}
+
+/// The credential's check, and for a client certificate its expiry and when to look again.
+struct CredentialCheck {
+    check: Check,
+    certificate_not_after: Option<String>,
+    expiring: Option<Check>,
+    requeue_after: Duration,
+}
+
+fn credential_check<'a>(
+    spec: &AzureOpenAIProxySpec,
+    secret: &impl Fn(&str) -> SecretRead<'a>,
+    now: Timestamp,
+    options: &Options,
+) -> CredentialCheck {
+    let only = |check: Check| CredentialCheck {
+        check,
+        certificate_not_after: None,
+        expiring: None,
+        requeue_after: RESYNC,
+    };
+    match spec.credential.source() {
+        None => only(Check::fail(
             "InvalidSpec",
             "set exactly one credential: clientCertificate, clientSecret, workloadIdentity or managedIdentity",
-        ),
-        Some(CredentialSource::ClientCertificate(cert)) => {
-            match certificate_from(
-                &secret,
-                &cert.secret_name,
-                &cert.certificate_key,
-                &cert.private_key_key,
-            ) {
-                Err(check) => check,
-                Ok(certificate) => {
-                    let now_unix = now.as_second();
-                    certificate_not_after = Some(certificate.not_after.clone());
-                    let window = options.expiry_window.as_secs() as i64;
-                    let expiring_from = certificate.not_after_unix - window;
-                    let check = match certificate.check_validity(now_unix) {
-                        Err(e) => Check::fail(
-                            "CertificateInvalid",
-                            format!("Secret {}: certificate {e}", cert.secret_name),
-                        ),
-                        Ok(()) => Check::pass(
-                            "CertificateValid",
-                            format!(
-                                "Secret {} holds a certificate ({}) and its matching key, valid until {}",
-                                cert.secret_name, certificate.subject, certificate.not_after
-                            ),
-                        ),
-                    };
-                    if now_unix >= certificate.not_after_unix {
-                        expiring = Some(Check::pass(
-                            "Expired",
-                            format!(
-                                "the client certificate expired at {}",
-                                certificate.not_after
-                            ),
-                        ));
-                    } else if now_unix >= expiring_from {
-                        expiring = Some(Check::pass(
-                            "ExpiresSoon",
-                            format!(
-                                "the client certificate expires at {} (in {} days): renew Secret {}",
-                                certificate.not_after,
-                                (certificate.not_after_unix - now_unix) / 86_400,
-                                cert.secret_name
-                            ),
-                        ));
-                        requeue_after =
-                            requeue_after.min(secs(certificate.not_after_unix - now_unix));
-                    } else {
-                        expiring = Some(Check::fail(
-                            "NotExpiring",
-                            format!(
-                                "the client certificate expires at {}",
-                                certificate.not_after
-                            ),
-                        ));
-                        requeue_after = requeue_after.min(secs(expiring_from - now_unix));
-                    }
-                    check
-                }
-            }
-        }
+        )),
+        Some(CredentialSource::ClientCertificate(cert)) => match certificate_from(
+            secret,
+            &cert.secret_name,
+            &cert.certificate_key,
+            &cert.private_key_key,
+        ) {
+            Err(check) => only(check),
+            Ok(certificate) => certificate_check(&cert.secret_name, &certificate, now, options),
+        },
         Some(CredentialSource::ClientSecret(s)) => {
-            match secret_value(&secret, &s.secret_name, &s.key) {
+            only(match secret_value(secret, &s.secret_name, &s.key) {
                 Err(check) => check,
                 Ok(value) if value.iter().all(u8::is_ascii_whitespace) => Check::fail(
                     "SecretKeyEmpty",
@@ -188,133 +258,116 @@ pub fn assess<'a, 'b>(
                     "SecretPresent",
                     format!("Secret {} holds key {}", s.secret_name, s.key),
                 ),
-            }
+            })
         }
-        Some(CredentialSource::WorkloadIdentity(_)) => Check::pass(
+        Some(CredentialSource::WorkloadIdentity(_)) => only(Check::pass(
             "WorkloadIdentity",
             "pods exchange their projected service-account token; the federated credential is checked by Entra ID at the first exchange",
-        ),
-        Some(CredentialSource::ManagedIdentity(_)) => Check::pass(
+        )),
+        Some(CredentialSource::ManagedIdentity(_)) => only(Check::pass(
             "ManagedIdentity",
             "pods use the node's or pod's managed identity; it is checked by Entra ID at the first token request",
+        )),
+    }
+}
+
+/// A readable client certificate: valid now, expiring within the window or not, and when to look
+/// again (when it enters the window, or when it expires).
+fn certificate_check(
+    secret_name: &str,
+    certificate: &ClientCertificate,
+    now: Timestamp,
+    options: &Options,
+) -> CredentialCheck {
+    let now_unix = now.as_second();
+    let window = options.expiry_window.as_secs() as i64;
+    let expiring_from = certificate.not_after_unix - window;
+    let check = match certificate.check_validity(now_unix) {
+        Err(e) => Check::fail(
+            "CertificateInvalid",
+            format!("Secret {secret_name}: certificate {e}"),
+        ),
+        Ok(()) => Check::pass(
+            "CertificateValid",
+            format!(
+                "Secret {secret_name} holds a certificate ({}) and its matching key, valid until {}",
+                certificate.subject, certificate.not_after
+            ),
         ),
     };
-
-    let inbound = spec.inbound_keys.as_ref().map(|keys| {
-        let accepted = match secret_value(&secret, &keys.secret_name, &keys.key) {
-            Err(check) => return check,
-            Ok(value) => key_lines(value),
-        };
-        if accepted == 0 {
-            return Check::fail(
-                "SecretKeyEmpty",
-                format!("Secret {} key {} holds no key", keys.secret_name, keys.key),
-            );
-        }
-        let client_key = keys.client_key.as_deref().unwrap_or(&keys.key);
-        let client_lines = match secret_value(&secret, &keys.secret_name, client_key) {
-            Err(check) => return check,
-            Ok(value) => key_lines(value),
-        };
-        if client_lines != 1 {
-            return Check::fail(
-                "ClientKeyNotSingle",
-                format!(
-                    "Secret {} key {client_key} must hold exactly one key for application containers (it holds {client_lines}); set inboundKeys.clientKey during a rotation",
-                    keys.secret_name
-                ),
-            );
-        }
-        Check::pass(
-            "KeysPresent",
-            format!("Secret {} holds {accepted} accepted key(s)", keys.secret_name),
+    let (expiring, requeue_after) = if now_unix >= certificate.not_after_unix {
+        let expired = Check::pass(
+            "Expired",
+            format!(
+                "the client certificate expired at {}",
+                certificate.not_after
+            ),
+        );
+        (expired, RESYNC)
+    } else if now_unix >= expiring_from {
+        let soon = Check::pass(
+            "ExpiresSoon",
+            format!(
+                "the client certificate expires at {} (in {} days): renew Secret {secret_name}",
+                certificate.not_after,
+                (certificate.not_after_unix - now_unix) / 86_400,
+            ),
+        );
+        (
+            soon,
+            RESYNC.min(secs(certificate.not_after_unix - now_unix)),
         )
-    });
-
-    let trust = spec
-        .trust
-        .as_ref()
-        .map(|trust| trust_check(trust, &secret, &config_map));
-    let egress = spec
-        .egress_proxy
-        .as_ref()
-        .map(|egress| egress_check(egress, &secret));
-    let backends = backends_check(spec);
-
-    let failed = [
-        Some(&credentials),
-        inbound.as_ref(),
-        trust.as_ref(),
-        egress.as_ref(),
-        backends.as_ref(),
-    ]
-    .into_iter()
-    .flatten()
-    .find(|c| !c.ok);
-    let ready = if let Some(failed) = failed {
-        Check::fail(failed.reason, failed.message.clone())
     } else {
-        Check::pass(
-            "Ready",
-            "the configuration is valid; pods annotated with it get the sidecar",
-        )
+        let not_yet = Check::fail(
+            "NotExpiring",
+            format!(
+                "the client certificate expires at {}",
+                certificate.not_after
+            ),
+        );
+        (not_yet, RESYNC.min(secs(expiring_from - now_unix)))
     };
-
-    let generation = proxy.metadata.generation;
-    let mut conditions = vec![
-        condition(&previous, READY, &ready, generation, now),
-        condition(&previous, CREDENTIALS_VALID, &credentials, generation, now),
-    ];
-    if let Some(inbound) = &inbound {
-        conditions.push(condition(
-            &previous,
-            INBOUND_KEYS_VALID,
-            inbound,
-            generation,
-            now,
-        ));
-    }
-    if let Some(expiring) = &expiring {
-        conditions.push(condition(
-            &previous,
-            CERTIFICATE_EXPIRING,
-            expiring,
-            generation,
-            now,
-        ));
-    }
-    for (type_, check) in [
-        (TRUST_VALID, &trust),
-        (EGRESS_PROXY_VALID, &egress),
-        (BACKENDS_VALID, &backends),
-    ] {
-        if let Some(check) = check {
-            conditions.push(condition(&previous, type_, check, generation, now));
-        }
-    }
-
-    let live: Vec<&&Pod> = pods.iter().filter(|p| !is_finished(p)).collect();
-    let current = live
-        .iter()
-        .filter(|p| pod_config_hash(p) == Some(hash.as_str()))
-        .count();
-
-    let status = AzureOpenAIProxyStatus {
-        observed_generation: generation,
-        conditions,
-        credential: spec.credential.kind().map(|k| k.as_str().to_string()),
-        certificate_not_after,
-        config_hash: Some(hash),
-        injected_pods: Some(live.len() as i32),
-        current_pods: Some(current as i32),
-        rolled_out_hash: previous.rolled_out_hash.clone(),
-    };
-    let transitions = transitions(&previous, &status);
-    Assessment {
-        status,
-        transitions,
+    CredentialCheck {
+        check,
+        certificate_not_after: Some(certificate.not_after.clone()),
+        expiring: Some(expiring),
         requeue_after,
     }
+}
+
+/// The inbound keys' Secret holds accepted keys, and exactly one for the application containers.
+fn inbound_check<'a>(keys: &InboundKeysSpec, secret: &impl Fn(&str) -> SecretRead<'a>) -> Check {
+    let accepted = match secret_value(secret, &keys.secret_name, &keys.key) {
+        Err(check) => return check,
+        Ok(value) => key_lines(value),
+    };
+    if accepted == 0 {
+        return Check::fail(
+            "SecretKeyEmpty",
+            format!("Secret {} key {} holds no key", keys.secret_name, keys.key),
+        );
+    }
+    let client_key = keys.client_key.as_deref().unwrap_or(&keys.key);
+    let client_lines = match secret_value(secret, &keys.secret_name, client_key) {
+        Err(check) => return check,
+        Ok(value) => key_lines(value),
+    };
+    if client_lines != 1 {
+        return Check::fail(
+            "ClientKeyNotSingle",
+            format!(
+                "Secret {} key {client_key} must hold exactly one key for application containers (it holds {client_lines}); set inboundKeys.clientKey during a rotation",
+                keys.secret_name
+            ),
+        );
+    }
+    Check::pass(
+        "KeysPresent",
+        format!(
+            "Secret {} holds {accepted} accepted key(s)",
+            keys.secret_name
+        ),
+    )
 }
 
 /// The CA bundle of `spec.trust` exists and holds at least one PEM certificate.
