@@ -57,7 +57,7 @@ pub async fn serve(
     stop: impl std::future::Future<Output = ()>,
     grace: std::time::Duration,
 ) {
-    aoai_proxy::server::serve(
+    aoai_runtime::serve(
         "admin",
         listener,
         None,

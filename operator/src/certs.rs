@@ -126,7 +126,7 @@ pub async fn watch_files(
             tracing::warn!(cert = %cert_path.display(), "cannot load the webhook certificate: {e}")
         }
     }
-    aoai_proxy::file_watch::watch("webhook certificate", every, loaded.ok(), read, |(c, k)| {
+    aoai_runtime::file_watch::watch("webhook certificate", every, loaded.ok(), read, |(c, k)| {
         cert.set(c, k)?;
         tracing::info!(cert = %cert_path.display(), "webhook certificate loaded");
         Ok(())

@@ -13,9 +13,9 @@ use crate::lease::{self, LeaseConfig};
 use crate::metrics::Metrics;
 use crate::mutate::InjectOptions;
 use crate::{certs, controller, status, webhook};
-use aoai_proxy::server::shutdown_signal;
 use aoai_proxy_contract::config::LogFormat;
 use aoai_proxy_contract::units::parse_duration;
+use aoai_runtime::shutdown_signal;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use kube::CustomResourceExt;
 
@@ -288,12 +288,31 @@ fn fetch_proxies() -> Result<Vec<AzureOpenAIProxy>, String> {
     })
 }
 
+/// Installs the log subscriber, writing to stdout; a malformed level or filter is an error naming
+/// its variable.
+fn init_logging(level: &str, format: LogFormat) -> Result<(), String> {
+    let filter = tracing_subscriber::EnvFilter::try_new(level).map_err(|e| {
+        format!("AOAI_OPERATOR_LOG_LEVEL: {level:?} is not a log level or filter: {e}")
+    })?;
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_target(false)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stdout()))
+        .with_writer(std::io::stdout);
+    // Already installed (tests running the operator in-process) keeps the first.
+    let _ = match format {
+        LogFormat::Text => builder.try_init(),
+        LogFormat::Json => builder.json().flatten_event(true).try_init(),
+    };
+    Ok(())
+}
+
 fn run(args: RunArgs) -> ExitCode {
     let format = match args.log_format {
         Format::Text => LogFormat::Text,
         Format::Json => LogFormat::Json,
     };
-    if let Err(e) = aoai_proxy::logging::init("AOAI_OPERATOR_LOG_LEVEL", &args.log_level, format) {
+    if let Err(e) = init_logging(&args.log_level, format) {
         eprintln!("aoai-operator: {e}");
         return ExitCode::from(2);
     }

@@ -6,7 +6,7 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use aoai_proxy::credentials::certificate::ClientCertificate;
+use aoai_proxy_contract::certificate::ClientCertificate;
 use aoai_proxy_contract::config::{Failover, names, parse_backends};
 use aoai_proxy_contract::egress::{NoProxy, ProxyUrl};
 use k8s_openapi::api::core::v1::{ConfigMap, Pod, Secret};

@@ -340,7 +340,7 @@ pub async fn serve(
     stop: impl std::future::Future<Output = ()>,
     grace: std::time::Duration,
 ) {
-    aoai_proxy::server::serve(
+    aoai_runtime::serve(
         "webhook",
         listener,
         Some(TlsAcceptor::from(tls)),

@@ -8,7 +8,6 @@ pub(crate) mod body;
 pub mod credentials;
 pub mod egress;
 pub(crate) mod error;
-pub mod file_watch;
 pub(crate) mod forward;
 pub mod headers;
 pub(crate) mod health;
@@ -26,6 +25,7 @@ pub(crate) mod websocket;
 
 /// The configuration and its units live in the contract crate, which the operator shares.
 pub use aoai_proxy_contract::{config, units};
+pub use aoai_runtime::file_watch;
 
 use std::future::Future;
 use std::net::SocketAddr;

@@ -10,15 +10,16 @@ use std::time::Duration;
 use http::Request;
 use hyper::body::Incoming;
 use hyper::service::service_fn;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::rt::{TokioExecutor, TokioTimer};
 use hyper_util::server::conn::auto::Builder;
-use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
 
 use crate::forward::Forwarder;
 use crate::health;
 use crate::logging;
 use crate::panics;
+
+pub use aoai_runtime::{serve, shutdown_signal};
 
 /// Largest request head (request line and headers) accepted; larger gets 431.
 pub const MAX_HEADER_BYTES: usize = 64 * 1024;
@@ -179,99 +180,6 @@ impl Server {
     }
 }
 
-/// How long a TLS client has to finish its handshake.
-const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
-
-/// The serve loop of every listener of both programs (the proxy's forwarding and admin ports,
-/// the operator's webhook and admin ports): accepts on `listener` until `shutdown`, serving each
-/// connection with `builder` (HTTP/1.1 or h2, upgrades allowed; the builder carries the header
-/// read timeout) and the service `make_service` makes for its peer, over TLS when `tls` is given.
-/// Accept errors (out of file descriptors) back off instead of spinning. On shutdown the listener
-/// closes and open connections get `grace` to finish; then they are dropped.
-pub async fn serve<M, S, B>(
-    name: &'static str,
-    listener: TcpListener,
-    tls: Option<tokio_rustls::TlsAcceptor>,
-    builder: &Builder<TokioExecutor>,
-    make_service: M,
-    shutdown: impl Future<Output = ()>,
-    grace: Duration,
-) where
-    M: Fn(SocketAddr) -> S,
-    S: hyper::service::Service<Request<Incoming>, Response = http::Response<B>> + Send + 'static,
-    S::Future: Send + 'static,
-    S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
-    B: http_body::Body + Send + 'static,
-    B::Data: Send,
-    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
-{
-    let graceful = GracefulShutdown::new();
-    tokio::pin!(shutdown);
-    loop {
-        tokio::select! {
-            biased;
-            () = &mut shutdown => break,
-            accepted = listener.accept() => match accepted {
-                Ok((stream, peer)) => {
-                    let _ = stream.set_nodelay(true);
-                    let service = make_service(peer);
-                    let watcher = graceful.watcher();
-                    match &tls {
-                        None => {
-                            let connection = builder
-                                .serve_connection_with_upgrades(TokioIo::new(stream), service)
-                                .into_owned();
-                            tokio::spawn(async move {
-                                if let Err(e) = watcher.watch(connection).await {
-                                    tracing::debug!(listener = name, client = %peer, "connection ended: {e}");
-                                }
-                            });
-                        }
-                        Some(acceptor) => {
-                            let (acceptor, builder) = (acceptor.clone(), builder.clone());
-                            tokio::spawn(async move {
-                                let handshake = tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(stream));
-                                let stream = match handshake.await {
-                                    Ok(Ok(stream)) => stream,
-                                    Ok(Err(e)) => {
-                                        tracing::debug!(listener = name, client = %peer, "TLS handshake failed: {e}");
-                                        return;
-                                    }
-                                    Err(_) => return,
-                                };
-                                let connection = builder
-                                    .serve_connection_with_upgrades(TokioIo::new(stream), service)
-                                    .into_owned();
-                                if let Err(e) = watcher.watch(connection).await {
-                                    tracing::debug!(listener = name, client = %peer, "connection ended: {e}");
-                                }
-                            });
-                        }
-                    }
-                }
-                Err(e) => accept_failed(e).await,
-            },
-        }
-    }
-    drop(listener);
-    let open = graceful.count();
-    if tokio::time::timeout(grace, graceful.shutdown())
-        .await
-        .is_err()
-    {
-        tracing::warn!(
-            listener = name,
-            "grace period over; closing the remaining connections"
-        );
-    } else if open > 0 {
-        tracing::info!(
-            listener = name,
-            open_connections = open,
-            "all connections closed"
-        );
-    }
-}
-
 /// A timer that is always due within a second; each tick writes the buffered request lines. Tokio
 /// wakes its time driver (an eventfd write and one more `epoll_wait`, about 5 % of a request's
 /// CPU) whenever a new timer is due before the driver's next wake-up, and hyper arms the
@@ -281,21 +189,4 @@ fn timer_tick() -> tokio::time::Interval {
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
     tick
-}
-
-/// Accept fails when the process runs out of file descriptors: back off instead of spinning.
-/// (The operator's listeners use it too.)
-pub async fn accept_failed(error: std::io::Error) {
-    tracing::warn!("accept failed: {error}");
-    tokio::time::sleep(Duration::from_millis(50)).await;
-}
-
-/// Resolves on SIGTERM (Kubernetes) or SIGINT (Ctrl-C).
-pub async fn shutdown_signal() {
-    use tokio::signal::unix::{SignalKind, signal};
-    let mut terminate = signal(SignalKind::terminate()).expect("install SIGTERM handler");
-    tokio::select! {
-        _ = terminate.recv() => tracing::info!("SIGTERM received"),
-        _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT received"),
-    }
 }

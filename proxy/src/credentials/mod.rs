@@ -12,7 +12,9 @@
 
 pub mod answer;
 pub mod assertion;
-pub mod certificate;
+/// What the sidecar accepts as a client certificate: the contract crate's, which the operator
+/// checks Secrets with.
+pub use aoai_proxy_contract::certificate;
 pub mod refresh;
 
 use std::path::{Path, PathBuf};

@@ -1,0 +1,126 @@
+//! What both programs run their listeners with: the one serve loop (HTTP/1.1 and h2, optional
+//! TLS, graceful shutdown with a grace period), the shutdown signal, and the watching of mounted
+//! files.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use http::Request;
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::conn::auto::Builder;
+use hyper_util::server::graceful::GracefulShutdown;
+use tokio::net::TcpListener;
+
+pub mod file_watch;
+
+/// How long a TLS client has to finish its handshake.
+const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The serve loop of every listener of both programs (the proxy's forwarding and admin ports,
+/// the operator's webhook and admin ports): accepts on `listener` until `shutdown`, serving each
+/// connection with `builder` (HTTP/1.1 or h2, upgrades allowed; the builder carries the header
+/// read timeout) and the service `make_service` makes for its peer, over TLS when `tls` is given.
+/// Accept errors (out of file descriptors) back off instead of spinning. On shutdown the listener
+/// closes and open connections get `grace` to finish; then they are dropped.
+pub async fn serve<M, S, B>(
+    name: &'static str,
+    listener: TcpListener,
+    tls: Option<tokio_rustls::TlsAcceptor>,
+    builder: &Builder<TokioExecutor>,
+    make_service: M,
+    shutdown: impl Future<Output = ()>,
+    grace: Duration,
+) where
+    M: Fn(SocketAddr) -> S,
+    S: hyper::service::Service<Request<Incoming>, Response = http::Response<B>> + Send + 'static,
+    S::Future: Send + 'static,
+    S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    B: http_body::Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let graceful = GracefulShutdown::new();
+    tokio::pin!(shutdown);
+    loop {
+        tokio::select! {
+            biased;
+            () = &mut shutdown => break,
+            accepted = listener.accept() => match accepted {
+                Ok((stream, peer)) => {
+                    let _ = stream.set_nodelay(true);
+                    let service = make_service(peer);
+                    let watcher = graceful.watcher();
+                    match &tls {
+                        None => {
+                            let connection = builder
+                                .serve_connection_with_upgrades(TokioIo::new(stream), service)
+                                .into_owned();
+                            tokio::spawn(async move {
+                                if let Err(e) = watcher.watch(connection).await {
+                                    tracing::debug!(listener = name, client = %peer, "connection ended: {e}");
+                                }
+                            });
+                        }
+                        Some(acceptor) => {
+                            let (acceptor, builder) = (acceptor.clone(), builder.clone());
+                            tokio::spawn(async move {
+                                let handshake = tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(stream));
+                                let stream = match handshake.await {
+                                    Ok(Ok(stream)) => stream,
+                                    Ok(Err(e)) => {
+                                        tracing::debug!(listener = name, client = %peer, "TLS handshake failed: {e}");
+                                        return;
+                                    }
+                                    Err(_) => return,
+                                };
+                                let connection = builder
+                                    .serve_connection_with_upgrades(TokioIo::new(stream), service)
+                                    .into_owned();
+                                if let Err(e) = watcher.watch(connection).await {
+                                    tracing::debug!(listener = name, client = %peer, "connection ended: {e}");
+                                }
+                            });
+                        }
+                    }
+                }
+                Err(e) => accept_failed(e).await,
+            },
+        }
+    }
+    drop(listener);
+    let open = graceful.count();
+    if tokio::time::timeout(grace, graceful.shutdown())
+        .await
+        .is_err()
+    {
+        tracing::warn!(
+            listener = name,
+            "grace period over; closing the remaining connections"
+        );
+    } else if open > 0 {
+        tracing::info!(
+            listener = name,
+            open_connections = open,
+            "all connections closed"
+        );
+    }
+}
+
+/// Accept fails when the process runs out of file descriptors: back off instead of spinning.
+/// (The operator's listeners use it too.)
+async fn accept_failed(error: std::io::Error) {
+    tracing::warn!("accept failed: {error}");
+    tokio::time::sleep(Duration::from_millis(50)).await;
+}
+
+/// Resolves on SIGTERM (Kubernetes) or SIGINT (Ctrl-C).
+pub async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut terminate = signal(SignalKind::terminate()).expect("install SIGTERM handler");
+    tokio::select! {
+        _ = terminate.recv() => tracing::info!("SIGTERM received"),
+        _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT received"),
+    }
+}
