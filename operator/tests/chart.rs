@@ -114,4 +114,15 @@ fn the_webhook_is_sent_only_pods_that_carry_the_inject_annotation() {
         "the webhook's matchConditions must name {}",
         aoai_operator::annotations::INJECT
     );
+    let injected = format!(
+        "object.metadata.annotations['{}'] != '{}'",
+        aoai_operator::annotations::STATUS,
+        aoai_operator::annotations::STATUS_INJECTED
+    );
+    assert!(
+        webhook.contains(&injected),
+        "the webhook's matchConditions must skip pods marked {}: {}",
+        aoai_operator::annotations::STATUS,
+        aoai_operator::annotations::STATUS_INJECTED
+    );
 }

@@ -16,7 +16,7 @@ use aoai_e2e::openai::MockOpenAi;
 use aoai_e2e::operator::{OperatorProcess, install_chart};
 use aoai_e2e::tokens::TokenLedger;
 use aoai_e2e::wait;
-use aoai_operator::annotations::{CONFIG_HASH, INJECT, PROXY_LABEL};
+use aoai_operator::annotations::{CONFIG_HASH, INJECT, PROXY_LABEL, STATUS, STATUS_INJECTED};
 use aoai_operator::crd::AzureOpenAIProxy;
 use base64::Engine;
 use k8s_openapi::api::admissionregistration::v1::MutatingWebhookConfiguration;
@@ -369,6 +369,16 @@ async fn the_chart_installed_operator_injects_counts_rolls_out_and_fails_closed_
         "{refused}"
     );
     assert!(pods.get_opt("wants-sidecar").await.unwrap().is_none());
+    // A pod that already has the sidecar (a copy of an injected pod) is not sent to the webhook.
+    pods.create(
+        &PostParams::default(),
+        &pod(
+            "has-sidecar",
+            json!({INJECT: "openai", STATUS: STATUS_INJECTED}),
+        ),
+    )
+    .await
+    .expect("a pod that is already injected is created while the operator is down");
 }
 
 /// A workload-identity AzureOpenAIProxy: the injected pod projects a service-account token with
