@@ -317,6 +317,21 @@ pub enum AzureCloud {
 }
 
 impl AzureCloud {
+    pub const ALL: [Self; 3] = [
+        Self::AzurePublicCloud,
+        Self::AzureUSGovernment,
+        Self::AzureChinaCloud,
+    ];
+
+    /// The name `spec.cloud` takes.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::AzurePublicCloud => "AzurePublicCloud",
+            Self::AzureUSGovernment => "AzureUSGovernment",
+            Self::AzureChinaCloud => "AzureChinaCloud",
+        }
+    }
+
     pub fn authority_host(self) -> &'static str {
         match self {
             // The proxy's own defaults: one statement of the public cloud's values.

@@ -11,6 +11,7 @@ pub mod inject;
 pub mod lease;
 pub mod metrics;
 pub mod mutate;
+pub mod policy;
 pub mod proxy_watch;
 pub mod rbac;
 pub mod status;

@@ -57,17 +57,17 @@ pub const BINARY: &str = "/usr/local/bin/aoai-proxy";
 /// The mode of the volumes only the sidecar mounts (see where they are built).
 const SIDECAR_READABLE: i32 = 0o444;
 
-const CREDENTIAL_VOLUME: &str = "aoai-proxy-credential";
-const CREDENTIAL_DIR: &str = "/var/run/secrets/aoai-proxy/credential";
-const INBOUND_KEYS_VOLUME: &str = "aoai-proxy-inbound-keys";
-const INBOUND_KEYS_DIR: &str = "/var/run/secrets/aoai-proxy/inbound-keys";
-const AZURE_TOKEN_VOLUME: &str = "aoai-proxy-azure-token";
-const AZURE_TOKEN_DIR: &str = "/var/run/secrets/azure/tokens";
-const AZURE_TOKEN_FILE: &str = "azure-identity-token";
-const TRUST_VOLUME: &str = "aoai-proxy-trust";
-const TRUST_DIR: &str = "/etc/aoai-proxy/trust";
+pub(crate) const CREDENTIAL_VOLUME: &str = "aoai-proxy-credential";
+pub(crate) const CREDENTIAL_DIR: &str = "/var/run/secrets/aoai-proxy/credential";
+pub(crate) const INBOUND_KEYS_VOLUME: &str = "aoai-proxy-inbound-keys";
+pub(crate) const INBOUND_KEYS_DIR: &str = "/var/run/secrets/aoai-proxy/inbound-keys";
+pub(crate) const AZURE_TOKEN_VOLUME: &str = "aoai-proxy-azure-token";
+pub(crate) const AZURE_TOKEN_DIR: &str = "/var/run/secrets/azure/tokens";
+pub(crate) const AZURE_TOKEN_FILE: &str = "azure-identity-token";
+pub(crate) const TRUST_VOLUME: &str = "aoai-proxy-trust";
+pub(crate) const TRUST_DIR: &str = "/etc/aoai-proxy/trust";
 /// The bundle's file in TRUST_DIR, whatever its key in the ConfigMap or Secret.
-const TRUST_FILE: &str = "ca.crt";
+pub(crate) const TRUST_FILE: &str = "ca.crt";
 /// The UID of the distroless `nonroot` user the image runs as.
 const NONROOT_UID: i64 = 65532;
 
@@ -521,98 +521,74 @@ fn sidecar_container(
     let spec = &proxy.spec;
     let mut volumes = Vec::new();
     let mut mounts = Vec::new();
-    // The kubelet writes Secret and projected files owned by root (or by the pod's fsGroup, which
-    // is the application's to choose) with the volume's mode: readable by all is what lets the
-    // sidecar, UID 65532, read them whatever the pod's securityContext. Only the sidecar mounts
-    // these volumes, so no other container of the pod sees them.
-    let secret_volume = |name: &str, secret: &str, keys: &[&str]| -> serde_json::Value {
-        let mut items: Vec<serde_json::Value> =
-            keys.iter().map(|k| json!({"key": k, "path": k})).collect();
+    let items = |keys: &[&str]| {
+        let mut items: Vec<serde_json::Value> = keys.iter().map(|k| item(json!(k))).collect();
         items.dedup();
-        json!({"name": name, "secret": {"secretName": secret, "items": items, "defaultMode": SIDECAR_READABLE}})
+        json!(items)
     };
     match spec.credential.source() {
         Some(CredentialSource::ClientCertificate(c)) => {
             volumes.push(secret_volume(
                 CREDENTIAL_VOLUME,
-                &c.secret_name,
-                &[&c.certificate_key, &c.private_key_key],
+                json!(c.secret_name),
+                items(&[&c.certificate_key, &c.private_key_key]),
             ));
-            mounts.push(
-                json!({"name": CREDENTIAL_VOLUME, "mountPath": CREDENTIAL_DIR, "readOnly": true}),
-            );
+            mounts.push(mount(CREDENTIAL_VOLUME, CREDENTIAL_DIR));
         }
         Some(CredentialSource::ClientSecret(c)) => {
-            volumes.push(secret_volume(CREDENTIAL_VOLUME, &c.secret_name, &[&c.key]));
-            mounts.push(
-                json!({"name": CREDENTIAL_VOLUME, "mountPath": CREDENTIAL_DIR, "readOnly": true}),
-            );
+            volumes.push(secret_volume(
+                CREDENTIAL_VOLUME,
+                json!(c.secret_name),
+                items(&[&c.key]),
+            ));
+            mounts.push(mount(CREDENTIAL_VOLUME, CREDENTIAL_DIR));
         }
         Some(CredentialSource::WorkloadIdentity(w)) => {
-            volumes.push(json!({"name": AZURE_TOKEN_VOLUME, "projected": {"defaultMode": SIDECAR_READABLE, "sources": [
-                {"serviceAccountToken": {"audience": w.audience, "expirationSeconds": w.expiration_seconds, "path": AZURE_TOKEN_FILE}}
-            ]}}));
-            mounts.push(
-                json!({"name": AZURE_TOKEN_VOLUME, "mountPath": AZURE_TOKEN_DIR, "readOnly": true}),
-            );
+            volumes.push(token_volume(json!(w.audience), json!(w.expiration_seconds)));
+            mounts.push(mount(AZURE_TOKEN_VOLUME, AZURE_TOKEN_DIR));
         }
         Some(CredentialSource::ManagedIdentity(_)) | None => {}
     }
     if let Some(keys) = &spec.inbound_keys {
         volumes.push(secret_volume(
             INBOUND_KEYS_VOLUME,
-            &keys.secret_name,
-            &[&keys.key],
+            json!(keys.secret_name),
+            items(&[&keys.key]),
         ));
-        mounts.push(
-            json!({"name": INBOUND_KEYS_VOLUME, "mountPath": INBOUND_KEYS_DIR, "readOnly": true}),
-        );
+        mounts.push(mount(INBOUND_KEYS_VOLUME, INBOUND_KEYS_DIR));
     }
     if let Some(trust) = &spec.trust {
-        // Mounted as a directory (no subPath), so that the kubelet updates the file in place and
-        // the sidecar re-reads it.
-        let items = |key: &str| json!([{"key": key, "path": TRUST_FILE}]);
         match (&trust.config_map, &trust.secret) {
-            (Some(map), _) => volumes.push(json!({"name": TRUST_VOLUME, "configMap": {
-                "name": map.name, "items": items(&map.key), "defaultMode": 0o444}})),
-            (None, Some(secret)) => volumes.push(json!({"name": TRUST_VOLUME, "secret": {
-                "secretName": secret.name, "items": items(&secret.key), "defaultMode": 0o444}})),
+            (Some(map), _) => volumes.push(trust_volume(false, json!(map.name), json!(map.key))),
+            (None, Some(secret)) => {
+                volumes.push(trust_volume(true, json!(secret.name), json!(secret.key)))
+            }
             (None, None) => {}
         }
-        mounts.push(json!({"name": TRUST_VOLUME, "mountPath": TRUST_DIR, "readOnly": true}));
+        mounts.push(mount(TRUST_VOLUME, TRUST_DIR));
     }
 
-    let probe = |path: &str, period: i32, failures: i32| json!({"httpGet": {"path": path, "port": admin_port}, "periodSeconds": period, "failureThreshold": failures, "timeoutSeconds": 2});
-    let mut container = json!({
-        "name": CONTAINER_NAME,
-        "image": spec.sidecar.image.as_deref().unwrap_or(&options.default_image),
-        "env": container_env(env),
-        "ports": [{"name": "aoai-admin", "containerPort": admin_port, "protocol": "TCP"}],
-        "readinessProbe": probe("/health", 5, 2),
-        "livenessProbe": probe("/livez", 10, 3),
-        "resources": resources(spec.sidecar.resources.as_ref(), overrides),
-        "securityContext": {
-            "runAsNonRoot": true,
-            "runAsUser": NONROOT_UID,
-            "runAsGroup": NONROOT_UID,
-            "allowPrivilegeEscalation": false,
-            "readOnlyRootFilesystem": true,
-            "capabilities": {"drop": ["ALL"]},
-            "seccompProfile": {"type": "RuntimeDefault"},
-        },
-    });
+    let mut container = container_base(
+        json!(
+            spec.sidecar
+                .image
+                .as_deref()
+                .unwrap_or(&options.default_image)
+        ),
+        json!(container_env(env)),
+        json!(admin_port),
+        resources(spec.sidecar.resources.as_ref(), overrides),
+    );
     if !mounts.is_empty() {
         container["volumeMounts"] = json!(mounts);
     }
-    if native {
-        // The application starts once the proxy holds a token; Jobs complete, since the kubelet
-        // stops native sidecars when the main containers end.
-        container["restartPolicy"] = json!("Always");
-        container["startupProbe"] = probe("/health", 1, 300);
+    let start = if native {
+        native_fields(json!(admin_port))
     } else {
-        // Containers start in order and the kubelet waits for a postStart hook: the application
-        // (after this container) starts once the proxy holds a token.
-        container["lifecycle"] = json!({"postStart": {"exec": {"command": [BINARY, "wait-ready", "--timeout", "300s"]}}});
+        regular_fields()
+    };
+    for (field, value) in start {
+        container[field] = value;
     }
     let container: Container =
         serde_json::from_value(container).expect("the sidecar template is a Container");
@@ -623,6 +599,112 @@ fn sidecar_container(
     (container, volumes)
 }
 
+// The shapes below are shared by both engines: the webhook fills them with values, the admission
+// policy (`policy`) with CEL expressions.
+
+/// The sidecar container but its mounts and start-up fields.
+pub(crate) fn container_base(
+    image: serde_json::Value,
+    env: serde_json::Value,
+    admin_port: serde_json::Value,
+    resources: serde_json::Value,
+) -> serde_json::Value {
+    json!({
+        "name": CONTAINER_NAME,
+        "image": image,
+        "env": env,
+        "ports": [{"name": "aoai-admin", "containerPort": admin_port, "protocol": "TCP"}],
+        "readinessProbe": probe("/health", admin_port.clone(), 5, 2),
+        "livenessProbe": probe("/livez", admin_port, 10, 3),
+        "resources": resources,
+        "securityContext": {
+            "runAsNonRoot": true,
+            "runAsUser": NONROOT_UID,
+            "runAsGroup": NONROOT_UID,
+            "allowPrivilegeEscalation": false,
+            "readOnlyRootFilesystem": true,
+            "capabilities": {"drop": ["ALL"]},
+            "seccompProfile": {"type": "RuntimeDefault"},
+        },
+    })
+}
+
+fn probe(path: &str, port: serde_json::Value, period: i32, failures: i32) -> serde_json::Value {
+    json!({"httpGet": {"path": path, "port": port}, "periodSeconds": period, "failureThreshold": failures, "timeoutSeconds": 2})
+}
+
+/// A native sidecar: the application starts once the proxy holds a token; Jobs complete, since
+/// the kubelet stops native sidecars when the main containers end.
+pub(crate) fn native_fields(
+    admin_port: serde_json::Value,
+) -> Vec<(&'static str, serde_json::Value)> {
+    vec![
+        ("restartPolicy", json!("Always")),
+        ("startupProbe", probe("/health", admin_port, 1, 300)),
+    ]
+}
+
+/// A regular sidecar: containers start in order and the kubelet waits for a postStart hook, so
+/// the application (after this container) starts once the proxy holds a token.
+pub(crate) fn regular_fields() -> Vec<(&'static str, serde_json::Value)> {
+    vec![(
+        "lifecycle",
+        json!({"postStart": {"exec": {"command": [BINARY, "wait-ready", "--timeout", "300s"]}}}),
+    )]
+}
+
+/// A Secret volume only the sidecar mounts. The kubelet writes Secret and projected files owned
+/// by root (or by the pod's fsGroup, which is the application's to choose) with the volume's
+/// mode: readable by all is what lets the sidecar, UID 65532, read them whatever the pod's
+/// securityContext. Only the sidecar mounts these volumes, so no other container sees them.
+pub(crate) fn secret_volume(
+    name: &str,
+    secret_name: serde_json::Value,
+    items: serde_json::Value,
+) -> serde_json::Value {
+    json!({"name": name, "secret": {"secretName": secret_name, "items": items, "defaultMode": SIDECAR_READABLE}})
+}
+
+/// One key of a Secret, as a file of that name.
+pub(crate) fn item(key: serde_json::Value) -> serde_json::Value {
+    json!({"key": key.clone(), "path": key})
+}
+
+/// The projected service-account token for workload identity.
+pub(crate) fn token_volume(
+    audience: serde_json::Value,
+    expiration_seconds: serde_json::Value,
+) -> serde_json::Value {
+    json!({"name": AZURE_TOKEN_VOLUME, "projected": {"defaultMode": SIDECAR_READABLE, "sources": [
+        {"serviceAccountToken": {"audience": audience, "expirationSeconds": expiration_seconds, "path": AZURE_TOKEN_FILE}}
+    ]}})
+}
+
+/// The trusted CA bundle, from a ConfigMap or a Secret, as the file TRUST_FILE. Mounted as a
+/// directory (no subPath), so that the kubelet updates the file in place and the sidecar
+/// re-reads it.
+pub(crate) fn trust_volume(
+    from_secret: bool,
+    name: serde_json::Value,
+    key: serde_json::Value,
+) -> serde_json::Value {
+    let items = json!([{"key": key, "path": TRUST_FILE}]);
+    if from_secret {
+        json!({"name": TRUST_VOLUME, "secret": {"secretName": name, "items": items, "defaultMode": SIDECAR_READABLE}})
+    } else {
+        json!({"name": TRUST_VOLUME, "configMap": {"name": name, "items": items, "defaultMode": SIDECAR_READABLE}})
+    }
+}
+
+pub(crate) fn mount(volume: &str, dir: &str) -> serde_json::Value {
+    json!({"name": volume, "mountPath": dir, "readOnly": true})
+}
+
+/// The sidecar's resources when the AzureOpenAIProxy sets none.
+pub(crate) fn default_resources() -> serde_json::Value {
+    json!({"requests": {"cpu": "10m", "memory": "32Mi"}, "limits": {"memory": "128Mi"}})
+}
+
 /// The CR's resources (or the defaults), with the annotations' overrides on top.
 fn resources(
     from_spec: Option<&k8s_openapi::api::core::v1::ResourceRequirements>,
@@ -630,9 +712,7 @@ fn resources(
 ) -> serde_json::Value {
     let mut resources = match from_spec {
         Some(r) => serde_json::to_value(r).unwrap_or_default(),
-        None => {
-            json!({"requests": {"cpu": "10m", "memory": "32Mi"}, "limits": {"memory": "128Mi"}})
-        }
+        None => default_resources(),
     };
     for (section, key, value) in [
         ("requests", "cpu", &overrides.cpu_request),

@@ -1,0 +1,734 @@
+//! The second admission engine: a MutatingAdmissionPolicy the API server applies itself, so that
+//! pods are injected while the operator is down, and a new AzureOpenAIProxy works before the
+//! operator has seen it.
+//!
+//! The policy is generated here from what the webhook uses: the container, volume and mount
+//! shapes of `mutate` (filled with CEL expressions instead of values), the variable names and
+//! their order from the contract's `SidecarEnv::to_env`, the annotation names, the clouds'
+//! defaults. It injects only pods it is sure of: a pod with a doubtful annotation, a port clash,
+//! `hostNetwork`, or naming an AzureOpenAIProxy that does not exist, is left to the webhook,
+//! which refuses it with its message (or, while the operator is down, fails closed). The
+//! binding's params are every AzureOpenAIProxy of the pod's namespace; a match condition keeps
+//! the one the pod names. The config hash cannot be computed in CEL: it is copied from the
+//! AzureOpenAIProxy's status while that status is current.
+
+use aoai_proxy_contract::config::names;
+use serde_json::{Value, json};
+
+use crate::annotations;
+use crate::crd::AzureCloud;
+use crate::mutate::{
+    self, AZURE_TOKEN_DIR, AZURE_TOKEN_FILE, CREDENTIAL_DIR, CREDENTIAL_VOLUME, INBOUND_KEYS_DIR,
+    INBOUND_KEYS_VOLUME, TRUST_DIR, TRUST_FILE, TRUST_VOLUME,
+};
+
+/// The policy's and its binding's name.
+pub const NAME: &str = "aoai-proxy-inject";
+
+/// Marks a JSON string that stands for a CEL expression in [`cel`].
+const RAW: &str = "\u{0}cel:";
+
+/// A CEL expression where a value goes.
+fn raw(expression: impl AsRef<str>) -> Value {
+    Value::String(format!("{RAW}{}", expression.as_ref()))
+}
+
+/// `value` as a CEL literal: maps with `dyn` values (so that one map may mix strings, numbers
+/// and maps), lists, strings; [`raw`] strings are written as their expression.
+fn cel(value: &Value) -> String {
+    match value {
+        Value::Null => "null".into(),
+        Value::Bool(b) => b.to_string(),
+        Value::Number(n) => n.to_string(),
+        Value::String(s) => match s.strip_prefix(RAW) {
+            Some(expression) => expression.to_string(),
+            None => quote(s),
+        },
+        Value::Array(items) => {
+            format!("[{}]", items.iter().map(cel).collect::<Vec<_>>().join(", "))
+        }
+        Value::Object(map) => format!(
+            "{{{}}}",
+            map.iter()
+                .map(|(k, v)| format!("{}: dyn({})", quote(k), cel(v)))
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
+    }
+}
+
+/// A CEL string literal.
+fn quote(text: &str) -> String {
+    format!("'{}'", text.replace('\\', "\\\\").replace('\'', "\\'"))
+}
+
+/// A field of the AzureOpenAIProxy's spec, as CEL.
+fn spec(path: &str) -> String {
+    format!("params.spec.{path}")
+}
+
+/// `params.spec.<path>` as a string, or `default` (a CEL expression) when unset.
+fn spec_or(path: &str, default: &str) -> String {
+    let mut guard = String::from("has(params.spec");
+    let mut checks = Vec::new();
+    for part in path.split('.') {
+        guard.push('.');
+        guard.push_str(part);
+        checks.push(format!("{guard})"));
+    }
+    format!(
+        "({} ? string({}) : {default})",
+        checks.join(" && "),
+        spec(path)
+    )
+}
+
+/// An annotation of the pod, or `default` (a CEL expression).
+fn annotation_or(name: &str, default: &str) -> String {
+    format!(
+        "({q} in object.metadata.annotations ? object.metadata.annotations[{q}] : {default})",
+        q = quote(name)
+    )
+}
+
+/// One variable of the sidecar: `{name, value}`.
+fn var(name: &str, value: impl AsRef<str>) -> String {
+    cel(&json!({"name": name, "value": raw(value)}))
+}
+
+/// `entries` (CEL list items) when `condition` holds.
+fn when(condition: &str, entries: &[String]) -> String {
+    format!("({condition} ? [{}] : [])", entries.join(", "))
+}
+
+fn credential(kind: &str) -> String {
+    format!("has(params.spec.credential.{kind})")
+}
+
+/// The cloud's default for `of` (authority host or scope), as a CEL expression.
+fn by_cloud(of: fn(AzureCloud) -> &'static str) -> String {
+    let mut expression = quote(of(AzureCloud::default()));
+    for cloud in AzureCloud::ALL {
+        if cloud != AzureCloud::default() {
+            expression = format!(
+                "({} == {} ? {} : {expression})",
+                spec_or("cloud", &quote(cloud.name())),
+                quote(cloud.name()),
+                quote(of(cloud))
+            );
+        }
+    }
+    expression
+}
+
+/// The sidecar's variables, in `SidecarEnv::to_env`'s order (a test holds them to it).
+fn sidecar_env() -> String {
+    let cert = "params.spec.credential.clientCertificate";
+    let app = [
+        var(names::AZURE_TENANT_ID, spec_or("tenantId", "''")),
+        var(names::AZURE_CLIENT_ID, spec_or("clientId", "''")),
+    ];
+    let managed = "params.spec.credential.managedIdentity";
+    let parts = [
+        format!(
+            "(has(params.spec.backends) && size(params.spec.backends) > 0 ? [{}] : [{}])",
+            var(names::AOAI_PROXY_BACKENDS, "variables.backends"),
+            var(names::API_BASE_URL, "string(params.spec.endpoint)")
+        ),
+        failover(),
+        format!(
+            "[{}]",
+            [
+                var(names::HOST, "'127.0.0.1'"),
+                var(names::PORT, "string(variables.port)"),
+                var(names::AOAI_PROXY_ADMIN_HOST, "'0.0.0.0'"),
+                var(names::AOAI_PROXY_ADMIN_PORT, "string(variables.adminPort)"),
+                var(names::AOAI_PROXY_CREDENTIAL, "variables.kind"),
+            ]
+            .join(", ")
+        ),
+        when(
+            &credential("clientCertificate"),
+            &[
+                app[0].clone(),
+                app[1].clone(),
+                var(
+                    names::AZURE_CERTIFICATE_PATH,
+                    format!(
+                        "{} + string({cert}.certificateKey)",
+                        quote(&format!("{CREDENTIAL_DIR}/"))
+                    ),
+                ),
+            ],
+        ),
+        when(
+            &format!(
+                "{} && {cert}.privateKeyKey != {cert}.certificateKey",
+                credential("clientCertificate")
+            ),
+            &[var(
+                names::AOAI_PROXY_CERTIFICATE_KEY_PATH,
+                format!(
+                    "{} + string({cert}.privateKeyKey)",
+                    quote(&format!("{CREDENTIAL_DIR}/"))
+                ),
+            )],
+        ),
+        when(
+            &format!(
+                "{} && has({cert}.sendCertificateChain) && {cert}.sendCertificateChain",
+                credential("clientCertificate")
+            ),
+            &[var(names::AZURE_CLIENT_SEND_CERTIFICATE_CHAIN, "'true'")],
+        ),
+        when(
+            &credential("clientSecret"),
+            &[
+                app[0].clone(),
+                app[1].clone(),
+                var(
+                    names::AOAI_PROXY_CLIENT_SECRET_FILE,
+                    format!(
+                        "{} + string(params.spec.credential.clientSecret.key)",
+                        quote(&format!("{CREDENTIAL_DIR}/"))
+                    ),
+                ),
+            ],
+        ),
+        when(
+            &credential("workloadIdentity"),
+            &[
+                app[0].clone(),
+                app[1].clone(),
+                var(
+                    names::AZURE_FEDERATED_TOKEN_FILE,
+                    quote(&format!("{AZURE_TOKEN_DIR}/{AZURE_TOKEN_FILE}")),
+                ),
+            ],
+        ),
+        format!(
+            "({m} ? (has({managed}.clientId) ? [{}] : has({managed}.objectId) ? [{}] : has({managed}.resourceId) ? [{}] : []) : [])",
+            var(
+                names::AZURE_CLIENT_ID,
+                format!("string({managed}.clientId)")
+            ),
+            var(
+                names::AOAI_PROXY_MANAGED_IDENTITY_OBJECT_ID,
+                format!("string({managed}.objectId)")
+            ),
+            var(
+                names::AOAI_PROXY_MANAGED_IDENTITY_RESOURCE_ID,
+                format!("string({managed}.resourceId)")
+            ),
+            m = credential("managedIdentity"),
+        ),
+        format!(
+            "[{}, {}]",
+            var(
+                names::AZURE_AUTHORITY_HOST,
+                spec_or("authorityHost", &by_cloud(AzureCloud::authority_host))
+            ),
+            var(
+                names::AZURE_SCOPE,
+                spec_or("scope", &by_cloud(AzureCloud::scope))
+            )
+        ),
+        when(
+            "has(params.spec.trust)",
+            &[var(
+                names::SSL_CERT_FILE,
+                quote(&format!("{TRUST_DIR}/{TRUST_FILE}")),
+            )],
+        ),
+        format!(
+            "(has(params.spec.egressProxy) && has(params.spec.egressProxy.httpsProxy) ? [{}] : has(params.spec.egressProxy) && has(params.spec.egressProxy.httpsProxyFrom) ? [{}] : [])",
+            var(
+                names::HTTPS_PROXY,
+                "string(params.spec.egressProxy.httpsProxy)"
+            ),
+            cel(
+                &json!({"name": names::HTTPS_PROXY, "valueFrom": {"secretKeyRef": {
+                    "name": raw("string(params.spec.egressProxy.httpsProxyFrom.secretName)"),
+                    "key": raw("string(params.spec.egressProxy.httpsProxyFrom.key)"),
+                }}})
+            ),
+        ),
+        when(
+            "has(params.spec.egressProxy) && has(params.spec.egressProxy.noProxy) && size(params.spec.egressProxy.noProxy) > 0",
+            &[var(
+                names::NO_PROXY,
+                "params.spec.egressProxy.noProxy.join(',')",
+            )],
+        ),
+        when(
+            "has(params.spec.inboundKeys)",
+            &[var(
+                names::AOAI_PROXY_INBOUND_KEYS_FILE,
+                format!(
+                    "{} + string(params.spec.inboundKeys.key)",
+                    quote(&format!("{INBOUND_KEYS_DIR}/"))
+                ),
+            )],
+        ),
+        format!(
+            "[{}]",
+            var(names::AOAI_PROXY_LOG_LEVEL, "variables.logLevel")
+        ),
+    ];
+    parts.join(" + ")
+}
+
+/// The failover variables that `spec.failover` sets.
+fn failover() -> String {
+    [
+        ("retryBodyLimit", names::AOAI_PROXY_RETRY_BODY_LIMIT),
+        ("ejectAfter", names::AOAI_PROXY_EJECT_AFTER),
+        ("ejectFor", names::AOAI_PROXY_EJECT_FOR),
+        ("maxThrottleWait", names::AOAI_PROXY_MAX_THROTTLE_WAIT),
+    ]
+    .iter()
+    .map(|(field, name)| {
+        when(
+            &format!("has(params.spec.failover) && has(params.spec.failover.{field})"),
+            &[var(name, format!("string(params.spec.failover.{field})"))],
+        )
+    })
+    .collect::<Vec<_>>()
+    .join(" + ")
+}
+
+/// `AOAI_PROXY_BACKENDS`: the JSON list the webhook writes (`BackendEntry`; deployments in name
+/// order, which the match condition requires of the AzureOpenAIProxy).
+fn backends_json() -> String {
+    "'[' + params.spec.backends.map(b, '{\"endpoint\":' + strings.quote(string(b.endpoint)) \
+     + ',\"priority\":' + string(has(b.priority) ? b.priority : 0) \
+     + ',\"weight\":' + string(has(b.weight) ? b.weight : 1) \
+     + (has(b.deployments) && size(b.deployments) > 0 ? ',\"deployments\":{' + b.deployments.map(d, strings.quote(string(d.name)) + ':' + strings.quote(string(d.backendName))).join(',') + '}' : '') \
+     + '}').join(',') + ']'"
+        .to_string()
+}
+
+/// The sidecar's volumes and their mounts, in the webhook's order.
+fn volumes_and_mounts() -> (String, String) {
+    let cert = "params.spec.credential.clientCertificate";
+    let secret = "params.spec.credential.clientSecret";
+    let keys = "params.spec.inboundKeys";
+    let items = |key: &str| json!([mutate::item(raw(format!("string({key})")))]);
+    let cert_items = raw(format!(
+        "({cert}.certificateKey == {cert}.privateKeyKey ? {} : {})",
+        cel(&items(&format!("{cert}.certificateKey"))),
+        cel(&json!([
+            mutate::item(raw(format!("string({cert}.certificateKey)"))),
+            mutate::item(raw(format!("string({cert}.privateKeyKey)"))),
+        ]))
+    ));
+    let volumes = [
+        when(
+            &credential("clientCertificate"),
+            &[cel(&mutate::secret_volume(
+                CREDENTIAL_VOLUME,
+                raw(format!("string({cert}.secretName)")),
+                cert_items,
+            ))],
+        ),
+        when(
+            &credential("clientSecret"),
+            &[cel(&mutate::secret_volume(
+                CREDENTIAL_VOLUME,
+                raw(format!("string({secret}.secretName)")),
+                items(&format!("{secret}.key")),
+            ))],
+        ),
+        when(
+            &credential("workloadIdentity"),
+            &[cel(&mutate::token_volume(
+                raw("string(params.spec.credential.workloadIdentity.audience)"),
+                raw("int(params.spec.credential.workloadIdentity.expirationSeconds)"),
+            ))],
+        ),
+        when(
+            "has(params.spec.inboundKeys)",
+            &[cel(&mutate::secret_volume(
+                INBOUND_KEYS_VOLUME,
+                raw(format!("string({keys}.secretName)")),
+                items(&format!("{keys}.key")),
+            ))],
+        ),
+        when(
+            "has(params.spec.trust) && has(params.spec.trust.configMap)",
+            &[cel(&mutate::trust_volume(
+                false,
+                raw("string(params.spec.trust.configMap.name)"),
+                raw("string(params.spec.trust.configMap.key)"),
+            ))],
+        ),
+        when(
+            "has(params.spec.trust) && !has(params.spec.trust.configMap) && has(params.spec.trust.secret)",
+            &[cel(&mutate::trust_volume(
+                true,
+                raw("string(params.spec.trust.secret.name)"),
+                raw("string(params.spec.trust.secret.key)"),
+            ))],
+        ),
+    ];
+    let mounts = [
+        when(
+            &format!(
+                "{} || {}",
+                credential("clientCertificate"),
+                credential("clientSecret")
+            ),
+            &[cel(&mutate::mount(CREDENTIAL_VOLUME, CREDENTIAL_DIR))],
+        ),
+        when(
+            &credential("workloadIdentity"),
+            &[cel(&mutate::mount(
+                crate::mutate::AZURE_TOKEN_VOLUME,
+                AZURE_TOKEN_DIR,
+            ))],
+        ),
+        when(
+            "has(params.spec.inboundKeys)",
+            &[cel(&mutate::mount(INBOUND_KEYS_VOLUME, INBOUND_KEYS_DIR))],
+        ),
+        when(
+            "has(params.spec.trust)",
+            &[cel(&mutate::mount(TRUST_VOLUME, TRUST_DIR))],
+        ),
+    ];
+    (volumes.join(" + "), mounts.join(" + "))
+}
+
+/// The variables the application containers get, as `{name, value, secret, key}` (a `secret`
+/// means a secretKeyRef): each name once, the first list naming it winning, as the webhook does.
+fn app_env() -> String {
+    let lists = "params.spec.appEnv";
+    format!(
+        "{lists}.endpointVariables.map(n, {{'name': string(n), 'value': variables.base, 'secret': '', 'key': ''}}) \
+         + {lists}.openaiBaseUrlVariables.filter(n, !(n in {lists}.endpointVariables)).map(n, {{'name': string(n), 'value': variables.base + '/openai/v1', 'secret': '', 'key': ''}}) \
+         + {lists}.apiKeyVariables.filter(n, !(n in {lists}.endpointVariables) && !(n in {lists}.openaiBaseUrlVariables)).map(n, has(params.spec.inboundKeys) \
+             ? {{'name': string(n), 'value': '', 'secret': string(params.spec.inboundKeys.secretName), 'key': has(params.spec.inboundKeys.clientKey) ? string(params.spec.inboundKeys.clientKey) : string(params.spec.inboundKeys.key)}} \
+             : {{'name': string(n), 'value': string({lists}.apiKeyPlaceholder), 'secret': '', 'key': ''}})"
+    )
+}
+
+/// The most application containers the policy injects into: CEL has no index over a list, so
+/// each container's operations are written out; a pod with more is left to the webhook.
+const MAX_CONTAINERS: usize = 10;
+
+/// The JSON Patch operations that append the application variables to each container (the
+/// sidecar is inserted after them, so the indexes hold), each only where the container does not
+/// set it already.
+fn app_env_patch() -> String {
+    let value = "(w.secret == '' ? dyn({'name': dyn(w.name), 'value': dyn(w.value)}) : dyn({'name': dyn(w.name), 'valueFrom': dyn({'secretKeyRef': {'name': w.secret, 'key': w.key}})}))";
+    (0..MAX_CONTAINERS)
+        .map(|i| {
+            let c = format!("object.spec.containers[{i}]");
+            let append = |wanted: &str| {
+                format!("{wanted}.map(w, JSONPatch{{op: 'add', path: '/spec/containers/{i}/env/-', value: {value}}})")
+            };
+            format!(
+                "(size(object.spec.containers) > {i} ? (has({c}.env) ? {} : (size(variables.appEnv) > 0 ? [JSONPatch{{op: 'add', path: '/spec/containers/{i}/env', value: []}}] + {} : [])) : [])",
+                append(&format!("variables.appEnv.filter(w, !{c}.env.exists(e, e.name == w.name))")),
+                append("variables.appEnv"),
+            )
+        })
+        .collect::<Vec<_>>()
+        .join(" + ")
+}
+
+/// The webhook's checks, as one condition: when it does not hold, the policy leaves the pod to
+/// the webhook.
+fn sure_of_it() -> String {
+    let ann = "object.metadata.annotations";
+    let known: Vec<String> = annotations::ANNOTATIONS
+        .iter()
+        .map(|a| a.name)
+        .filter(|n| n.starts_with(annotations::PREFIX) && *n != annotations::PROXY_LABEL)
+        .map(quote)
+        .collect();
+    let port_ok = |name: &str| {
+        format!(
+            "(!({q} in {ann}) || ({ann}[{q}].matches('^[0-9]{{1,5}}$') && int({ann}[{q}]) >= 1024 && int({ann}[{q}]) <= 65535))",
+            q = quote(name)
+        )
+    };
+    let matches = |name: &str, pattern: &str| {
+        format!(
+            "(!({q} in {ann}) || {ann}[{q}].matches({p}))",
+            q = quote(name),
+            p = quote(pattern)
+        )
+    };
+    let port = format!(
+        "int({})",
+        annotation_or(annotations::PORT, "string(params.spec.sidecar.port)")
+    );
+    let admin = format!(
+        "int({})",
+        annotation_or(
+            annotations::ADMIN_PORT,
+            "string(params.spec.sidecar.adminPort)"
+        )
+    );
+    let free = |containers: &str| {
+        format!(
+            "(!has(object.spec.{containers}) || object.spec.{containers}.all(c, !has(c.ports) || c.ports.all(p, p.containerPort != {port} && p.containerPort != {admin})))"
+        )
+    };
+    let credentials = [
+        "clientCertificate",
+        "clientSecret",
+        "workloadIdentity",
+        "managedIdentity",
+    ]
+    .iter()
+    .map(|k| credential(k))
+    .collect::<Vec<_>>()
+    .join(", ");
+    [
+        format!("{ann}.all(k, !k.startsWith({}) || k in [{}])", quote(annotations::PREFIX), known.join(", ")),
+        port_ok(annotations::PORT),
+        port_ok(annotations::ADMIN_PORT),
+        matches(annotations::CPU_REQUEST, r"^[0-9]+(\.[0-9]+)?m?$"),
+        matches(annotations::CPU_LIMIT, r"^[0-9]+(\.[0-9]+)?m?$"),
+        matches(annotations::MEMORY_REQUEST, r"^[0-9]+(\.[0-9]+)?(k|M|G|T|Ki|Mi|Gi|Ti)?$"),
+        matches(annotations::MEMORY_LIMIT, r"^[0-9]+(\.[0-9]+)?(k|M|G|T|Ki|Mi|Gi|Ti)?$"),
+        matches(annotations::LOG_LEVEL, "^(error|warn|info|debug)$"),
+        matches(annotations::NATIVE_SIDECAR, "^(Auto|Always|Never)$"),
+        "!(has(object.spec.hostNetwork) && object.spec.hostNetwork)".to_string(),
+        format!("{port} != {admin}"),
+        free("containers"),
+        free("initContainers"),
+        "(has(params.spec.endpoint) || has(params.spec.backends) && size(params.spec.backends) > 0)".to_string(),
+        format!("[{credentials}].filter(x, x).size() == 1"),
+        format!("size(object.spec.containers) <= {MAX_CONTAINERS}"),
+        // AOAI_PROXY_BACKENDS as the webhook writes it: deployments in name order (CEL cannot
+        // sort), and endpoints whose quoting is the same in CEL and JSON.
+        "(!has(params.spec.backends) || params.spec.backends.all(b, string(b.endpoint).matches('^[!-~]*$') && (!has(b.deployments) || b.deployments.map(d, string(d.name)).isSorted())))".to_string(),
+    ]
+    .join(" && ")
+}
+
+/// The JSON Patch operations that add `value` under `section` (`requests` or `limits`) of the
+/// sidecar's resources, for each annotation override set.
+fn resource_overrides() -> String {
+    let mut parts = Vec::new();
+    for (section, overrides) in [
+        (
+            "requests",
+            [
+                ("cpu", annotations::CPU_REQUEST),
+                ("memory", annotations::MEMORY_REQUEST),
+            ],
+        ),
+        (
+            "limits",
+            [
+                ("cpu", annotations::CPU_LIMIT),
+                ("memory", annotations::MEMORY_LIMIT),
+            ],
+        ),
+    ] {
+        let any = overrides
+            .iter()
+            .map(|(_, a)| format!("{} in object.metadata.annotations", quote(a)))
+            .collect::<Vec<_>>()
+            .join(" || ");
+        parts.push(format!(
+            "(({any}) && !('{section}' in variables.resources) ? [JSONPatch{{op: 'add', path: variables.at + '/resources/{section}', value: {{}}}}] : [])"
+        ));
+        for (key, annotation) in overrides {
+            parts.push(format!(
+                "({q} in object.metadata.annotations ? [JSONPatch{{op: 'add', path: variables.at + '/resources/{section}/{key}', value: object.metadata.annotations[{q}]}}] : [])",
+                q = quote(annotation)
+            ));
+        }
+    }
+    parts.join(" + ")
+}
+
+/// A JSON Pointer token for a map key (RFC 6901).
+fn pointer(key: &str) -> String {
+    key.replace('~', "~0").replace('/', "~1")
+}
+
+/// The MutatingAdmissionPolicy, injecting with `default_image` where an AzureOpenAIProxy names
+/// no image.
+pub fn mutating_policy(default_image: &str) -> Value {
+    let (volumes, mounts) = volumes_and_mounts();
+    let container = mutate::container_base(
+        raw("variables.image"),
+        raw("variables.env"),
+        raw("variables.adminPort"),
+        raw("variables.resources"),
+    );
+    let native = mutate::native_fields(raw("variables.adminPort"))
+        .into_iter()
+        .map(|(field, value)| {
+            format!(
+                "JSONPatch{{op: 'add', path: variables.at + '/{field}', value: {}}}",
+                cel(&value)
+            )
+        })
+        .collect::<Vec<_>>()
+        .join(", ");
+    let regular = mutate::regular_fields()
+        .into_iter()
+        .map(|(field, value)| {
+            format!(
+                "JSONPatch{{op: 'add', path: variables.at + '/{field}', value: {}}}",
+                cel(&value)
+            )
+        })
+        .collect::<Vec<_>>()
+        .join(", ");
+    let hash_current = "has(params.status) && has(params.status.configHash) && has(params.status.observedGeneration) && params.status.observedGeneration == params.metadata.generation";
+    let label = pointer(annotations::PROXY_LABEL);
+    let patch = [
+        format!(
+            "(has(object.metadata.labels) ? [JSONPatch{{op: 'add', path: '/metadata/labels/{label}', value: string(params.metadata.name)}}] : [JSONPatch{{op: 'add', path: '/metadata/labels', value: {{{}: string(params.metadata.name)}}}}])",
+            quote(annotations::PROXY_LABEL)
+        ),
+        format!(
+            "[JSONPatch{{op: 'add', path: '/metadata/annotations/{}', value: {}}}]",
+            pointer(annotations::STATUS),
+            quote(annotations::STATUS_INJECTED)
+        ),
+        format!(
+            "({hash_current} ? [JSONPatch{{op: 'add', path: '/metadata/annotations/{}', value: string(params.status.configHash)}}] : [])",
+            pointer(annotations::CONFIG_HASH)
+        ),
+        app_env_patch(),
+        "(size(variables.volumes) == 0 ? [] : has(object.spec.volumes) ? variables.volumes.map(v, JSONPatch{op: 'add', path: '/spec/volumes/-', value: v}) : [JSONPatch{op: 'add', path: '/spec/volumes', value: []}] + variables.volumes.map(v, JSONPatch{op: 'add', path: '/spec/volumes/-', value: v}))".to_string(),
+        "(variables.native && !has(object.spec.initContainers) ? [JSONPatch{op: 'add', path: '/spec/initContainers', value: []}] : [])".to_string(),
+        "[JSONPatch{op: 'add', path: variables.at, value: variables.container}]".to_string(),
+        "(size(variables.mounts) > 0 ? [JSONPatch{op: 'add', path: variables.at + '/volumeMounts', value: variables.mounts}] : [])".to_string(),
+        format!("(variables.native ? [{native}] : [{regular}])"),
+        resource_overrides(),
+    ]
+    .join(" + ");
+    let variables = [
+        (
+            "port",
+            format!(
+                "int({})",
+                annotation_or(annotations::PORT, "string(params.spec.sidecar.port)")
+            ),
+        ),
+        (
+            "adminPort",
+            format!(
+                "int({})",
+                annotation_or(
+                    annotations::ADMIN_PORT,
+                    "string(params.spec.sidecar.adminPort)"
+                )
+            ),
+        ),
+        (
+            "native",
+            format!(
+                "{} != 'Never'",
+                annotation_or(
+                    annotations::NATIVE_SIDECAR,
+                    "string(params.spec.sidecar.nativeSidecar)"
+                )
+            ),
+        ),
+        (
+            "logLevel",
+            annotation_or(
+                annotations::LOG_LEVEL,
+                "string(params.spec.sidecar.logLevel)",
+            ),
+        ),
+        (
+            "base",
+            "'http://127.0.0.1:' + string(variables.port)".to_string(),
+        ),
+        (
+            "at",
+            "variables.native ? '/spec/initContainers/0' : '/spec/containers/0'".to_string(),
+        ),
+        (
+            "kind",
+            format!(
+                "{} ? 'certificate' : {} ? 'secret' : {} ? 'workload-identity' : 'managed-identity'",
+                credential("clientCertificate"),
+                credential("clientSecret"),
+                credential("workloadIdentity")
+            ),
+        ),
+        ("image", spec_or("sidecar.image", &quote(default_image))),
+        (
+            "backends",
+            format!(
+                "has(params.spec.backends) && size(params.spec.backends) > 0 ? {} : ''",
+                backends_json()
+            ),
+        ),
+        ("env", sidecar_env()),
+        (
+            "resources",
+            format!(
+                "has(params.spec.sidecar.resources) ? dyn(params.spec.sidecar.resources) : dyn({})",
+                cel(&mutate::default_resources())
+            ),
+        ),
+        ("volumes", volumes),
+        ("mounts", mounts),
+        ("container", cel(&container)),
+        ("appEnv", app_env()),
+    ];
+    json!({
+        "apiVersion": "admissionregistration.k8s.io/v1",
+        "kind": "MutatingAdmissionPolicy",
+        "metadata": {"name": NAME},
+        "spec": {
+            "paramKind": {"apiVersion": "aoai-proxy.io/v1alpha1", "kind": "AzureOpenAIProxy"},
+            "matchConstraints": {
+                "resourceRules": [{
+                    "apiGroups": [""], "apiVersions": ["v1"],
+                    "operations": ["CREATE"], "resources": ["pods"],
+                }],
+            },
+            "matchConditions": [
+                {"name": "names-this-proxy", "expression": format!(
+                    "has(object.metadata.annotations) && {q} in object.metadata.annotations && object.metadata.annotations[{q}] == params.metadata.name",
+                    q = quote(annotations::INJECT))},
+                {"name": "not-injected-yet", "expression": format!(
+                    "!({q} in object.metadata.annotations) || object.metadata.annotations[{q}] != {v}",
+                    q = quote(annotations::STATUS), v = quote(annotations::STATUS_INJECTED))},
+                {"name": "as-the-webhook-would", "expression": sure_of_it()},
+            ],
+            // A failed evaluation leaves the pod to the webhook, which answers or fails closed.
+            "failurePolicy": "Ignore",
+            "reinvocationPolicy": "IfNeeded",
+            "variables": variables.iter().map(|(name, expression)| json!({"name": name, "expression": expression})).collect::<Vec<_>>(),
+            "mutations": [
+                {"patchType": "JSONPatch", "jsonPatch": {"expression": patch}},
+            ],
+        },
+    })
+}
+
+/// The binding: every AzureOpenAIProxy of the pod's namespace is a param (the match condition
+/// keeps the one the pod names); namespaces the webhook skips are skipped too.
+pub fn binding() -> Value {
+    json!({
+        "apiVersion": "admissionregistration.k8s.io/v1",
+        "kind": "MutatingAdmissionPolicyBinding",
+        "metadata": {"name": NAME},
+        "spec": {
+            "policyName": NAME,
+            "paramRef": {"selector": {}, "parameterNotFoundAction": "Allow"},
+            "matchResources": {
+                "namespaceSelector": {"matchExpressions": [
+                    {"key": "kubernetes.io/metadata.name", "operator": "NotIn", "values": ["kube-system"]},
+                    {"key": "aoai-proxy.io/injection", "operator": "NotIn", "values": ["disabled"]},
+                ]},
+            },
+        },
+    })
+}
