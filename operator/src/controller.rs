@@ -207,6 +207,10 @@ pub async fn reconcile(proxy: Arc<AzureOpenAIProxy>, ctx: Arc<Context>) -> Resul
     result
 }
 
+/// How long a rollout waits after the new config hash is written to the status, so that the API
+/// server's admission policy has seen it before the restarted pods are created.
+const PUBLISH_BEFORE_RESTART: Duration = Duration::from_secs(2);
+
 async fn reconcile_inner(proxy: &AzureOpenAIProxy, ctx: &Context) -> Result<Action, Error> {
     let namespace = proxy.namespace().ok_or(Error::NoNamespace)?;
     let name = proxy.name_any();
@@ -240,8 +244,15 @@ async fn reconcile_inner(proxy: &AzureOpenAIProxy, ctx: &Context) -> Result<Acti
     );
 
     let hash = assessment.status.config_hash.clone().unwrap_or_default();
-    if proxy.spec.rollout == RolloutPolicy::Restart
-        && assessment.status.rolled_out_hash.as_deref() != Some(hash.as_str())
+    // Pods that the admission policy injects copy the hash from the stored status: restart only
+    // once the stored status carries the new hash (the status is written below; the restart
+    // comes at the next reconcile), so that the restarted pods get it.
+    let published = proxy.status.as_ref().and_then(|s| s.config_hash.as_deref()) == Some(&hash);
+    let rollout_due = proxy.spec.rollout == RolloutPolicy::Restart
+        && assessment.status.rolled_out_hash.as_deref() != Some(hash.as_str());
+    if rollout_due && !published {
+        assessment.requeue_after = assessment.requeue_after.min(PUBLISH_BEFORE_RESTART);
+    } else if rollout_due
     {
         let restarted = restart_stale_workloads(ctx, &namespace, &pod_refs, &hash).await?;
         if !restarted.is_empty() {

@@ -25,6 +25,10 @@ use crate::mutate::{
 /// The policy's and its binding's name.
 pub const NAME: &str = "aoai-proxy-inject";
 
+/// Stands for the default sidecar image in the chart's copy of the policy
+/// (`files/mutating-admission-policy.json`); the chart puts its `proxyImage` there.
+pub const IMAGE_PLACEHOLDER: &str = "__AOAI_PROXY_IMAGE__";
+
 /// Marks a JSON string that stands for a CEL expression in [`cel`].
 const RAW: &str = "\u{0}cel:";
 

@@ -38,6 +38,23 @@ fn the_chart_installs_the_crd_from_crds() {
 }
 
 #[test]
+fn the_chart_installs_the_admission_policy_the_operator_generates() {
+    let generated = serde_json::to_string_pretty(&aoai_operator::policy::mutating_policy(
+        aoai_operator::policy::IMAGE_PLACEHOLDER,
+    ))
+    .unwrap()
+        + "\n";
+    let copy = chart().join("files/mutating-admission-policy.json");
+    if update() {
+        std::fs::write(&copy, &generated).unwrap();
+    }
+    assert!(
+        std::fs::read_to_string(copy).unwrap_or_default() == generated,
+        "the chart's admission policy differs from policy::mutating_policy (UPDATE_CHART=1 to accept)"
+    );
+}
+
+#[test]
 fn the_chart_grants_exactly_the_operator_permissions() {
     let own = "{{ include \"aoai.fullname\" . | quote }}";
     let rbac_file = chart().join("templates/rbac.yaml");

@@ -272,11 +272,25 @@ async fn rollout_restart_restarts_each_stale_workload_once() {
         },
     ];
     let ctx = context(client, pods);
+    // First the new hash is published in the status (pods the admission policy injects copy it
+    // from there); nothing is restarted yet, and the reconcile comes back soon.
     let run = tokio::spawn(controller::reconcile(
         Arc::new(proxy(spec.clone())),
         ctx.clone(),
     ));
+    let published = expect_status_apply(&mut handle, &spec).await;
+    assert_eq!(published["configHash"], current.as_str());
+    assert!(published["rolledOutHash"].is_null(), "{published}");
+    expect_event(&mut handle, "Ready", "Normal").await;
+    assert_eq!(
+        run.await.unwrap().unwrap(),
+        Action::requeue(Duration::from_secs(2))
+    );
 
+    // Then each stale workload is restarted, once.
+    let mut stored = proxy(spec.clone());
+    stored.status = Some(serde_json::from_value(published).unwrap());
+    let run = tokio::spawn(controller::reconcile(Arc::new(stored), ctx.clone()));
     let (parts, _, send) = next(&mut handle).await;
     assert_eq!(
         (parts.method.clone(), parts.uri.path()),
@@ -326,7 +340,6 @@ async fn rollout_restart_restarts_each_stale_workload_once() {
         ),
         (Some(4), Some(1))
     );
-    expect_event(&mut handle, "Ready", "Normal").await;
     let note = expect_event(&mut handle, "RolloutRestarted", "Normal").await;
     assert_eq!(
         note,

@@ -55,6 +55,8 @@ GOOD = {
         "webhook": {"certificates": {"mode": "cert-manager", "issuerRef": {"name": "corp-ca", "kind": "ClusterIssuer"}}}
     },
     "own secret": {"webhook": {"certificates": {"mode": "secret", "secretName": "my-tls", "caBundle": "TFMwdExTMUNSVWQ="}}},
+    "admission policy": {"injection": {"engine": "policy"}, "commonAnnotations": {"owner": "platform"}},
+    "webhook alone": {"injection": {"engine": "webhook"}},
     "everything optional": {
         "metrics": {"serviceMonitor": {"enabled": True, "labels": {"release": "prom"}}},
         "networkPolicy": {"enabled": True, "metricsFrom": [{"namespaceSelector": {"matchLabels": {"name": "monitoring"}}}]},
@@ -90,6 +92,7 @@ BAD = [
     ({"webhook": {"certificates": {"mode": "secret"}}}, "should be non-empty"),
     ({"image": {"pullPolicy": "Sometimes"}}, "'Sometimes' is not one of ['Always', 'IfNotPresent', 'Never']"),
     ({"logFormat": "xml"}, "'xml' is not one of ['text', 'json']"),
+    ({"injection": {"engine": "both"}}, "'both' is not one of ['auto', 'policy', 'webhook']"),
     ({"certificateExpiryWindow": "a month"}, "'a month' does not match"),
     ({"replicas": 2}, "Additional properties are not allowed ('replicas' was unexpected)"),
     ({"rbac": {"secretNamespaces": ["Team A"]}}, "'Team A' does not match"),

@@ -19,7 +19,9 @@ use aoai_e2e::wait;
 use aoai_operator::annotations::{CONFIG_HASH, INJECT, PROXY_LABEL, STATUS, STATUS_INJECTED};
 use aoai_operator::crd::AzureOpenAIProxy;
 use base64::Engine;
-use k8s_openapi::api::admissionregistration::v1::MutatingWebhookConfiguration;
+use k8s_openapi::api::admissionregistration::v1::{
+    MutatingAdmissionPolicy, MutatingWebhookConfiguration,
+};
 use k8s_openapi::api::apps::v1::ReplicaSet;
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{Namespace, Pod, Secret, ServiceAccount};
@@ -87,7 +89,20 @@ async fn the_chart_installed_operator_injects_counts_rolls_out_and_fails_closed_
         return;
     };
     let client = plane.client();
-    let chart = install_chart(&plane, RELEASE, OPERATOR_NS, json!({})).await;
+    // The webhook engine: every admission goes through the operator (the policy's own test is
+    // below).
+    let chart = install_chart(
+        &plane,
+        RELEASE,
+        OPERATOR_NS,
+        json!({"injection": {"engine": "webhook"}}),
+    )
+    .await;
+    let policies: Api<MutatingAdmissionPolicy> = Api::all(client.clone());
+    assert!(
+        policies.list(&Default::default()).await.unwrap().items.is_empty(),
+        "engine webhook installs no admission policy"
+    );
 
     let namespaces: Api<Namespace> = Api::all(client.clone());
     apply(
@@ -508,4 +523,157 @@ async fn workload_identity_token_reaches_entra_as_the_sidecar_reads_it(
     );
     assert!(request.outcome.is_ok(), "{:?}", request.outcome);
     sidecar.stop().await;
+}
+
+/// The chart's default on Kubernetes 1.36 (`injection.engine: auto`) installs the admission
+/// policy. With the operator not running, a new AzureOpenAIProxy works at once: a bare pod and a
+/// Deployment's pod get the sidecar, without a config hash; a pod the policy leaves to the webhook
+/// (an unusual port) is refused, never created without its sidecar. When the operator starts, the
+/// status catches up and, with `rollout: Restart`, the Deployment whose pods carry no hash is
+/// restarted once: its new pods carry the hash.
+#[tokio::test]
+async fn with_the_operator_down_the_admission_policy_injects_and_the_operator_catches_up() {
+    let test = "with_the_operator_down_the_admission_policy_injects_and_the_operator_catches_up";
+    let Some(plane) = ControlPlane::start_with_controller_manager(test).await else {
+        return;
+    };
+    let client = plane.client();
+    let chart = install_chart(&plane, RELEASE, OPERATOR_NS, json!({})).await;
+    let policies: Api<MutatingAdmissionPolicy> = Api::all(client.clone());
+    let installed: Vec<String> = policies
+        .list(&Default::default())
+        .await
+        .unwrap()
+        .items
+        .iter()
+        .map(|p| p.name_any())
+        .collect();
+    assert_eq!(installed, [format!("{RELEASE}-inject")], "auto chose the policy on 1.36");
+
+    let namespaces: Api<Namespace> = Api::all(client.clone());
+    apply(
+        &namespaces,
+        NS,
+        json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": NS}}),
+    )
+    .await;
+    let accounts: Api<ServiceAccount> = Api::namespaced(client.clone(), NS);
+    wait::until("the namespace's default ServiceAccount", Duration::from_secs(30), || async {
+        match accounts.get_opt("default").await {
+            Ok(Some(_)) => Ok(()),
+            other => Err(format!("{other:?}")),
+        }
+    })
+    .await;
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), NS);
+    let now = time::OffsetDateTime::now_utc().unix_timestamp();
+    let cert = self_signed_client_cert(&fixture_key_pem("client-a"), now - 3600, now + 90 * 86_400);
+    apply(
+        &secrets,
+        "openai-client-cert",
+        tls_secret("openai-client-cert", NS, &cert, "client-a"),
+    )
+    .await;
+    let proxies: Api<AzureOpenAIProxy> = Api::namespaced(client.clone(), NS);
+    apply(&proxies, "openai", json!({
+        "apiVersion": "aoai-proxy.io/v1alpha1", "kind": "AzureOpenAIProxy",
+        "metadata": {"name": "openai", "namespace": NS},
+        "spec": {
+            "endpoint": "https://r.openai.azure.com",
+            "tenantId": TENANT, "clientId": CLIENT_ID,
+            "credential": {"clientCertificate": {"secretName": "openai-client-cert"}},
+            "rollout": "Restart",
+        },
+    }))
+    .await;
+
+    // No operator: the policy injects (once the API server has loaded it; until then the webhook
+    // is asked and, unreachable, refuses).
+    let pods: Api<Pod> = Api::namespaced(client.clone(), NS);
+    let pod = |name: &str, annotations: Value| -> Pod {
+        serde_json::from_value(json!({
+            "metadata": {"name": name, "annotations": annotations},
+            "spec": {"containers": [{"name": "app", "image": "registry.example/chat:1"}]},
+        }))
+        .unwrap()
+    };
+    let bare = wait::until("a bare pod injected by the policy", Duration::from_secs(30), || async {
+        pods.create(&PostParams::default(), &pod("bare", json!({INJECT: "openai"})))
+            .await
+            .map_err(|e| e.to_string())
+    })
+    .await;
+    assert_eq!(sidecar(&bare).restart_policy.as_deref(), Some("Always"));
+    assert_eq!(config_hash(&bare), None, "no operator has written a hash yet");
+    let refused = pods
+        .create(
+            &PostParams::default(),
+            &pod("unusual", json!({INJECT: "openai", "aoai-proxy.io/port": "80"})),
+        )
+        .await
+        .expect_err("a pod the policy leaves to the webhook is refused while the operator is down");
+    assert!(refused.to_string().contains("failed calling webhook"), "{refused}");
+
+    let deployments: Api<k8s_openapi::api::apps::v1::Deployment> =
+        Api::namespaced(client.clone(), NS);
+    apply(&deployments, "chat", json!({
+        "apiVersion": "apps/v1", "kind": "Deployment",
+        "metadata": {"name": "chat", "namespace": NS},
+        "spec": {"replicas": 1, "selector": {"matchLabels": {"app": "chat"}}, "template": annotated_template("openai", "Always")},
+    }))
+    .await;
+    let owned = |pods: &[Pod]| -> Vec<Pod> {
+        pods.iter()
+            .filter(|p| p.owner_references().iter().any(|o| o.kind == "ReplicaSet"))
+            .cloned()
+            .collect()
+    };
+    let first = wait::until("the Deployment's pod, injected", Duration::from_secs(60), || async {
+        match owned(&injected_pods(&client, "openai").await).as_slice() {
+            [one] => Ok(one.clone()),
+            other => Err(format!("{} pods", other.len())),
+        }
+    })
+    .await;
+    assert_eq!(config_hash(&first), None);
+
+    // The operator starts: the status catches up, and the Deployment is restarted once.
+    let mut operator = OperatorProcess::start(OPERATOR, &chart, "aoai-proxy-operator-0", true, &[]);
+    operator.wait_ready(Duration::from_secs(60)).await;
+    let hash = wait::until("the status, Ready with a config hash", Duration::from_secs(60), || async {
+        let status = status_of(&proxies, "openai").await?;
+        match status["configHash"].as_str() {
+            Some(hash) if is_ready(&status) => Ok(hash.to_string()),
+            _ => Err(format!("{status}; operator:\n{}", operator.output())),
+        }
+    })
+    .await;
+    wait::until(
+        "the Deployment's new pod carries the hash",
+        Duration::from_secs(60),
+        || async {
+            let pods = owned(&injected_pods(&client, "openai").await);
+            if pods.iter().any(|p| config_hash(p) == Some(hash.as_str())) {
+                Ok(())
+            } else {
+                Err(format!(
+                    "hashes {:?}; operator:\n{}",
+                    pods.iter().map(config_hash).collect::<Vec<_>>(),
+                    operator.output()
+                ))
+            }
+        },
+    )
+    .await;
+    let deployment = deployments.get("chat").await.unwrap();
+    assert!(
+        deployment
+            .spec
+            .and_then(|s| s.template.metadata)
+            .and_then(|m| m.annotations)
+            .is_some_and(|a| a.contains_key("kubectl.kubernetes.io/restartedAt")),
+        "rollout: Restart restarted the Deployment whose pod had no hash"
+    );
+    let exit = operator.terminate(Duration::from_secs(20));
+    assert!(exit.success(), "{exit}:\n{}", operator.output());
 }

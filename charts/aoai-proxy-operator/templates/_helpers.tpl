@@ -56,3 +56,15 @@ annotations:
 {{- printf "%s-webhook-tls" (include "aoai.fullname" .) }}
 {{- end }}
 {{- end }}
+
+{{- define "aoai.proxyImage" -}}
+{{ .Values.proxyImage.repository }}:{{ .Values.proxyImage.tag | default .Chart.AppVersion }}
+{{- end }}
+
+{{- /* Non-empty when the MutatingAdmissionPolicy is installed (injection.engine). */}}
+{{- define "aoai.policyEngine" -}}
+{{- $engine := .Values.injection.engine }}
+{{- if or (eq $engine "policy") (and (eq $engine "auto") (.Capabilities.APIVersions.Has "admissionregistration.k8s.io/v1/MutatingAdmissionPolicy")) -}}
+true
+{{- end }}
+{{- end }}
