@@ -252,8 +252,7 @@ async fn reconcile_inner(proxy: &AzureOpenAIProxy, ctx: &Context) -> Result<Acti
         && assessment.status.rolled_out_hash.as_deref() != Some(hash.as_str());
     if rollout_due && !published {
         assessment.requeue_after = assessment.requeue_after.min(PUBLISH_BEFORE_RESTART);
-    } else if rollout_due
-    {
+    } else if rollout_due {
         let restarted = restart_stale_workloads(ctx, &namespace, &pod_refs, &hash).await?;
         if !restarted.is_empty() {
             assessment.transitions.push(status::Transition {

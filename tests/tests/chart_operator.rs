@@ -100,7 +100,12 @@ async fn the_chart_installed_operator_injects_counts_rolls_out_and_fails_closed_
     .await;
     let policies: Api<MutatingAdmissionPolicy> = Api::all(client.clone());
     assert!(
-        policies.list(&Default::default()).await.unwrap().items.is_empty(),
+        policies
+            .list(&Default::default())
+            .await
+            .unwrap()
+            .items
+            .is_empty(),
         "engine webhook installs no admission policy"
     );
 
@@ -548,7 +553,11 @@ async fn with_the_operator_down_the_admission_policy_injects_and_the_operator_ca
         .iter()
         .map(|p| p.name_any())
         .collect();
-    assert_eq!(installed, [format!("{RELEASE}-inject")], "auto chose the policy on 1.36");
+    assert_eq!(
+        installed,
+        [format!("{RELEASE}-inject")],
+        "auto chose the policy on 1.36"
+    );
 
     let namespaces: Api<Namespace> = Api::all(client.clone());
     apply(
@@ -558,12 +567,16 @@ async fn with_the_operator_down_the_admission_policy_injects_and_the_operator_ca
     )
     .await;
     let accounts: Api<ServiceAccount> = Api::namespaced(client.clone(), NS);
-    wait::until("the namespace's default ServiceAccount", Duration::from_secs(30), || async {
-        match accounts.get_opt("default").await {
-            Ok(Some(_)) => Ok(()),
-            other => Err(format!("{other:?}")),
-        }
-    })
+    wait::until(
+        "the namespace's default ServiceAccount",
+        Duration::from_secs(30),
+        || async {
+            match accounts.get_opt("default").await {
+                Ok(Some(_)) => Ok(()),
+                other => Err(format!("{other:?}")),
+            }
+        },
+    )
     .await;
     let secrets: Api<Secret> = Api::namespaced(client.clone(), NS);
     let now = time::OffsetDateTime::now_utc().unix_timestamp();
@@ -575,16 +588,20 @@ async fn with_the_operator_down_the_admission_policy_injects_and_the_operator_ca
     )
     .await;
     let proxies: Api<AzureOpenAIProxy> = Api::namespaced(client.clone(), NS);
-    apply(&proxies, "openai", json!({
-        "apiVersion": "aoai-proxy.io/v1alpha1", "kind": "AzureOpenAIProxy",
-        "metadata": {"name": "openai", "namespace": NS},
-        "spec": {
-            "endpoint": "https://r.openai.azure.com",
-            "tenantId": TENANT, "clientId": CLIENT_ID,
-            "credential": {"clientCertificate": {"secretName": "openai-client-cert"}},
-            "rollout": "Restart",
-        },
-    }))
+    apply(
+        &proxies,
+        "openai",
+        json!({
+            "apiVersion": "aoai-proxy.io/v1alpha1", "kind": "AzureOpenAIProxy",
+            "metadata": {"name": "openai", "namespace": NS},
+            "spec": {
+                "endpoint": "https://r.openai.azure.com",
+                "tenantId": TENANT, "clientId": CLIENT_ID,
+                "credential": {"clientCertificate": {"secretName": "openai-client-cert"}},
+                "rollout": "Restart",
+            },
+        }),
+    )
     .await;
 
     // No operator: the policy injects (once the API server has loaded it; until then the webhook
@@ -597,22 +614,39 @@ async fn with_the_operator_down_the_admission_policy_injects_and_the_operator_ca
         }))
         .unwrap()
     };
-    let bare = wait::until("a bare pod injected by the policy", Duration::from_secs(30), || async {
-        pods.create(&PostParams::default(), &pod("bare", json!({INJECT: "openai"})))
+    let bare = wait::until(
+        "a bare pod injected by the policy",
+        Duration::from_secs(30),
+        || async {
+            pods.create(
+                &PostParams::default(),
+                &pod("bare", json!({INJECT: "openai"})),
+            )
             .await
             .map_err(|e| e.to_string())
-    })
+        },
+    )
     .await;
     assert_eq!(sidecar(&bare).restart_policy.as_deref(), Some("Always"));
-    assert_eq!(config_hash(&bare), None, "no operator has written a hash yet");
+    assert_eq!(
+        config_hash(&bare),
+        None,
+        "no operator has written a hash yet"
+    );
     let refused = pods
         .create(
             &PostParams::default(),
-            &pod("unusual", json!({INJECT: "openai", "aoai-proxy.io/port": "80"})),
+            &pod(
+                "unusual",
+                json!({INJECT: "openai", "aoai-proxy.io/port": "80"}),
+            ),
         )
         .await
         .expect_err("a pod the policy leaves to the webhook is refused while the operator is down");
-    assert!(refused.to_string().contains("failed calling webhook"), "{refused}");
+    assert!(
+        refused.to_string().contains("failed calling webhook"),
+        "{refused}"
+    );
 
     let deployments: Api<k8s_openapi::api::apps::v1::Deployment> =
         Api::namespaced(client.clone(), NS);
@@ -628,25 +662,33 @@ async fn with_the_operator_down_the_admission_policy_injects_and_the_operator_ca
             .cloned()
             .collect()
     };
-    let first = wait::until("the Deployment's pod, injected", Duration::from_secs(60), || async {
-        match owned(&injected_pods(&client, "openai").await).as_slice() {
-            [one] => Ok(one.clone()),
-            other => Err(format!("{} pods", other.len())),
-        }
-    })
+    let first = wait::until(
+        "the Deployment's pod, injected",
+        Duration::from_secs(60),
+        || async {
+            match owned(&injected_pods(&client, "openai").await).as_slice() {
+                [one] => Ok(one.clone()),
+                other => Err(format!("{} pods", other.len())),
+            }
+        },
+    )
     .await;
     assert_eq!(config_hash(&first), None);
 
     // The operator starts: the status catches up, and the Deployment is restarted once.
     let mut operator = OperatorProcess::start(OPERATOR, &chart, "aoai-proxy-operator-0", true, &[]);
     operator.wait_ready(Duration::from_secs(60)).await;
-    let hash = wait::until("the status, Ready with a config hash", Duration::from_secs(60), || async {
-        let status = status_of(&proxies, "openai").await?;
-        match status["configHash"].as_str() {
-            Some(hash) if is_ready(&status) => Ok(hash.to_string()),
-            _ => Err(format!("{status}; operator:\n{}", operator.output())),
-        }
-    })
+    let hash = wait::until(
+        "the status, Ready with a config hash",
+        Duration::from_secs(60),
+        || async {
+            let status = status_of(&proxies, "openai").await?;
+            match status["configHash"].as_str() {
+                Some(hash) if is_ready(&status) => Ok(hash.to_string()),
+                _ => Err(format!("{status}; operator:\n{}", operator.output())),
+            }
+        },
+    )
     .await;
     wait::until(
         "the Deployment's new pod carries the hash",

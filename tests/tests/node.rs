@@ -4,7 +4,8 @@
 //! (leader election, the webhook served through its Service with its own certificate), the
 //! examples applied, and injected pods that really run, with their sidecar calling a mock Entra ID
 //! and a mock Azure OpenAI served on the pod bridge's gateway over HTTPS signed by a private CA
-//! (`spec.trust`).
+//! (`spec.trust`); with the operator scaled to zero, the chart's admission policy still injects
+//! and the pod runs with its sidecar.
 //!
 //! One test function: one node per test binary, its scenarios in order.
 
@@ -604,7 +605,9 @@ async fn the_quick_start_on_a_real_node() {
         sidecar - app
     );
 
-    // 9. The operator down: annotated pods are refused, others created; injection is back when a
+    // 9. The operator down: the chart's admission policy (the default engine on 1.36) still
+    // injects, and the pod runs with its sidecar; a pod the policy leaves to the webhook is
+    // refused, never created without its sidecar; others are created. The webhook is back when a
     // replica returns.
     let operator: Api<Deployment> = Api::namespaced(client.clone(), OPERATOR_NS);
     let scale = |replicas: i32| json!({"spec": {"replicas": replicas}});
@@ -634,27 +637,54 @@ async fn the_quick_start_on_a_real_node() {
         },
     )
     .await;
-    let pod = |name: &str, annotated: bool| -> Pod {
-        let annotations = if annotated {
-            json!({"aoai-proxy.io/inject": "openai"})
-        } else {
-            json!({})
-        };
+    let pod = |name: &str, annotations: serde_json::Value| -> Pod {
         serde_json::from_value(json!({
-            "metadata": {"name": name, "annotations": annotations},
+            "metadata": {"name": name, "annotations": annotations, "labels": {"scenario": name}},
             "spec": {"containers": [{"name": "app", "image": APP_IMAGE}]},
         }))
         .unwrap()
     };
+    pods_api
+        .create(
+            &PostParams::default(),
+            &pod("while-down", json!({"aoai-proxy.io/inject": "openai"})),
+        )
+        .await
+        .expect("the admission policy injects while the operator is down");
+    let running = wait_pods_ready(
+        &mut node,
+        NS,
+        "scenario=while-down",
+        1,
+        Duration::from_secs(120),
+    )
+    .await;
+    assert!(
+        running[0]
+            .spec
+            .as_ref()
+            .unwrap()
+            .init_containers
+            .iter()
+            .flatten()
+            .any(|c| c.name == "aoai-proxy"),
+        "the pod injected while the operator was down runs with its sidecar"
+    );
     let refused = pods_api
-        .create(&PostParams::default(), &pod("refused", true))
+        .create(
+            &PostParams::default(),
+            &pod(
+                "refused",
+                json!({"aoai-proxy.io/inject": "openai", "aoai-proxy.io/port": "80"}),
+            ),
+        )
         .await;
     let error = refused
-        .expect_err("an annotated pod is refused while no webhook answers")
+        .expect_err("a pod the policy leaves to the webhook is refused while no webhook answers")
         .to_string();
     assert!(error.contains("failed calling webhook"), "{error}");
     pods_api
-        .create(&PostParams::default(), &pod("plain", false))
+        .create(&PostParams::default(), &pod("plain", json!({})))
         .await
         .expect("other pods are created");
     operator
@@ -673,26 +703,32 @@ async fn the_quick_start_on_a_real_node() {
         Duration::from_secs(120),
     )
     .await;
-    let injected = wait::until("injection is back", Duration::from_secs(60), || async {
-        match pods_api
-            .create(&PostParams::default(), &pod("back", true))
-            .await
-        {
-            Ok(pod) => Ok(pod),
-            Err(e) => Err(e.to_string()),
-        }
-    })
+    // The webhook answers again: the pod the policy leaves to it gets the webhook's own refusal.
+    wait::until(
+        "the webhook answers again",
+        Duration::from_secs(60),
+        || async {
+            match pods_api
+                .create(
+                    &PostParams::default(),
+                    &pod(
+                        "refused",
+                        json!({"aoai-proxy.io/inject": "openai", "aoai-proxy.io/port": "80"}),
+                    ),
+                )
+                .await
+            {
+                Err(e)
+                    if e.to_string()
+                        .contains("must be a port number from 1024 to 65535") =>
+                {
+                    Ok(())
+                }
+                other => Err(format!("{other:?}")),
+            }
+        },
+    )
     .await;
-    assert!(
-        injected
-            .spec
-            .unwrap()
-            .init_containers
-            .iter()
-            .flatten()
-            .any(|c| c.name == "aoai-proxy"),
-        "the pod created after the operator returned has the sidecar"
-    );
 
     node.stop().await;
 }
