@@ -9,8 +9,6 @@
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
-use k8s_openapi::api::core::v1::PodSpec;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 
 const IMAGE: &str = "ghcr.io/aoai-proxy/aoai-proxy:golden";
 
@@ -164,21 +162,6 @@ fn without_a_proxy_or_a_cluster_inject_says_so() {
 
 /// Every object of `value` (a document, a List's items, a template's nesting) that is a pod: its
 /// metadata and spec, where the spec holds containers.
-fn pods_in(value: &serde_json::Value, found: &mut Vec<(ObjectMeta, PodSpec)>) {
-    if let Some(object) = value.as_object() {
-        if let (Some(meta), Some(spec)) = (object.get("metadata"), object.get("spec"))
-            && spec.get("containers").is_some()
-        {
-            found.push((
-                serde_json::from_value(meta.clone()).unwrap(),
-                serde_json::from_value(spec.clone()).unwrap(),
-            ));
-        }
-        object.values().for_each(|v| pods_in(v, found));
-    } else if let Some(items) = value.as_array() {
-        items.iter().for_each(|v| pods_in(v, found));
-    }
-}
 
 #[test]
 fn every_injected_sidecar_in_the_golden_files_configures_the_proxy_it_names() {
@@ -191,9 +174,7 @@ fn every_injected_sidecar_in_the_golden_files_configures_the_proxy_it_names() {
             .to_string();
         let proxies = proxies_in(&parse(&std::fs::read_to_string(&input).unwrap()).unwrap());
         let output = parse(&std::fs::read_to_string(format!("{stem}.out.yaml")).unwrap()).unwrap();
-        let mut pods = Vec::new();
-        output.iter().for_each(|d| pods_in(d, &mut pods));
-        for (meta, spec) in pods {
+        for (meta, spec) in output.iter().flat_map(aoai_e2e::manifests::pods_in) {
             let has_sidecar = spec
                 .init_containers
                 .iter()

@@ -50,22 +50,6 @@ fn check(what: &str, meta: &ObjectMeta, spec: &PodSpec, proxy: &Arc<AzureOpenAIP
     true
 }
 
-fn pods_in(value: &serde_json::Value, found: &mut Vec<(ObjectMeta, PodSpec)>) {
-    if let Some(object) = value.as_object() {
-        if let (Some(meta), Some(spec)) = (object.get("metadata"), object.get("spec"))
-            && spec.get("containers").is_some()
-        {
-            found.push((
-                serde_json::from_value(meta.clone()).unwrap(),
-                serde_json::from_value(spec.clone()).unwrap(),
-            ));
-        }
-        object.values().for_each(|v| pods_in(v, found));
-    } else if let Some(items) = value.as_array() {
-        items.iter().for_each(|v| pods_in(v, found));
-    }
-}
-
 /// A golden pod: where it comes from, the pod, the AzureOpenAIProxy it names.
 type Case = (String, ObjectMeta, PodSpec, Arc<AzureOpenAIProxy>);
 
@@ -82,9 +66,7 @@ fn golden() -> (Vec<Case>, Vec<Arc<AzureOpenAIProxy>>) {
         let documents = parse(&std::fs::read_to_string(&path).unwrap()).unwrap();
         let proxies: Vec<Arc<AzureOpenAIProxy>> =
             proxies_in(&documents).into_iter().map(Arc::new).collect();
-        let mut pods = Vec::new();
-        documents.iter().for_each(|d| pods_in(d, &mut pods));
-        for (meta, spec) in pods {
+        for (meta, spec) in documents.iter().flat_map(aoai_e2e::manifests::pods_in) {
             let named = meta
                 .annotations
                 .as_ref()

@@ -29,6 +29,32 @@ pub struct ControlPlane {
     dir: tempfile::TempDir,
 }
 
+/// The project's CRD, `crds/`.
+const CRD_FILE: &str = concat!(
+    env!("CARGO_MANIFEST_DIR"),
+    "/../crds/aoai-proxy.io_azureopenaiproxies.yaml"
+);
+
+/// Creates the AzureOpenAIProxy CRD from `crds/` and waits until it is established.
+pub async fn install_crd(client: &kube::Client) {
+    use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+    let crd: CustomResourceDefinition =
+        serde_saphyr::from_str(&std::fs::read_to_string(CRD_FILE).unwrap()).unwrap();
+    let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
+    crds.create(&PostParams::default(), &crd)
+        .await
+        .expect("the apiserver accepts crds/ (a structural schema with valid CEL)");
+    let established = kube::runtime::wait::await_condition(
+        crds,
+        "azureopenaiproxies.aoai-proxy.io",
+        kube::runtime::wait::conditions::is_crd_established(),
+    );
+    tokio::time::timeout(Duration::from_secs(30), established)
+        .await
+        .expect("the CRD is established in time")
+        .unwrap();
+}
+
 /// The issuer of the service-account tokens this control plane signs.
 pub const SERVICE_ACCOUNT_ISSUER: &str = "https://127.0.0.1/aoai-e2e";
 

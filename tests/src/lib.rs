@@ -14,6 +14,7 @@ pub mod generated;
 pub mod image;
 pub mod kubelet;
 pub mod managed_identity;
+pub mod manifests;
 pub mod node;
 pub mod openai;
 pub mod operator;

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use aoai_e2e::ca::{fixture_key_pem, self_signed_client_cert};
-use aoai_e2e::control_plane::ControlPlane;
+use aoai_e2e::control_plane::{ControlPlane, install_crd};
 use aoai_operator::controller;
 use aoai_operator::crd::AzureOpenAIProxy;
 use aoai_operator::metrics::Metrics;
@@ -16,32 +16,10 @@ use aoai_operator::status::Options;
 use k8s_openapi::api::core::v1::{Namespace, Secret};
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::api::{Api, Patch, PatchParams, PostParams};
-use kube::{Client, ResourceExt};
+use kube::ResourceExt;
 use serde_json::{Value, json};
 
 const NS: &str = "aoai-e2e";
-const CRD_FILE: &str = concat!(
-    env!("CARGO_MANIFEST_DIR"),
-    "/../crds/aoai-proxy.io_azureopenaiproxies.yaml"
-);
-
-async fn install_crd(client: &Client) {
-    let crd: CustomResourceDefinition =
-        serde_saphyr::from_str(&std::fs::read_to_string(CRD_FILE).unwrap()).unwrap();
-    let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
-    crds.create(&PostParams::default(), &crd)
-        .await
-        .expect("the apiserver accepts crds/ (a structural schema with valid CEL)");
-    let established = kube::runtime::wait::await_condition(
-        crds,
-        "azureopenaiproxies.aoai-proxy.io",
-        kube::runtime::wait::conditions::is_crd_established(),
-    );
-    tokio::time::timeout(Duration::from_secs(30), established)
-        .await
-        .expect("the CRD is established in time")
-        .unwrap();
-}
 
 fn tls_secret(key: &str) -> Value {
     let now = time::OffsetDateTime::now_utc().unix_timestamp();

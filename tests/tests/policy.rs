@@ -7,7 +7,8 @@
 
 use std::time::Duration;
 
-use aoai_e2e::control_plane::{ControlPlane, apply};
+use aoai_e2e::control_plane::{ControlPlane, apply, install_crd};
+use aoai_e2e::manifests::pods_in;
 use aoai_e2e::wait;
 use aoai_operator::annotations::{CONFIG_HASH, STATUS, STATUS_INJECTED};
 use aoai_operator::crd::{AzureOpenAIProxy, config_hash};
@@ -18,33 +19,12 @@ use k8s_openapi::api::admissionregistration::v1::{
     MutatingAdmissionPolicy, MutatingAdmissionPolicyBinding,
 };
 use k8s_openapi::api::core::v1::{Namespace, Pod, PodSpec, ServiceAccount};
-use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::api::{Api, Patch, PatchParams, PostParams};
 use serde_json::{Value, json};
 
 const IMAGE: &str = "aoai-proxy:policy";
-const CRD_FILE: &str = concat!(
-    env!("CARGO_MANIFEST_DIR"),
-    "/../crds/aoai-proxy.io_azureopenaiproxies.yaml"
-);
 const GOLDEN: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../operator/tests/golden");
-
-fn pods_in(value: &Value, found: &mut Vec<(ObjectMeta, PodSpec)>) {
-    if let Some(object) = value.as_object() {
-        if let (Some(meta), Some(spec)) = (object.get("metadata"), object.get("spec"))
-            && spec.get("containers").is_some()
-        {
-            found.push((
-                serde_json::from_value(meta.clone()).unwrap(),
-                serde_json::from_value(spec.clone()).unwrap(),
-            ));
-        }
-        object.values().for_each(|v| pods_in(v, found));
-    } else if let Some(items) = value.as_array() {
-        items.iter().for_each(|v| pods_in(v, found));
-    }
-}
 
 /// A stored pod as compared: without what the server generates for each object, and without the
 /// service-account token volume (added before either engine runs, so only its place differs).
@@ -115,21 +95,7 @@ async fn the_admission_policy_alone_injects_as_the_webhook_does() {
         return;
     };
     let client = plane.client();
-    let crd: CustomResourceDefinition =
-        serde_saphyr::from_str(&std::fs::read_to_string(CRD_FILE).unwrap()).unwrap();
-    let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
-    crds.create(&PostParams::default(), &crd).await.unwrap();
-    tokio::time::timeout(
-        Duration::from_secs(30),
-        kube::runtime::wait::await_condition(
-            crds,
-            "azureopenaiproxies.aoai-proxy.io",
-            kube::runtime::wait::conditions::is_crd_established(),
-        ),
-    )
-    .await
-    .expect("CRD established")
-    .unwrap();
+    install_crd(&client).await;
     let policies: Api<MutatingAdmissionPolicy> = Api::all(client.clone());
     apply(&policies, policy::NAME, policy::mutating_policy(IMAGE)).await;
     let bindings: Api<MutatingAdmissionPolicyBinding> = Api::all(client.clone());
@@ -161,8 +127,7 @@ async fn the_admission_policy_alone_injects_as_the_webhook_does() {
         )
         .await;
         let documents = parse(&std::fs::read_to_string(file).unwrap()).unwrap();
-        let mut templates = Vec::new();
-        documents.iter().for_each(|d| pods_in(d, &mut templates));
+        let templates: Vec<_> = documents.iter().flat_map(pods_in).collect();
         let accounts: Api<ServiceAccount> = Api::namespaced(client.clone(), &ns);
         let mut names: Vec<String> = templates
             .iter()

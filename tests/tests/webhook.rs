@@ -3,9 +3,8 @@
 //! is created and read back with the sidecar, and a bad annotation is denied with its message.
 
 use std::sync::Arc;
-use std::time::Duration;
 
-use aoai_e2e::control_plane::ControlPlane;
+use aoai_e2e::control_plane::{ControlPlane, install_crd};
 use aoai_operator::certs::{self, SelfManaged, ServingCert};
 use aoai_operator::crd::AzureOpenAIProxy;
 use aoai_operator::metrics::Metrics;
@@ -14,16 +13,11 @@ use aoai_operator::webhook::{self, Webhook};
 use futures_util::StreamExt;
 use k8s_openapi::api::admissionregistration::v1::MutatingWebhookConfiguration;
 use k8s_openapi::api::core::v1::{Namespace, Pod};
-use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::api::{Api, PostParams};
 use kube::runtime::{WatchStreamExt, reflector, watcher};
 use serde_json::json;
 
 const NS: &str = "aoai-e2e-webhook";
-const CRD_FILE: &str = concat!(
-    env!("CARGO_MANIFEST_DIR"),
-    "/../crds/aoai-proxy.io_azureopenaiproxies.yaml"
-);
 
 async fn create<K>(api: &Api<K>, value: serde_json::Value) -> Result<K, kube::Error>
 where
@@ -45,21 +39,7 @@ async fn an_annotated_pod_is_created_with_the_sidecar_and_a_bad_one_is_denied() 
         return;
     };
     let client = plane.client();
-    let crd: CustomResourceDefinition =
-        serde_saphyr::from_str(&std::fs::read_to_string(CRD_FILE).unwrap()).unwrap();
-    let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
-    crds.create(&PostParams::default(), &crd).await.unwrap();
-    tokio::time::timeout(
-        Duration::from_secs(30),
-        kube::runtime::wait::await_condition(
-            crds,
-            "azureopenaiproxies.aoai-proxy.io",
-            kube::runtime::wait::conditions::is_crd_established(),
-        ),
-    )
-    .await
-    .expect("CRD established")
-    .unwrap();
+    install_crd(&client).await;
     let namespaces: Api<Namespace> = Api::all(client.clone());
     for name in [NS, "aoai-system"] {
         create(
