@@ -105,6 +105,11 @@ fn when(condition: &str, entries: &[String]) -> String {
     format!("({condition} ? [{}] : [])", entries.join(", "))
 }
 
+/// The path of a mounted key's file: `dir/<key>`, the key given by a CEL expression.
+fn file_in(dir: &str, key: &str) -> String {
+    format!("{} + string({key})", quote(&format!("{dir}/")))
+}
+
 fn credential(kind: &str) -> String {
     format!("has(params.spec.credential.{kind})")
 }
@@ -158,10 +163,7 @@ fn sidecar_env() -> String {
                 app[1].clone(),
                 var(
                     names::AZURE_CERTIFICATE_PATH,
-                    format!(
-                        "{} + string({cert}.certificateKey)",
-                        quote(&format!("{CREDENTIAL_DIR}/"))
-                    ),
+                    file_in(CREDENTIAL_DIR, &format!("{cert}.certificateKey")),
                 ),
             ],
         ),
@@ -172,10 +174,7 @@ fn sidecar_env() -> String {
             ),
             &[var(
                 names::AOAI_PROXY_CERTIFICATE_KEY_PATH,
-                format!(
-                    "{} + string({cert}.privateKeyKey)",
-                    quote(&format!("{CREDENTIAL_DIR}/"))
-                ),
+                file_in(CREDENTIAL_DIR, &format!("{cert}.privateKeyKey")),
             )],
         ),
         when(
@@ -192,10 +191,7 @@ fn sidecar_env() -> String {
                 app[1].clone(),
                 var(
                     names::AOAI_PROXY_CLIENT_SECRET_FILE,
-                    format!(
-                        "{} + string(params.spec.credential.clientSecret.key)",
-                        quote(&format!("{CREDENTIAL_DIR}/"))
-                    ),
+                    file_in(CREDENTIAL_DIR, "params.spec.credential.clientSecret.key"),
                 ),
             ],
         ),
@@ -268,10 +264,7 @@ fn sidecar_env() -> String {
             "has(params.spec.inboundKeys)",
             &[var(
                 names::AOAI_PROXY_INBOUND_KEYS_FILE,
-                format!(
-                    "{} + string(params.spec.inboundKeys.key)",
-                    quote(&format!("{INBOUND_KEYS_DIR}/"))
-                ),
+                file_in(INBOUND_KEYS_DIR, "params.spec.inboundKeys.key"),
             )],
         ),
         format!(

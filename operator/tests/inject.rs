@@ -9,7 +9,6 @@
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
-
 const IMAGE: &str = "ghcr.io/aoai-proxy/aoai-proxy:golden";
 
 fn golden_dir() -> PathBuf {

@@ -81,6 +81,40 @@ fn config_hash(pod: &Pod) -> Option<&str> {
     pod.annotations().get(CONFIG_HASH).map(String::as_str)
 }
 
+/// The application team's namespace, once its default ServiceAccount exists, with the client
+/// certificate Secret `openai-client-cert`; its AzureOpenAIProxies.
+async fn team_namespace(client: &Client) -> Api<AzureOpenAIProxy> {
+    let namespaces: Api<Namespace> = Api::all(client.clone());
+    apply(
+        &namespaces,
+        NS,
+        json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": NS}}),
+    )
+    .await;
+    let accounts: Api<ServiceAccount> = Api::namespaced(client.clone(), NS);
+    wait::until(
+        "the namespace's default ServiceAccount",
+        Duration::from_secs(30),
+        || async {
+            match accounts.get_opt("default").await {
+                Ok(Some(_)) => Ok(()),
+                other => Err(format!("{other:?}")),
+            }
+        },
+    )
+    .await;
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), NS);
+    let now = time::OffsetDateTime::now_utc().unix_timestamp();
+    let cert = self_signed_client_cert(&fixture_key_pem("client-a"), now - 3600, now + 90 * 86_400);
+    apply(
+        &secrets,
+        "openai-client-cert",
+        tls_secret("openai-client-cert", NS, &cert, "client-a"),
+    )
+    .await;
+    Api::namespaced(client.clone(), NS)
+}
+
 #[tokio::test]
 async fn the_chart_installed_operator_injects_counts_rolls_out_and_fails_closed_only_for_opted_in_pods()
  {
@@ -109,23 +143,7 @@ async fn the_chart_installed_operator_injects_counts_rolls_out_and_fails_closed_
         "engine webhook installs no admission policy"
     );
 
-    let namespaces: Api<Namespace> = Api::all(client.clone());
-    apply(
-        &namespaces,
-        NS,
-        json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": NS}}),
-    )
-    .await;
-    let secrets: Api<Secret> = Api::namespaced(client.clone(), NS);
-    let now = time::OffsetDateTime::now_utc().unix_timestamp();
-    let cert = self_signed_client_cert(&fixture_key_pem("client-a"), now - 3600, now + 90 * 86_400);
-    apply(
-        &secrets,
-        "openai-client-cert",
-        tls_secret("openai-client-cert", NS, &cert, "client-a"),
-    )
-    .await;
-    let proxies: Api<AzureOpenAIProxy> = Api::namespaced(client.clone(), NS);
+    let proxies = team_namespace(&client).await;
     let openai = |log_level: &str| {
         json!({
             "apiVersion": "aoai-proxy.io/v1alpha1", "kind": "AzureOpenAIProxy",
@@ -559,35 +577,7 @@ async fn with_the_operator_down_the_admission_policy_injects_and_the_operator_ca
         "auto chose the policy on 1.36"
     );
 
-    let namespaces: Api<Namespace> = Api::all(client.clone());
-    apply(
-        &namespaces,
-        NS,
-        json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": NS}}),
-    )
-    .await;
-    let accounts: Api<ServiceAccount> = Api::namespaced(client.clone(), NS);
-    wait::until(
-        "the namespace's default ServiceAccount",
-        Duration::from_secs(30),
-        || async {
-            match accounts.get_opt("default").await {
-                Ok(Some(_)) => Ok(()),
-                other => Err(format!("{other:?}")),
-            }
-        },
-    )
-    .await;
-    let secrets: Api<Secret> = Api::namespaced(client.clone(), NS);
-    let now = time::OffsetDateTime::now_utc().unix_timestamp();
-    let cert = self_signed_client_cert(&fixture_key_pem("client-a"), now - 3600, now + 90 * 86_400);
-    apply(
-        &secrets,
-        "openai-client-cert",
-        tls_secret("openai-client-cert", NS, &cert, "client-a"),
-    )
-    .await;
-    let proxies: Api<AzureOpenAIProxy> = Api::namespaced(client.clone(), NS);
+    let proxies = team_namespace(&client).await;
     apply(
         &proxies,
         "openai",
