@@ -776,6 +776,6 @@ fn app_env(container: &Container, proxy: &AzureOpenAIProxy, port: i32) -> Vec<En
 }
 
 /// Escapes a map key for a JSON Pointer (RFC 6901).
-fn pointer_key(key: &str) -> String {
+pub(crate) fn pointer_key(key: &str) -> String {
     key.replace('~', "~0").replace('/', "~1")
 }

@@ -18,8 +18,8 @@ use serde_json::{Value, json};
 use crate::annotations;
 use crate::crd::AzureCloud;
 use crate::mutate::{
-    self, AZURE_TOKEN_DIR, AZURE_TOKEN_FILE, CREDENTIAL_DIR, CREDENTIAL_VOLUME, INBOUND_KEYS_DIR,
-    INBOUND_KEYS_VOLUME, TRUST_DIR, TRUST_FILE, TRUST_VOLUME,
+    self, AZURE_TOKEN_DIR, AZURE_TOKEN_FILE, AZURE_TOKEN_VOLUME, CREDENTIAL_DIR, CREDENTIAL_VOLUME,
+    INBOUND_KEYS_DIR, INBOUND_KEYS_VOLUME, TRUST_DIR, TRUST_FILE, TRUST_VOLUME,
 };
 
 /// The policy's and its binding's name.
@@ -379,10 +379,7 @@ fn volumes_and_mounts() -> (String, String) {
         ),
         when(
             &credential("workloadIdentity"),
-            &[cel(&mutate::mount(
-                crate::mutate::AZURE_TOKEN_VOLUME,
-                AZURE_TOKEN_DIR,
-            ))],
+            &[cel(&mutate::mount(AZURE_TOKEN_VOLUME, AZURE_TOKEN_DIR))],
         ),
         when(
             "has(params.spec.inboundKeys)",
@@ -545,9 +542,18 @@ fn resource_overrides() -> String {
     parts.join(" + ")
 }
 
-/// A JSON Pointer token for a map key (RFC 6901).
-fn pointer(key: &str) -> String {
-    key.replace('~', "~0").replace('/', "~1")
+/// JSON Patch operations that add `fields` to the sidecar.
+fn add_fields(fields: Vec<(&str, Value)>) -> String {
+    fields
+        .into_iter()
+        .map(|(field, value)| {
+            format!(
+                "JSONPatch{{op: 'add', path: variables.at + '/{field}', value: {}}}",
+                cel(&value)
+            )
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 /// The MutatingAdmissionPolicy, injecting with `default_image` where an AzureOpenAIProxy names
@@ -560,28 +566,10 @@ pub fn mutating_policy(default_image: &str) -> Value {
         raw("variables.adminPort"),
         raw("variables.resources"),
     );
-    let native = mutate::native_fields(raw("variables.adminPort"))
-        .into_iter()
-        .map(|(field, value)| {
-            format!(
-                "JSONPatch{{op: 'add', path: variables.at + '/{field}', value: {}}}",
-                cel(&value)
-            )
-        })
-        .collect::<Vec<_>>()
-        .join(", ");
-    let regular = mutate::regular_fields()
-        .into_iter()
-        .map(|(field, value)| {
-            format!(
-                "JSONPatch{{op: 'add', path: variables.at + '/{field}', value: {}}}",
-                cel(&value)
-            )
-        })
-        .collect::<Vec<_>>()
-        .join(", ");
+    let native = add_fields(mutate::native_fields(raw("variables.adminPort")));
+    let regular = add_fields(mutate::regular_fields());
     let hash_current = "has(params.status) && has(params.status.configHash) && has(params.status.observedGeneration) && params.status.observedGeneration == params.metadata.generation";
-    let label = pointer(annotations::PROXY_LABEL);
+    let label = mutate::pointer_key(annotations::PROXY_LABEL);
     let patch = [
         format!(
             "(has(object.metadata.labels) ? [JSONPatch{{op: 'add', path: '/metadata/labels/{label}', value: string(params.metadata.name)}}] : [JSONPatch{{op: 'add', path: '/metadata/labels', value: {{{}: string(params.metadata.name)}}}}])",
@@ -589,12 +577,12 @@ pub fn mutating_policy(default_image: &str) -> Value {
         ),
         format!(
             "[JSONPatch{{op: 'add', path: '/metadata/annotations/{}', value: {}}}]",
-            pointer(annotations::STATUS),
+            mutate::pointer_key(annotations::STATUS),
             quote(annotations::STATUS_INJECTED)
         ),
         format!(
             "({hash_current} ? [JSONPatch{{op: 'add', path: '/metadata/annotations/{}', value: string(params.status.configHash)}}] : [])",
-            pointer(annotations::CONFIG_HASH)
+            mutate::pointer_key(annotations::CONFIG_HASH)
         ),
         app_env_patch(),
         "(size(variables.volumes) == 0 ? [] : has(object.spec.volumes) ? variables.volumes.map(v, JSONPatch{op: 'add', path: '/spec/volumes/-', value: v}) : [JSONPatch{op: 'add', path: '/spec/volumes', value: []}] + variables.volumes.map(v, JSONPatch{op: 'add', path: '/spec/volumes/-', value: v}))".to_string(),

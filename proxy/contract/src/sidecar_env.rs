@@ -288,7 +288,7 @@ impl CredentialEnv {
     }
 }
 
-/// Writes the variables, in the order `ENV_VARS` lists them.
+/// Collects the variables [`SidecarEnv::to_env`] writes.
 struct Writer(Vec<(&'static str, EnvValue)>);
 
 impl Writer {
