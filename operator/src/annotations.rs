@@ -42,6 +42,13 @@ pub const CONFIG_HASH: &str = "aoai-proxy.io/config-hash";
 /// can watch exactly the pods injected with a configuration.
 pub const PROXY_LABEL: &str = "aoai-proxy.io/proxy";
 
+/// Written by the admission policy on a pod it refuses, with the webhook's refusal; the refusing
+/// policy then refuses the pod with it, so it is never stored.
+pub const POLICY_REFUSAL: &str = "admission.aoai-proxy.io/refusal";
+/// Written by the admission policy on a pod it leaves to the webhook, with why (CEL cannot do
+/// what that pod needs); stays on the pod the webhook then injects.
+pub const LEFT_TO_WEBHOOK: &str = "admission.aoai-proxy.io/left-to-webhook";
+
 /// What `kubectl rollout restart` sets on a pod template; the controller sets it the same way when
 /// `spec.rollout: Restart`.
 pub const RESTARTED_AT: &str = "kubectl.kubernetes.io/restartedAt";
@@ -142,16 +149,153 @@ pub const ANNOTATIONS: &[AnnotationDoc] = &[
         "—",
         "The AzureOpenAIProxy name; the controller counts injected pods by it.",
     ),
+    doc(
+        LEFT_TO_WEBHOOK,
+        "admission policy",
+        "—",
+        "Why the admission policy left the pod to the webhook (a pod shape its CEL does not cover).",
+    ),
+    doc(
+        POLICY_REFUSAL,
+        "admission policy",
+        "—",
+        "The refusal the refusing policy gives; only on pods refused, so never stored.",
+    ),
 ];
 
 /// A bad annotation: which one and why. Displays as one line.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("annotation {name}={value:?}: {message}")]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct InvalidAnnotation {
     pub name: String,
     pub value: String,
     pub message: String,
 }
+
+impl std::fmt::Display for InvalidAnnotation {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&invalid_text(
+            &self.name,
+            &format!("{:?}", self.value),
+            &self.message,
+        ))
+    }
+}
+
+impl std::error::Error for InvalidAnnotation {}
+
+/// The refusal of a bad annotation, its value already quoted (the admission policy fills the
+/// same text with CEL expressions).
+pub fn invalid_text(name: &str, quoted_value: &str, message: &str) -> String {
+    format!("annotation {name}={quoted_value}: {message}")
+}
+
+/// What an override annotation's value must look like.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Format {
+    /// A port number from 1024 to 65535.
+    Port,
+    /// A Kubernetes quantity: digits, an optional fraction, one of these suffixes.
+    Quantity(&'static [&'static str]),
+    /// One of these words, exactly.
+    OneOf(&'static [&'static str]),
+}
+
+/// The lowest port an annotation may name (below are privileged ports).
+pub const MIN_PORT: i32 = 1024;
+const CPU_SUFFIXES: &[&str] = &["", "m"];
+const MEMORY_SUFFIXES: &[&str] = &["", "k", "M", "G", "T", "Ki", "Mi", "Gi", "Ti"];
+const LOG_LEVELS: &[&str] = &["error", "warn", "info", "debug"];
+const NATIVE_SIDECAR_MODES: &[&str] = &["Auto", "Always", "Never"];
+
+/// Every per-pod override and the format of its value: [`Overrides::parse`] reads them, the
+/// admission policies check them (`policy`) with the same messages.
+pub const OVERRIDES: &[(&str, Format)] = &[
+    (PORT, Format::Port),
+    (ADMIN_PORT, Format::Port),
+    (CPU_REQUEST, Format::Quantity(CPU_SUFFIXES)),
+    (CPU_LIMIT, Format::Quantity(CPU_SUFFIXES)),
+    (MEMORY_REQUEST, Format::Quantity(MEMORY_SUFFIXES)),
+    (MEMORY_LIMIT, Format::Quantity(MEMORY_SUFFIXES)),
+    (LOG_LEVEL, Format::OneOf(LOG_LEVELS)),
+    (NATIVE_SIDECAR, Format::OneOf(NATIVE_SIDECAR_MODES)),
+];
+
+/// Annotations of ours that are neither the opt-in nor an override: written by injection.
+pub const WRITTEN_BY_INJECTION: &[&str] = &[STATUS, CONFIG_HASH];
+
+impl Format {
+    /// Why a value is refused.
+    pub fn message(self) -> String {
+        match self {
+            Format::Port => format!("must be a port number from {MIN_PORT} to 65535"),
+            Format::Quantity(suffixes) => format!(
+                "must be a quantity such as 100{} (units: {})",
+                suffixes[1],
+                suffixes[1..].join(", ")
+            ),
+            Format::OneOf(words) => format!(
+                "must be {} or {}",
+                words[..words.len() - 1].join(", "),
+                words[words.len() - 1]
+            ),
+        }
+    }
+
+    /// A regular expression (RE2 syntax, for CEL) of the values [`Format::check`] accepts,
+    /// except a port's range, which the policy checks as a number.
+    pub fn pattern(self) -> String {
+        match self {
+            // Leading zeros are accepted by Rust's integer parsing; at most five digits follow.
+            Format::Port => "^0*[0-9]{1,5}$".into(),
+            Format::Quantity(suffixes) => {
+                format!("^[0-9]+(\\.[0-9]+)?({})?$", suffixes[1..].join("|"))
+            }
+            Format::OneOf(words) => format!("^({})$", words.join("|")),
+        }
+    }
+
+    /// Whether `value` has this format.
+    pub fn check(self, value: &str) -> bool {
+        match self {
+            Format::Port => value
+                .parse::<i32>()
+                .is_ok_and(|p| (MIN_PORT..=65535).contains(&p) && !value.starts_with('+')),
+            Format::Quantity(suffixes) => {
+                let number_end = value
+                    .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+                    .unwrap_or(value.len());
+                let (number, suffix) = value.split_at(number_end);
+                !number.is_empty()
+                    && number.matches('.').count() <= 1
+                    && !number.starts_with('.')
+                    && !number.ends_with('.')
+                    && suffixes.contains(&suffix)
+            }
+            Format::OneOf(words) => words.contains(&value),
+        }
+    }
+}
+
+/// Why an `aoai-proxy.io/` annotation that is not ours is refused.
+pub fn unknown_message() -> String {
+    let known: Vec<&str> = ANNOTATIONS
+        .iter()
+        .map(|a| a.name)
+        .filter(|n| n.starts_with(PREFIX) && *n != PROXY_LABEL)
+        .collect();
+    format!(
+        "is not an aoai-proxy annotation (known: {})",
+        known.join(", ")
+    )
+}
+
+/// Why the opt-in annotation's value is refused.
+pub const INJECT_MESSAGE: &str = "must name an AzureOpenAIProxy (a lowercase DNS-1123 name)";
+
+/// A DNS-1123 subdomain, as a regular expression (RE2, for CEL); the length limit of 253 is
+/// checked apart.
+pub const DNS_SUBDOMAIN_PATTERN: &str =
+    "^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?(\\.[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?)*$";
 
 /// Per-pod overrides of the AzureOpenAIProxy's sidecar settings.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -174,117 +318,51 @@ pub fn requested_proxy(
     Some(if is_dns_subdomain(value) {
         Ok(value.as_str())
     } else {
-        Err(invalid(
-            INJECT,
-            value,
-            "must name an AzureOpenAIProxy (a lowercase DNS-1123 name)",
-        ))
+        Err(invalid(INJECT, value, INJECT_MESSAGE.into()))
     })
 }
 
 impl Overrides {
+    /// The overrides, or the first bad `aoai-proxy.io/` annotation in name order.
     pub fn parse(annotations: &BTreeMap<String, String>) -> Result<Self, InvalidAnnotation> {
         let mut overrides = Self::default();
         for (name, value) in annotations.iter().filter(|(k, _)| k.starts_with(PREFIX)) {
+            if name == INJECT || WRITTEN_BY_INJECTION.contains(&name.as_str()) {
+                continue;
+            }
+            let Some(&(_, format)) = OVERRIDES.iter().find(|(n, _)| n == name) else {
+                return Err(invalid(name, value, unknown_message()));
+            };
+            if !format.check(value) {
+                return Err(invalid(name, value, format.message()));
+            }
+            let text = Some(value.clone());
             match name.as_str() {
-                INJECT | STATUS | CONFIG_HASH => {}
-                PORT => overrides.port = Some(port(name, value)?),
-                ADMIN_PORT => overrides.admin_port = Some(port(name, value)?),
-                CPU_REQUEST => overrides.cpu_request = Some(quantity(name, value, CPU_SUFFIXES)?),
-                CPU_LIMIT => overrides.cpu_limit = Some(quantity(name, value, CPU_SUFFIXES)?),
-                MEMORY_REQUEST => {
-                    overrides.memory_request = Some(quantity(name, value, MEMORY_SUFFIXES)?)
-                }
-                MEMORY_LIMIT => {
-                    overrides.memory_limit = Some(quantity(name, value, MEMORY_SUFFIXES)?)
-                }
-                LOG_LEVEL => {
-                    overrides.log_level = Some(match value.as_str() {
-                        "error" => LogLevel::Error,
-                        "warn" => LogLevel::Warn,
-                        "info" => LogLevel::Info,
-                        "debug" => LogLevel::Debug,
-                        _ => {
-                            return Err(invalid(name, value, "must be error, warn, info or debug"));
-                        }
-                    })
-                }
-                NATIVE_SIDECAR => {
-                    overrides.native_sidecar = Some(match value.as_str() {
-                        "Auto" => NativeSidecarMode::Auto,
-                        "Always" => NativeSidecarMode::Always,
-                        "Never" => NativeSidecarMode::Never,
-                        _ => return Err(invalid(name, value, "must be Auto, Always or Never")),
-                    })
-                }
-                _ => {
-                    let known: Vec<&str> = ANNOTATIONS
-                        .iter()
-                        .map(|a| a.name)
-                        .filter(|n| n.starts_with(PREFIX) && *n != PROXY_LABEL)
-                        .collect();
-                    return Err(invalid(
-                        name,
-                        value,
-                        &format!(
-                            "is not an aoai-proxy annotation (known: {})",
-                            known.join(", ")
-                        ),
-                    ));
-                }
+                PORT => overrides.port = value.parse().ok(),
+                ADMIN_PORT => overrides.admin_port = value.parse().ok(),
+                CPU_REQUEST => overrides.cpu_request = text,
+                CPU_LIMIT => overrides.cpu_limit = text,
+                MEMORY_REQUEST => overrides.memory_request = text,
+                MEMORY_LIMIT => overrides.memory_limit = text,
+                // The words of Format::OneOf are the values' serde names (a test holds them).
+                LOG_LEVEL => overrides.log_level = word(value),
+                _ => overrides.native_sidecar = word(value),
             }
         }
         Ok(overrides)
     }
 }
 
-fn invalid(name: &str, value: &str, message: &str) -> InvalidAnnotation {
+fn word<T: serde::de::DeserializeOwned>(value: &str) -> Option<T> {
+    serde_json::from_value(serde_json::Value::String(value.to_string())).ok()
+}
+
+fn invalid(name: &str, value: &str, message: String) -> InvalidAnnotation {
     InvalidAnnotation {
         name: name.to_string(),
         value: value.to_string(),
-        message: message.to_string(),
+        message,
     }
-}
-
-fn port(name: &str, value: &str) -> Result<i32, InvalidAnnotation> {
-    value
-        .parse::<i32>()
-        .ok()
-        .filter(|p| (1024..=65535).contains(p) && !value.starts_with('+'))
-        .ok_or_else(|| invalid(name, value, "must be a port number from 1024 to 65535"))
-}
-
-const CPU_SUFFIXES: &[&str] = &["", "m"];
-const MEMORY_SUFFIXES: &[&str] = &["", "k", "M", "G", "T", "Ki", "Mi", "Gi", "Ti"];
-
-/// A Kubernetes quantity with one of `suffixes`: digits, an optional fraction, a suffix.
-fn quantity(name: &str, value: &str, suffixes: &[&str]) -> Result<String, InvalidAnnotation> {
-    let number_end = value
-        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-        .unwrap_or(value.len());
-    let (number, suffix) = value.split_at(number_end);
-    let well_formed = !number.is_empty()
-        && number.matches('.').count() <= 1
-        && !number.starts_with('.')
-        && !number.ends_with('.')
-        && suffixes.contains(&suffix);
-    if !well_formed {
-        let units = suffixes
-            .iter()
-            .filter(|s| !s.is_empty())
-            .copied()
-            .collect::<Vec<_>>()
-            .join(", ");
-        return Err(invalid(
-            name,
-            value,
-            &format!(
-                "must be a quantity such as 100{} (units: {units})",
-                suffixes[1]
-            ),
-        ));
-    }
-    Ok(value.to_string())
 }
 
 fn is_dns_subdomain(value: &str) -> bool {
@@ -363,6 +441,21 @@ mod tests {
                 "{e}"
             );
             assert!(e.message.contains(expected), "{name}={value}: {e}");
+        }
+    }
+
+    #[test]
+    fn every_word_a_format_accepts_is_read() {
+        for (name, format) in OVERRIDES {
+            if let Format::OneOf(words) = format {
+                for w in *words {
+                    let o = Overrides::parse(&map(&[(name, w)])).unwrap();
+                    assert!(
+                        o.log_level.is_some() || o.native_sidecar.is_some(),
+                        "{name}={w}"
+                    );
+                }
+            }
         }
     }
 

@@ -484,6 +484,15 @@ pub async fn run(
     let secret_changes = metadata_changes::<Secret>(&client, &secret_namespaces);
     let config_map_changes = metadata_changes::<ConfigMap>(&client, &secret_namespaces);
     let (pods, pods_writer) = reflector::store();
+    let context = Arc::new(Context::new(
+        client.clone(),
+        secret_namespaces.clone(),
+        pods.clone(),
+        metrics,
+        options,
+        Arc::new(AtomicBool::new(false)),
+    ));
+    let (recorder, known) = (context.recorder.clone(), pods.clone());
     let pod_stream = reflector::reflector(
         pods_writer,
         watcher(
@@ -491,7 +500,12 @@ pub async fn run(
             watcher::Config::default().labels(annotations::PROXY_LABEL),
         )
         .default_backoff()
-        .modify(keep_what_reconcile_reads),
+        .modify(keep_what_reconcile_reads)
+        .inspect(move |event| {
+            if let Ok(watcher::Event::Apply(pod)) = event {
+                announce_if_new(&recorder, &known, pod);
+            }
+        }),
     )
     .touched_objects();
 
@@ -499,16 +513,8 @@ pub async fn run(
         .with_config(controller::Config::default().concurrency(MAX_CONCURRENT_RECONCILES));
     let proxy_store = controller.store();
     let config_map_proxies = proxy_store.clone();
-    let caches_synced = Arc::new(AtomicBool::new(false));
-    let report = report_unreadable(client.clone(), unreadable_rx);
-    let context = Arc::new(Context::new(
-        client,
-        secret_namespaces,
-        pods.clone(),
-        metrics,
-        options,
-        caches_synced.clone(),
-    ));
+    let caches_synced = context.caches_synced.clone();
+    let report = report_unreadable(client, unreadable_rx);
     let controller = controller
         .watches_stream(secret_changes, move |secret: PartialObjectMeta<Secret>| {
             let namespace = secret.namespace();
@@ -559,6 +565,35 @@ pub async fn run(
             }
         });
     tokio::join!(caches, run, report);
+}
+
+/// Publishes an `Injected` Event on a pod the watch sees for the first time since it began
+/// (pods listed at its start are not new): the pod exists by then, whichever admission engine
+/// injected it, and the webhook answers only the pods the admission policy leaves to it.
+fn announce_if_new(recorder: &Recorder, known: &Store<Pod>, pod: &Pod) {
+    if known.get(&ObjectRef::from_obj(pod)).is_some() {
+        return;
+    }
+    let proxy = pod
+        .labels()
+        .get(annotations::PROXY_LABEL)
+        .cloned()
+        .unwrap_or_default();
+    let event = Event {
+        type_: EventType::Normal,
+        reason: "Injected".into(),
+        note: Some(format!(
+            "aoai-proxy sidecar injected, configured by AzureOpenAIProxy {proxy:?}"
+        )),
+        action: "injected".into(),
+        secondary: None,
+    };
+    let (recorder, reference) = (recorder.clone(), pod.object_ref(&()));
+    tokio::spawn(async move {
+        if let Err(e) = recorder.publish(&event, &reference).await {
+            tracing::debug!("cannot record the injection event: {e}");
+        }
+    });
 }
 
 /// Writes the status of each object the watch could not read (once per generation and reason):

@@ -50,6 +50,61 @@ pub mod deny {
     pub const MALFORMED_REQUEST: &str = "malformed_request";
 }
 
+/// The texts of refusals and warnings, written once: the webhook fills them with values, the
+/// admission policies (`policy`) with CEL expressions. Arguments named `quoted_*` come quoted.
+pub mod text {
+    use crate::annotations::{ADMIN_PORT, INJECT, PORT};
+
+    pub const HOST_NETWORK: &str = "aoai-proxy cannot be injected into a hostNetwork pod: its forwarding port would be shared with the whole node";
+
+    pub fn proxy_not_found(quoted_name: &str, quoted_namespace: &str) -> String {
+        format!(
+            "AzureOpenAIProxy {quoted_name} does not exist in namespace {quoted_namespace} (annotation {INJECT})"
+        )
+    }
+
+    pub fn same_ports(port: &str) -> String {
+        format!(
+            "the sidecar's port and admin port are both {port}: set {PORT} or {ADMIN_PORT} to another port"
+        )
+    }
+
+    pub fn port_conflict(
+        quoted_container: &str,
+        declared: &str,
+        port: &str,
+        admin: &str,
+    ) -> String {
+        format!(
+            "container {quoted_container} declares port {declared}, which the aoai-proxy sidecar needs: set annotation {PORT} (forwarding, now {port}) or {ADMIN_PORT} (admin, now {admin}) to a free port"
+        )
+    }
+
+    pub fn invalid_proxy(quoted_name: &str) -> String {
+        format!(
+            "AzureOpenAIProxy {quoted_name} names no endpoint or no single credential; see its status"
+        )
+    }
+
+    pub fn not_ready(quoted_name: &str, reason: &str, message: &str) -> String {
+        format!(
+            "AzureOpenAIProxy {quoted_name} is not Ready ({reason}: {message}); the sidecar will not become healthy until it is"
+        )
+    }
+
+    pub fn not_checked(quoted_name: &str) -> String {
+        format!("AzureOpenAIProxy {quoted_name} has not been checked by the operator yet")
+    }
+
+    /// The prefix of every refusal the webhook and the refusing policy send.
+    pub const REFUSAL_PREFIX: &str = "aoai-proxy: ";
+}
+
+/// `value` quoted as the texts quote names.
+fn quoted(value: &str) -> String {
+    format!("{value:?}")
+}
+
 /// The sidecar container's name.
 pub const CONTAINER_NAME: &str = "aoai-proxy";
 /// Where the sidecar binary lives in the image (the regular sidecar's postStart hook runs it).
@@ -248,18 +303,12 @@ pub fn decide(
         Err(e) => return denied(deny::INVALID_ANNOTATION, e.to_string()),
     };
     if spec.host_network == Some(true) {
-        return denied(
-            deny::HOST_NETWORK,
-            "aoai-proxy cannot be injected into a hostNetwork pod: its forwarding port would be shared with the whole node",
-        );
+        return denied(deny::HOST_NETWORK, text::HOST_NETWORK);
     }
     let Some(proxy) = lookup(&name) else {
         return denied(
             deny::PROXY_NOT_FOUND,
-            format!(
-                "AzureOpenAIProxy {name:?} does not exist in namespace {namespace:?} (annotation {})",
-                annotations::INJECT
-            ),
+            text::proxy_not_found(&quoted(&name), &quoted(namespace)),
         );
     };
     let proxy = proxy.as_ref();
@@ -269,11 +318,7 @@ pub fn decide(
     if port == admin_port {
         return denied(
             deny::INVALID_ANNOTATION,
-            format!(
-                "the sidecar's port and admin port are both {port}: set {} or {} to another port",
-                annotations::PORT,
-                annotations::ADMIN_PORT
-            ),
+            text::same_ports(&port.to_string()),
         );
     }
     let declared = spec
@@ -290,10 +335,11 @@ pub fn decide(
         if declared_port == port || declared_port == admin_port {
             return denied(
                 deny::PORT_CONFLICT,
-                format!(
-                    "container {container:?} declares port {declared_port}, which the aoai-proxy sidecar needs: set annotation {} (forwarding, now {port}) or {} (admin, now {admin_port}) to a free port",
-                    annotations::PORT,
-                    annotations::ADMIN_PORT
+                text::port_conflict(
+                    &quoted(container),
+                    &declared_port.to_string(),
+                    &port.to_string(),
+                    &admin_port.to_string(),
                 ),
             );
         }
@@ -306,13 +352,8 @@ pub fn decide(
         .and_then(|s| s.conditions.iter().find(|c| c.type_ == "Ready"));
     match ready {
         Some(c) if c.status == "True" => {}
-        Some(c) => warnings.push(format!(
-            "AzureOpenAIProxy {name:?} is not Ready ({}: {}); the sidecar will not become healthy until it is",
-            c.reason, c.message
-        )),
-        None => warnings.push(format!(
-            "AzureOpenAIProxy {name:?} has not been checked by the operator yet"
-        )),
+        Some(c) => warnings.push(text::not_ready(&quoted(&name), &c.reason, &c.message)),
+        None => warnings.push(text::not_checked(&quoted(&name))),
     }
 
     let mode = overrides.native_sidecar.unwrap_or(sidecar.native_sidecar);
@@ -323,12 +364,7 @@ pub fn decide(
     };
     let log_level = overrides.log_level.unwrap_or(sidecar.log_level);
     let Some(env) = sidecar_env(&proxy.spec, port, admin_port, log_level) else {
-        return denied(
-            deny::INVALID_PROXY,
-            format!(
-                "AzureOpenAIProxy {name:?} names no endpoint or no single credential; see its status"
-            ),
-        );
+        return denied(deny::INVALID_PROXY, text::invalid_proxy(&quoted(&name)));
     };
     let hash = config_hash(&proxy.spec, &options.default_image);
     let (container, volumes) =

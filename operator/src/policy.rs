@@ -15,15 +15,19 @@
 use aoai_proxy_contract::config::names;
 use serde_json::{Value, json};
 
-use crate::annotations;
+use crate::annotations::{self, Format};
 use crate::crd::AzureCloud;
 use crate::mutate::{
     self, AZURE_TOKEN_DIR, AZURE_TOKEN_FILE, AZURE_TOKEN_VOLUME, CREDENTIAL_DIR, CREDENTIAL_VOLUME,
     INBOUND_KEYS_DIR, INBOUND_KEYS_VOLUME, TRUST_DIR, TRUST_FILE, TRUST_VOLUME,
 };
 
-/// The policy's and its binding's name.
+/// The mutating policy's and its binding's name.
 pub const NAME: &str = "aoai-proxy-inject";
+/// The refusing ValidatingAdmissionPolicy's and its binding's name.
+pub const REFUSAL_NAME: &str = "aoai-proxy-refuse";
+/// The warning ValidatingAdmissionPolicy's and its binding's name.
+pub const WARNING_NAME: &str = "aoai-proxy-warn";
 
 /// Stands for the default sidecar image in the chart's copy of the policy
 /// (`files/mutating-admission-policy.json`); the chart puts its `proxyImage` there.
@@ -431,45 +435,124 @@ fn app_env_patch() -> String {
         .join(" + ")
 }
 
-/// The webhook's checks, as one condition: when it does not hold, the policy leaves the pod to
-/// the webhook.
-fn sure_of_it() -> String {
-    let ann = "object.metadata.annotations";
-    let known: Vec<String> = annotations::ANNOTATIONS
-        .iter()
-        .map(|a| a.name)
-        .filter(|n| n.starts_with(annotations::PREFIX) && *n != annotations::PROXY_LABEL)
+/// Marks a CEL expression inside a text of `mutate::text` (see [`text`]).
+const HOLE: char = '\u{1}';
+
+/// A CEL expression where a text of `mutate::text` takes a value.
+fn hole(expression: impl AsRef<str>) -> String {
+    format!("{HOLE}{}{HOLE}", expression.as_ref())
+}
+
+/// A text filled with [`hole`]s, as a CEL string expression.
+fn text(filled: &str) -> String {
+    filled
+        .split(HOLE)
+        .enumerate()
+        .filter(|(_, part)| !part.is_empty())
+        .map(|(i, part)| {
+            if i % 2 == 1 {
+                format!("({part})")
+            } else {
+                quote(part)
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(" + ")
+}
+
+/// Whether annotation `k` of `a` has the format of its override; false for an annotation that
+/// is not one.
+fn override_valid(a: &str, k: &str) -> String {
+    let mut expression = "false".to_string();
+    for (name, format) in annotations::OVERRIDES.iter().rev() {
+        let check = match format {
+            Format::Port => format!(
+                "{a}[{k}].matches({}) && int({a}[{k}]) >= {} && int({a}[{k}]) <= 65535",
+                quote(&format.pattern()),
+                annotations::MIN_PORT
+            ),
+            _ => format!("{a}[{k}].matches({})", quote(&format.pattern())),
+        };
+        expression = format!("({k} == {} ? {check} : {expression})", quote(name));
+    }
+    expression
+}
+
+/// The `aoai-proxy.io/` annotations of `a` the webhook refuses, as a CEL list of names.
+fn bad_annotations(a: &str) -> String {
+    let ours = std::iter::once(annotations::INJECT)
+        .chain(annotations::WRITTEN_BY_INJECTION.iter().copied())
         .map(quote)
-        .collect();
-    let port_ok = |name: &str| {
-        format!(
-            "(!({q} in {ann}) || ({ann}[{q}].matches('^[0-9]{{1,5}}$') && int({ann}[{q}]) >= 1024 && int({ann}[{q}]) <= 65535))",
-            q = quote(name)
-        )
-    };
-    let matches = |name: &str, pattern: &str| {
-        format!(
-            "(!({q} in {ann}) || {ann}[{q}].matches({p}))",
-            q = quote(name),
-            p = quote(pattern)
-        )
-    };
-    let port = format!(
-        "int({})",
-        annotation_or(annotations::PORT, "string(params.spec.sidecar.port)")
+        .collect::<Vec<_>>()
+        .join(", ");
+    format!(
+        "{a}.filter(k, k.startsWith({}) && !(k in [{ours}]) && !{})",
+        quote(annotations::PREFIX),
+        override_valid(a, "k")
+    )
+}
+
+/// Whether the opt-in annotation of `a` names an AzureOpenAIProxy as the webhook reads names.
+fn names_a_proxy(a: &str) -> String {
+    let inject = format!("{a}[{}]", quote(annotations::INJECT));
+    format!(
+        "(size({inject}) <= 253 && {inject}.matches({}))",
+        quote(annotations::DNS_SUBDOMAIN_PATTERN)
+    )
+}
+
+/// The webhook's refusal of the pod's annotations `a` (`bad`: [`bad_annotations`]), the first in
+/// its order: the opt-in, then the others by name; '' when it reads them all.
+fn annotation_refusal(a: &str, bad: &str) -> String {
+    let inject = format!("{a}[{}]", quote(annotations::INJECT));
+    let mut message = quote(&annotations::unknown_message());
+    let mut formats: Vec<Format> = annotations::OVERRIDES.iter().map(|(_, f)| *f).collect();
+    formats.dedup();
+    for format in formats.iter().rev() {
+        let names = annotations::OVERRIDES
+            .iter()
+            .filter(|(_, f)| f == format)
+            .map(|(n, _)| quote(n))
+            .collect::<Vec<_>>()
+            .join(", ");
+        message = format!(
+            "(first in [{names}] ? {} : {message})",
+            quote(&format.message())
+        );
+    }
+    format!(
+        "!{} ? {} : size({bad}) > 0 ? {bad}.filter(k, {bad}.all(j, j >= k)).map(first, {})[0] : ''",
+        names_a_proxy(a),
+        text(&annotations::invalid_text(
+            annotations::INJECT,
+            &hole(format!("strings.quote({inject})")),
+            annotations::INJECT_MESSAGE,
+        )),
+        text(&annotations::invalid_text(
+            &hole("first"),
+            &hole(format!("strings.quote({a}[first])")),
+            &hole(message),
+        )),
+    )
+}
+
+/// The webhook's checks that need nothing but the pod: its annotations and `hostNetwork`. A pod
+/// that fails them is left alone by the mutating policy and refused by the refusing one.
+fn pod_alone_passes() -> String {
+    let a = "object.metadata.annotations";
+    format!(
+        "{} && size({}) == 0 && !(has(object.spec.hostNetwork) && object.spec.hostNetwork)",
+        names_a_proxy(a),
+        bad_annotations(a)
+    )
+}
+
+/// The webhook's refusals that depend on the AzureOpenAIProxy, in its order, or ''.
+fn refusal() -> String {
+    let clash = "p.containerPort == variables.port || p.containerPort == variables.adminPort";
+    let clashing = format!(
+        "(object.spec.containers + (has(object.spec.initContainers) ? object.spec.initContainers : [])).filter(c, has(c.ports) && c.ports.exists(p, {clash}))"
     );
-    let admin = format!(
-        "int({})",
-        annotation_or(
-            annotations::ADMIN_PORT,
-            "string(params.spec.sidecar.adminPort)"
-        )
-    );
-    let free = |containers: &str| {
-        format!(
-            "(!has(object.spec.{containers}) || object.spec.{containers}.all(c, !has(c.ports) || c.ports.all(p, p.containerPort != {port} && p.containerPort != {admin})))"
-        )
-    };
     let credentials = [
         "clientCertificate",
         "clientSecret",
@@ -480,28 +563,34 @@ fn sure_of_it() -> String {
     .map(|k| credential(k))
     .collect::<Vec<_>>()
     .join(", ");
-    [
-        format!("{ann}.all(k, !k.startsWith({}) || k in [{}])", quote(annotations::PREFIX), known.join(", ")),
-        port_ok(annotations::PORT),
-        port_ok(annotations::ADMIN_PORT),
-        matches(annotations::CPU_REQUEST, r"^[0-9]+(\.[0-9]+)?m?$"),
-        matches(annotations::CPU_LIMIT, r"^[0-9]+(\.[0-9]+)?m?$"),
-        matches(annotations::MEMORY_REQUEST, r"^[0-9]+(\.[0-9]+)?(k|M|G|T|Ki|Mi|Gi|Ti)?$"),
-        matches(annotations::MEMORY_LIMIT, r"^[0-9]+(\.[0-9]+)?(k|M|G|T|Ki|Mi|Gi|Ti)?$"),
-        matches(annotations::LOG_LEVEL, "^(error|warn|info|debug)$"),
-        matches(annotations::NATIVE_SIDECAR, "^(Auto|Always|Never)$"),
-        "!(has(object.spec.hostNetwork) && object.spec.hostNetwork)".to_string(),
-        format!("{port} != {admin}"),
-        free("containers"),
-        free("initContainers"),
-        "(has(params.spec.endpoint) || has(params.spec.backends) && size(params.spec.backends) > 0)".to_string(),
-        format!("[{credentials}].filter(x, x).size() == 1"),
-        format!("size(object.spec.containers) <= {MAX_CONTAINERS}"),
-        // AOAI_PROXY_BACKENDS as the webhook writes it: deployments in name order (CEL cannot
-        // sort), and endpoints whose quoting is the same in CEL and JSON.
-        "(!has(params.spec.backends) || params.spec.backends.all(b, string(b.endpoint).matches('^[!-~]*$') && (!has(b.deployments) || b.deployments.map(d, string(d.name)).isSorted())))".to_string(),
-    ]
-    .join(" && ")
+    format!(
+        "variables.port == variables.adminPort ? {} \
+         : size({clashing}) > 0 ? {clashing}.map(c, {})[0] \
+         : !((has(params.spec.endpoint) || has(params.spec.backends) && size(params.spec.backends) > 0) && [{credentials}].filter(x, x).size() == 1) ? {} \
+         : ''",
+        text(&mutate::text::same_ports(&hole("string(variables.port)"))),
+        text(&mutate::text::port_conflict(
+            &hole("strings.quote(c.name)"),
+            &hole(format!(
+                "string(c.ports.filter(p, {clash})[0].containerPort)"
+            )),
+            &hole("string(variables.port)"),
+            &hole("string(variables.adminPort)"),
+        )),
+        text(&mutate::text::invalid_proxy(&hole(
+            "strings.quote(string(params.metadata.name))"
+        ))),
+    )
+}
+
+/// Why the policy leaves a pod it could inject to the webhook, or '' (it injects).
+fn left_to_webhook() -> String {
+    format!(
+        "size(object.spec.containers) > {MAX_CONTAINERS} ? 'the pod has more than {MAX_CONTAINERS} containers' \
+         : !(!has(params.spec.backends) || params.spec.backends.all(b, string(b.endpoint).matches('^[!-~]*$') && (!has(b.deployments) || b.deployments.map(d, string(d.name)).isSorted()))) \
+           ? 'spec.backends names deployments out of name order, or an endpoint with other than printable ASCII' \
+         : ''"
+    )
 }
 
 /// The JSON Patch operations that add `value` under `section` (`requests` or `limits`) of the
@@ -593,6 +682,17 @@ pub fn mutating_policy(default_image: &str) -> Value {
         resource_overrides(),
     ]
     .join(" + ");
+    let mark = |annotation: &str, variable: &str| {
+        format!(
+            "[JSONPatch{{op: 'add', path: '/metadata/annotations/{}', value: variables.{variable}}}]",
+            mutate::pointer_key(annotation)
+        )
+    };
+    let patch = format!(
+        "variables.refusal != '' ? {} : variables.leftToWebhook != '' ? {} : {patch}",
+        mark(annotations::POLICY_REFUSAL, "refusal"),
+        mark(annotations::LEFT_TO_WEBHOOK, "leftToWebhook"),
+    );
     let variables = [
         (
             "port",
@@ -665,29 +765,22 @@ pub fn mutating_policy(default_image: &str) -> Value {
         ("mounts", mounts),
         ("container", cel(&container)),
         ("appEnv", app_env()),
+        ("refusal", refusal()),
+        ("leftToWebhook", left_to_webhook()),
     ];
     json!({
         "apiVersion": "admissionregistration.k8s.io/v1",
         "kind": "MutatingAdmissionPolicy",
         "metadata": {"name": NAME},
         "spec": {
-            "paramKind": {"apiVersion": "aoai-proxy.io/v1alpha1", "kind": "AzureOpenAIProxy"},
-            "matchConstraints": {
-                "resourceRules": [{
-                    "apiGroups": [""], "apiVersions": ["v1"],
-                    "operations": ["CREATE"], "resources": ["pods"],
-                }],
-            },
+            "paramKind": proxy_kind(),
+            "matchConstraints": pod_creates(),
             "matchConditions": [
-                {"name": "names-this-proxy", "expression": format!(
-                    "has(object.metadata.annotations) && {q} in object.metadata.annotations && object.metadata.annotations[{q}] == params.metadata.name",
-                    q = quote(annotations::INJECT))},
-                {"name": "not-injected-yet", "expression": format!(
-                    "!({q} in object.metadata.annotations) || object.metadata.annotations[{q}] != {v}",
-                    q = quote(annotations::STATUS), v = quote(annotations::STATUS_INJECTED))},
-                {"name": "as-the-webhook-would", "expression": sure_of_it()},
+                names_this_proxy(),
+                {"name": "not-injected-yet", "expression": format!("!({})", injected("object.metadata.annotations"))},
+                {"name": "read-as-the-webhook-reads-it", "expression": pod_alone_passes()},
             ],
-            // A failed evaluation leaves the pod to the webhook, which answers or fails closed.
+            // A failed evaluation leaves the pod to the webhook, and to the refusing policy.
             "failurePolicy": "Ignore",
             "reinvocationPolicy": "IfNeeded",
             "variables": variables.iter().map(|(name, expression)| json!({"name": name, "expression": expression})).collect::<Vec<_>>(),
@@ -698,8 +791,136 @@ pub fn mutating_policy(default_image: &str) -> Value {
     })
 }
 
-/// The binding: every AzureOpenAIProxy of the pod's namespace is a param (the match condition
-/// keeps the one the pod names); namespaces the webhook skips are skipped too.
+/// The match condition that keeps, of the AzureOpenAIProxies of the namespace, the one the pod
+/// names.
+fn names_this_proxy() -> Value {
+    json!({"name": "names-this-proxy", "expression": format!(
+        "has(object.metadata.annotations) && {q} in object.metadata.annotations && object.metadata.annotations[{q}] == params.metadata.name",
+        q = quote(annotations::INJECT))})
+}
+
+/// Whether annotations `a` say the pod is injected.
+fn injected(a: &str) -> String {
+    format!(
+        "({q} in {a} && {a}[{q}] == {v})",
+        q = quote(annotations::STATUS),
+        v = quote(annotations::STATUS_INJECTED)
+    )
+}
+
+/// The ValidatingAdmissionPolicy that refuses, once both admission engines have run, every pod
+/// that asked for the sidecar and has none, with the webhook's message: it checks what needs
+/// only the pod itself, and gives what the mutating policy found (a refusal, or a pod it left to
+/// a webhook that did not answer). No mark means no AzureOpenAIProxy of that name was there.
+pub fn refusal_policy() -> Value {
+    let a = "variables.annotations";
+    let refused = quote(annotations::POLICY_REFUSAL);
+    let left = quote(annotations::LEFT_TO_WEBHOOK);
+    let refusal = format!(
+        "variables.byAnnotations != '' ? variables.byAnnotations \
+         : has(object.spec.hostNetwork) && object.spec.hostNetwork ? {} \
+         : {refused} in {a} ? {a}[{refused}] \
+         : {left} in {a} ? {} \
+         : {}",
+        quote(mutate::text::HOST_NETWORK),
+        text(&left_to_a_silent_webhook(&hole(format!("{a}[{left}]")))),
+        text(&mutate::text::proxy_not_found(
+            &hole(format!(
+                "strings.quote({a}[{}])",
+                quote(annotations::INJECT)
+            )),
+            &hole("strings.quote(request.namespace)"),
+        )),
+    );
+    let variables = [
+        ("annotations", "object.metadata.annotations".to_string()),
+        ("bad", bad_annotations(a)),
+        ("byAnnotations", annotation_refusal(a, "variables.bad")),
+        ("refusal", refusal),
+    ];
+    json!({
+        "apiVersion": "admissionregistration.k8s.io/v1",
+        "kind": "ValidatingAdmissionPolicy",
+        "metadata": {"name": REFUSAL_NAME},
+        "spec": {
+            "matchConstraints": pod_creates(),
+            "matchConditions": [
+                {"name": "asks-for-the-sidecar", "expression": format!(
+                    "has(object.metadata.annotations) && {} in object.metadata.annotations",
+                    quote(annotations::INJECT))},
+                {"name": "has-none", "expression": format!("!{}", injected("object.metadata.annotations"))},
+            ],
+            // An evaluation that fails refuses the pod too: it asked for a sidecar it lacks.
+            "failurePolicy": "Fail",
+            "variables": variables.iter().map(|(name, expression)| json!({"name": name, "expression": expression})).collect::<Vec<_>>(),
+            "validations": [{
+                "expression": "false",
+                "messageExpression": format!("{} + variables.refusal", quote(mutate::text::REFUSAL_PREFIX)),
+                "reason": "Forbidden",
+            }],
+        },
+    })
+}
+
+/// The refusal of a pod the mutating policy left to the webhook, when the webhook did not answer.
+fn left_to_a_silent_webhook(why: &str) -> String {
+    format!(
+        "the admission policy leaves this pod to the operator's webhook ({why}), which did not answer: start the operator, or change the pod"
+    )
+}
+
+/// The ValidatingAdmissionPolicy that gives the webhook's warning about an AzureOpenAIProxy that
+/// is not Ready, for the pods the mutating policy injected (the webhook warns for its own).
+pub fn warning_policy() -> Value {
+    let ready = "params.status.conditions.filter(c, c.type == 'Ready')";
+    let name = hole("strings.quote(string(params.metadata.name))");
+    json!({
+        "apiVersion": "admissionregistration.k8s.io/v1",
+        "kind": "ValidatingAdmissionPolicy",
+        "metadata": {"name": WARNING_NAME},
+        "spec": {
+            "paramKind": proxy_kind(),
+            "matchConstraints": pod_creates(),
+            "matchConditions": [
+                names_this_proxy(),
+                {"name": "injected", "expression": injected("object.metadata.annotations")},
+                {"name": "not-by-the-webhook", "expression": format!(
+                    "!({} in object.metadata.annotations)", quote(annotations::LEFT_TO_WEBHOOK))},
+            ],
+            "failurePolicy": "Ignore",
+            "validations": [{
+                "expression": format!("has(params.status) && has(params.status.conditions) && {ready}.exists(c, c.status == 'True')"),
+                "messageExpression": format!(
+                    "has(params.status) && has(params.status.conditions) && size({ready}) > 0 ? {ready}.map(c, {})[0] : {}",
+                    text(&mutate::text::not_ready(&name, &hole("string(c.reason)"), &hole("string(c.message)"))),
+                    text(&mutate::text::not_checked(&name)),
+                ),
+            }],
+        },
+    })
+}
+
+fn proxy_kind() -> Value {
+    json!({"apiVersion": "aoai-proxy.io/v1alpha1", "kind": "AzureOpenAIProxy"})
+}
+
+fn pod_creates() -> Value {
+    json!({"resourceRules": [{
+        "apiGroups": [""], "apiVersions": ["v1"],
+        "operations": ["CREATE"], "resources": ["pods"],
+    }]})
+}
+
+/// The namespaces the policies act in: those the webhook is called for.
+fn match_resources() -> Value {
+    json!({"namespaceSelector": {"matchExpressions": [
+        {"key": "kubernetes.io/metadata.name", "operator": "NotIn", "values": ["kube-system"]},
+        {"key": "aoai-proxy.io/injection", "operator": "NotIn", "values": ["disabled"]},
+    ]}})
+}
+
+/// The mutating policy's binding: every AzureOpenAIProxy of the pod's namespace is a param (the
+/// match condition keeps the one the pod names).
 pub fn binding() -> Value {
     json!({
         "apiVersion": "admissionregistration.k8s.io/v1",
@@ -708,12 +929,36 @@ pub fn binding() -> Value {
         "spec": {
             "policyName": NAME,
             "paramRef": {"selector": {}, "parameterNotFoundAction": "Allow"},
-            "matchResources": {
-                "namespaceSelector": {"matchExpressions": [
-                    {"key": "kubernetes.io/metadata.name", "operator": "NotIn", "values": ["kube-system"]},
-                    {"key": "aoai-proxy.io/injection", "operator": "NotIn", "values": ["disabled"]},
-                ]},
-            },
+            "matchResources": match_resources(),
+        },
+    })
+}
+
+/// The refusing policy's binding.
+pub fn refusal_binding() -> Value {
+    json!({
+        "apiVersion": "admissionregistration.k8s.io/v1",
+        "kind": "ValidatingAdmissionPolicyBinding",
+        "metadata": {"name": REFUSAL_NAME},
+        "spec": {
+            "policyName": REFUSAL_NAME,
+            "validationActions": ["Deny"],
+            "matchResources": match_resources(),
+        },
+    })
+}
+
+/// The warning policy's binding: params as the mutating policy's.
+pub fn warning_binding() -> Value {
+    json!({
+        "apiVersion": "admissionregistration.k8s.io/v1",
+        "kind": "ValidatingAdmissionPolicyBinding",
+        "metadata": {"name": WARNING_NAME},
+        "spec": {
+            "policyName": WARNING_NAME,
+            "paramRef": {"selector": {}, "parameterNotFoundAction": "Allow"},
+            "validationActions": ["Warn"],
+            "matchResources": match_resources(),
         },
     })
 }

@@ -25,6 +25,7 @@ use tokio_rustls::TlsAcceptor;
 
 use crate::crd::AzureOpenAIProxy;
 use crate::metrics::Metrics;
+use crate::mutate::text::REFUSAL_PREFIX;
 use crate::mutate::{self, InjectOptions, Outcome, deny, skip};
 
 /// Largest AdmissionReview body read (the API server's own request limit is 3 MiB).
@@ -42,8 +43,8 @@ pub struct Webhook {
     pub proxies: Store<AzureOpenAIProxy>,
     pub options: InjectOptions,
     pub metrics: Arc<Metrics>,
-    /// Records an Event on the pod's owner (or the AzureOpenAIProxy) for each injection and
-    /// denial, as linkerd does; none for dry runs.
+    /// Records an Event on the pod's owner (or the AzureOpenAIProxy) for each denial, as linkerd
+    /// does; none for dry runs.
     pub events: Option<Recorder>,
 }
 
@@ -187,8 +188,9 @@ impl Webhook {
                 }
                 // A pod that is not one: refused, as the API server would not send it.
                 Ok(other) => {
-                    let response = AdmissionResponse::from(&other)
-                        .deny(format!("aoai-proxy: the pod cannot be read: {pod_error}"));
+                    let response = AdmissionResponse::from(&other).deny(format!(
+                        "{REFUSAL_PREFIX}the pod cannot be read: {pod_error}"
+                    ));
                     self.metrics.admitted(
                         result::DENIED,
                         deny::MALFORMED_REQUEST,
@@ -214,7 +216,7 @@ impl Webhook {
                 namespace = request.namespace.as_deref().unwrap_or_default(),
                 pod = request.name,
                 reason,
-                "denied: aoai-proxy: {message}"
+                "denied: {REFUSAL_PREFIX}{message}"
             );
         }
         if !request.dry_run {
@@ -223,7 +225,7 @@ impl Webhook {
         let allowed = AdmissionResponse::from(&request);
         let response = match decision {
             Decision::Skipped(_) => allowed,
-            Decision::Denied { message, .. } => allowed.deny(format!("aoai-proxy: {message}")),
+            Decision::Denied { message, .. } => allowed.deny(format!("{REFUSAL_PREFIX}{message}")),
             Decision::Injected { patch, warnings } => match allowed.with_patch(patch) {
                 Ok(mut response) => {
                     if !warnings.is_empty() {
@@ -231,15 +233,18 @@ impl Webhook {
                     }
                     response
                 }
-                Err(e) => AdmissionResponse::from(&request).deny(format!("aoai-proxy: {e}")),
+                Err(e) => AdmissionResponse::from(&request).deny(format!("{REFUSAL_PREFIX}{e}")),
             },
         };
         json(StatusCode::OK, encode_review(response))
     }
 
-    /// Publishes the admission Event of an injection or a denial in the background: admission
-    /// never waits for it.
+    /// Publishes the Event of a denial in the background: admission never waits for it. (An
+    /// injection's Event comes from the controller's pod watch, whichever engine injected.)
     fn record(&self, request: &AdmissionRequest<Pod>, decision: &Decision) {
+        let Decision::Denied { message, .. } = decision else {
+            return;
+        };
         let (Some(recorder), Some(pod)) = (self.events.clone(), request.object.as_ref()) else {
             return;
         };
@@ -253,19 +258,11 @@ impl Webhook {
             .clone()
             .or(pod.metadata.generate_name.clone().map(|g| format!("{g}*")))
             .unwrap_or_default();
-        let (type_, reason, note) = match decision {
-            Decision::Injected { .. } => (
-                EventType::Normal,
-                "Injected",
-                format!("aoai-proxy sidecar injected into pod {pod_name}"),
-            ),
-            Decision::Denied { message, .. } => (
-                EventType::Warning,
-                "InjectionDenied",
-                format!("pod {pod_name}: aoai-proxy: {message}"),
-            ),
-            Decision::Skipped(_) => return,
-        };
+        let (type_, reason, note) = (
+            EventType::Warning,
+            "InjectionDenied",
+            format!("pod {pod_name}: {REFUSAL_PREFIX}{message}"),
+        );
         let event = Event {
             type_,
             reason: reason.into(),

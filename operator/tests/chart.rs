@@ -38,20 +38,26 @@ fn the_chart_installs_the_crd_from_crds() {
 }
 
 #[test]
-fn the_chart_installs_the_admission_policy_the_operator_generates() {
-    let generated = serde_json::to_string_pretty(&aoai_operator::policy::mutating_policy(
-        aoai_operator::policy::IMAGE_PLACEHOLDER,
-    ))
-    .unwrap()
-        + "\n";
-    let copy = chart().join("files/mutating-admission-policy.json");
-    if update() {
-        std::fs::write(&copy, &generated).unwrap();
+fn the_chart_installs_the_admission_policies_the_operator_generates() {
+    use aoai_operator::policy;
+    for (file, generated) in [
+        (
+            "mutating-admission-policy.json",
+            policy::mutating_policy(policy::IMAGE_PLACEHOLDER),
+        ),
+        ("refusal-policy.json", policy::refusal_policy()),
+        ("warning-policy.json", policy::warning_policy()),
+    ] {
+        let generated = serde_json::to_string_pretty(&generated).unwrap() + "\n";
+        let copy = chart().join("files").join(file);
+        if update() {
+            std::fs::write(&copy, &generated).unwrap();
+        }
+        assert!(
+            std::fs::read_to_string(copy).unwrap_or_default() == generated,
+            "the chart's {file} differs from what policy generates (UPDATE_CHART=1 to accept)"
+        );
     }
-    assert!(
-        std::fs::read_to_string(copy).unwrap_or_default() == generated,
-        "the chart's admission policy differs from policy::mutating_policy (UPDATE_CHART=1 to accept)"
-    );
 }
 
 #[test]

@@ -563,10 +563,10 @@ async fn bad_annotations_port_conflicts_and_host_network_are_denied_with_one_mes
     }
 }
 
-/// Injections and denials leave an Event on the pod's owner (dry runs do not), with the reason
+/// Denials leave an Event on the pod's owner (dry runs and injections do not), with the reason
 /// constant as the Event's action.
 #[tokio::test]
-async fn injections_and_denials_are_recorded_as_events_on_the_owner() {
+async fn denials_are_recorded_as_events_on_the_owner() {
     use kube::client::Body;
     use kube::runtime::events::{Recorder, Reporter};
     let (service, mut handle) = tower_test::mock::pair::<Request<Body>, http::Response<Body>>();
@@ -616,24 +616,9 @@ async fn injections_and_denials_are_recorded_as_events_on_the_owner() {
         event
     };
 
+    // A dry run and an injection record nothing here (the controller announces injected pods).
     hook.review(&serde_json::to_vec(&fixture("pod-dry-run.json")).unwrap());
     hook.review(&serde_json::to_vec(&fixture("deployment-replicaset-pod.json")).unwrap());
-    let event = next_event().await;
-    assert_eq!(
-        (
-            event["type"].as_str(),
-            event["reason"].as_str(),
-            event["action"].as_str()
-        ),
-        (Some("Normal"), Some("Injected"), Some("injected"))
-    );
-    assert_eq!(event["regarding"]["kind"], "ReplicaSet");
-    assert!(
-        event["regarding"]["name"]
-            .as_str()
-            .unwrap()
-            .starts_with("demo-")
-    );
 
     let mut job = fixture("job-pod.json");
     job["request"]["object"]["metadata"]["annotations"]["aoai-proxy.io/inject"] = json!("nope");
@@ -669,7 +654,7 @@ async fn injections_and_denials_are_recorded_as_events_on_the_owner() {
         tokio::time::timeout(std::time::Duration::from_millis(100), handle.next_request()).await;
     assert!(
         !matches!(more, Ok(Some(_))),
-        "the dry run recorded an event"
+        "the dry run or the injection recorded an event"
     );
 }
 

@@ -107,8 +107,13 @@ def test_schema_rejects_bad_values(tmp_path, override, message):
 
 
 def test_the_webhook_never_sees_its_own_namespace_or_kube_system():
+    helpers = (CHART / "templates" / "_helpers.tpl").read_text()
+    scope = helpers[helpers.index('define "aoai.injectionNamespaces"'):]
+    assert 'values: ["kube-system", {{ .Release.Namespace | quote }}]' in scope
+    assert "aoai-proxy.io/injection" in scope
     template = (CHART / "templates" / "webhook.yaml").read_text()
-    assert 'values: ["kube-system", {{ .Release.Namespace | quote }}]' in template
-    assert "aoai-proxy.io/injection" in template
+    policies = (CHART / "templates" / "admission-policy.yaml").read_text()
+    assert template.count('include "aoai.injectionNamespaces"') == 1
+    assert policies.count('include "aoai.injectionNamespaces"') == 3
     for setting in ("reinvocationPolicy: IfNeeded", "sideEffects: None", "matchPolicy: Equivalent"):
         assert setting in template

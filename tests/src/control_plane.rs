@@ -77,6 +77,58 @@ where
 pub const SERVICE_CIDR: &str = "10.0.0.0/24";
 const KUBERNETES_SERVICE_IP: &str = "10.0.0.1";
 
+/// What the API server answered to a create: the object stored and the warnings it sent, or the
+/// refusal's message.
+pub enum Admission<K> {
+    Created(K, Vec<String>),
+    Refused(String),
+}
+
+/// Creates `object` in `namespace` (a namespaced kind), keeping the `Warning` headers that
+/// `Api::create` drops.
+pub async fn create_with_warnings<K>(
+    client: &kube::Client,
+    namespace: &str,
+    object: &K,
+) -> Admission<K>
+where
+    K: kube::Resource<DynamicType = ()> + serde::Serialize + serde::de::DeserializeOwned,
+{
+    let url = K::url_path(&(), Some(namespace));
+    let request = http::Request::post(url)
+        .header(http::header::CONTENT_TYPE, "application/json")
+        .body(kube::client::Body::from(
+            serde_json::to_vec(object).unwrap(),
+        ))
+        .unwrap();
+    let response = client.send(request).await.expect("the API server answers");
+    let warnings = response
+        .headers()
+        .get_all(http::header::WARNING)
+        .iter()
+        .map(|v| warning_text(v.to_str().unwrap_or_default()))
+        .collect();
+    let ok = response.status().is_success();
+    let body = response.into_body().collect_bytes().await.unwrap();
+    if ok {
+        Admission::Created(serde_json::from_slice(&body).unwrap(), warnings)
+    } else {
+        let status: kube::core::Status = serde_json::from_slice(&body).unwrap();
+        Admission::Refused(status.message)
+    }
+}
+
+/// The text of a `Warning` header (`299 - "text"`).
+fn warning_text(header: &str) -> String {
+    let quoted = header.splitn(3, ' ').nth(2).unwrap_or(header);
+    quoted
+        .strip_prefix('"')
+        .and_then(|q| q.strip_suffix('"'))
+        .unwrap_or(quoted)
+        .replace("\\\"", "\"")
+        .replace("\\\\", "\\")
+}
+
 pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())

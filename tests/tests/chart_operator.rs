@@ -16,11 +16,14 @@ use aoai_e2e::openai::MockOpenAi;
 use aoai_e2e::operator::{OperatorProcess, install_chart};
 use aoai_e2e::tokens::TokenLedger;
 use aoai_e2e::wait;
-use aoai_operator::annotations::{CONFIG_HASH, INJECT, PROXY_LABEL, STATUS, STATUS_INJECTED};
+use aoai_operator::annotations::{
+    CONFIG_HASH, Format, INJECT, PROXY_LABEL, STATUS, STATUS_INJECTED,
+};
 use aoai_operator::crd::AzureOpenAIProxy;
+use aoai_operator::mutate::text::REFUSAL_PREFIX;
 use base64::Engine;
 use k8s_openapi::api::admissionregistration::v1::{
-    MutatingAdmissionPolicy, MutatingWebhookConfiguration,
+    MutatingAdmissionPolicy, MutatingWebhookConfiguration, ValidatingAdmissionPolicy,
 };
 use k8s_openapi::api::apps::v1::ReplicaSet;
 use k8s_openapi::api::coordination::v1::Lease;
@@ -549,11 +552,12 @@ async fn workload_identity_token_reaches_entra_as_the_sidecar_reads_it(
 }
 
 /// The chart's default on Kubernetes 1.36 (`injection.engine: auto`) installs the admission
-/// policy. With the operator not running, a new AzureOpenAIProxy works at once: a bare pod and a
-/// Deployment's pod get the sidecar, without a config hash; a pod the policy leaves to the webhook
-/// (an unusual port) is refused, never created without its sidecar. When the operator starts, the
-/// status catches up and, with `rollout: Restart`, the Deployment whose pods carry no hash is
-/// restarted once: its new pods carry the hash.
+/// policies. With the operator not running, a new AzureOpenAIProxy works at once: a bare pod and
+/// a Deployment's pod get the sidecar, without a config hash; a pod the webhook would refuse (an
+/// unusual port) is refused by the refusing policy in the webhook's words, never created without
+/// its sidecar. When the operator starts, the status catches up and, with `rollout: Restart`, the
+/// Deployment whose pods carry no hash is restarted once: its new pods carry the hash; the webhook
+/// refuses the unusual pod in the same words.
 #[tokio::test]
 async fn with_the_operator_down_the_admission_policy_injects_and_the_operator_catches_up() {
     let test = "with_the_operator_down_the_admission_policy_injects_and_the_operator_catches_up";
@@ -575,6 +579,27 @@ async fn with_the_operator_down_the_admission_policy_injects_and_the_operator_ca
         installed,
         [format!("{RELEASE}-inject")],
         "auto chose the policy on 1.36"
+    );
+    let validating: Api<ValidatingAdmissionPolicy> = Api::all(client.clone());
+    let mut installed: Vec<String> = validating
+        .list(&Default::default())
+        .await
+        .unwrap()
+        .items
+        .iter()
+        .map(|p| p.name_any())
+        .collect();
+    installed.sort();
+    assert_eq!(
+        installed,
+        [format!("{RELEASE}-refuse"), format!("{RELEASE}-warn")]
+    );
+    let webhooks: Api<MutatingWebhookConfiguration> = Api::all(client.clone());
+    let webhook = webhooks.get(RELEASE).await.unwrap().webhooks.unwrap();
+    assert_eq!(
+        webhook[0].failure_policy.as_deref(),
+        Some("Ignore"),
+        "with the policies, the refusing policy fails closed in the webhook's place"
     );
 
     let proxies = team_namespace(&client).await;
@@ -604,16 +629,28 @@ async fn with_the_operator_down_the_admission_policy_injects_and_the_operator_ca
         }))
         .unwrap()
     };
+    // Until the API server has loaded the policies (a moment after they are created) nothing
+    // refuses or injects a pod while no operator answers: such a pod is deleted and tried again.
+    let mut attempt = 0;
     let bare = wait::until(
         "a bare pod injected by the policy",
         Duration::from_secs(30),
-        || async {
-            pods.create(
-                &PostParams::default(),
-                &pod("bare", json!({INJECT: "openai"})),
-            )
-            .await
-            .map_err(|e| e.to_string())
+        || {
+            attempt += 1;
+            let pods = pods.clone();
+            let name = format!("bare-{attempt}");
+            let bare = pod(&name, json!({INJECT: "openai"}));
+            async move {
+                let created = pods
+                    .create(&PostParams::default(), &bare)
+                    .await
+                    .map_err(|e| e.to_string())?;
+                if created.annotations().get(STATUS).map(String::as_str) == Some(STATUS_INJECTED) {
+                    return Ok(created);
+                }
+                pods.delete(&name, &Default::default()).await.unwrap();
+                Err("created before the policies were loaded".to_string())
+            }
         },
     )
     .await;
@@ -623,18 +660,23 @@ async fn with_the_operator_down_the_admission_policy_injects_and_the_operator_ca
         None,
         "no operator has written a hash yet"
     );
+    // A pod the webhook would refuse is refused by the refusing policy, with the webhook's words.
+    let unusual = pod(
+        "unusual",
+        json!({INJECT: "openai", "aoai-proxy.io/port": "80"}),
+    );
+    let refusal = format!(
+        "{REFUSAL_PREFIX}annotation aoai-proxy.io/port=\"80\": {}",
+        Format::Port.message()
+    );
     let refused = pods
-        .create(
-            &PostParams::default(),
-            &pod(
-                "unusual",
-                json!({INJECT: "openai", "aoai-proxy.io/port": "80"}),
-            ),
-        )
+        .create(&PostParams::default(), &unusual)
         .await
-        .expect_err("a pod the policy leaves to the webhook is refused while the operator is down");
+        .expect_err("a pod the webhook refuses is refused while the operator is down")
+        .to_string();
     assert!(
-        refused.to_string().contains("failed calling webhook"),
+        refused.contains(&format!("ValidatingAdmissionPolicy '{RELEASE}-refuse'"))
+            && refused.contains(&refusal),
         "{refused}"
     );
 
@@ -705,6 +747,42 @@ async fn with_the_operator_down_the_admission_policy_injects_and_the_operator_ca
             .and_then(|m| m.annotations)
             .is_some_and(|a| a.contains_key("kubectl.kubernetes.io/restartedAt")),
         "rollout: Restart restarted the Deployment whose pod had no hash"
+    );
+    // The controller announces each pod injected while it watches, whichever engine injected
+    // it: this one by the policy (it runs before the webhook, which is then not asked).
+    let announced = pod("announced", json!({INJECT: "openai"}));
+    let announced = pods
+        .create(&PostParams::default(), &announced)
+        .await
+        .unwrap();
+    let events: Api<k8s_openapi::api::events::v1::Event> = Api::namespaced(client.clone(), NS);
+    wait::until(
+        "an Injected Event on the pod the policy injected",
+        Duration::from_secs(30),
+        || async {
+            let events = events.list(&Default::default()).await.unwrap().items;
+            events
+                .iter()
+                .find(|e| {
+                    e.regarding.as_ref().and_then(|r| r.uid.as_deref())
+                        == announced.metadata.uid.as_deref()
+                        && e.reason.as_deref() == Some("Injected")
+                })
+                .map(|e| assert_eq!(e.type_.as_deref(), Some("Normal")))
+                .ok_or_else(|| format!("{} events; operator:\n{}", events.len(), operator.output()))
+        },
+    )
+    .await;
+
+    // With the operator up, the webhook refuses the same pod in the same words.
+    let refused = pods
+        .create(&PostParams::default(), &unusual)
+        .await
+        .expect_err("the webhook refuses it")
+        .to_string();
+    assert!(
+        refused.contains("admission webhook") && refused.contains(&refusal),
+        "{refused}"
     );
     let exit = operator.terminate(Duration::from_secs(20));
     assert!(exit.success(), "{exit}:\n{}", operator.output());

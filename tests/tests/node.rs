@@ -605,10 +605,10 @@ async fn the_quick_start_on_a_real_node() {
         sidecar - app
     );
 
-    // 9. The operator down: the chart's admission policy (the default engine on 1.36) still
-    // injects, and the pod runs with its sidecar; a pod the policy leaves to the webhook is
-    // refused, never created without its sidecar; others are created. The webhook is back when a
-    // replica returns.
+    // 9. The operator down: the chart's admission policies (the default engine on 1.36) still
+    // inject, and the pod runs with its sidecar; a pod the webhook would refuse is refused in the
+    // webhook's words, never created without its sidecar; others are created. The webhook is back
+    // when a replica returns, and refuses the same pod in the same words.
     let operator: Api<Deployment> = Api::namespaced(client.clone(), OPERATOR_NS);
     let scale = |replicas: i32| json!({"spec": {"replicas": replicas}});
     operator
@@ -679,10 +679,14 @@ async fn the_quick_start_on_a_real_node() {
             ),
         )
         .await;
+    let refusal = "aoai-proxy: annotation aoai-proxy.io/port=\"80\": must be a port number from 1024 to 65535";
     let error = refused
-        .expect_err("a pod the policy leaves to the webhook is refused while no webhook answers")
+        .expect_err("a pod the webhook would refuse is refused while no webhook answers")
         .to_string();
-    assert!(error.contains("failed calling webhook"), "{error}");
+    assert!(
+        error.contains("ValidatingAdmissionPolicy") && error.contains(refusal),
+        "{error}"
+    );
     pods_api
         .create(&PostParams::default(), &pod("plain", json!({})))
         .await
@@ -703,7 +707,7 @@ async fn the_quick_start_on_a_real_node() {
         Duration::from_secs(120),
     )
     .await;
-    // The webhook answers again: the pod the policy leaves to it gets the webhook's own refusal.
+    // The webhook answers again: it refuses the pod first, in the same words.
     wait::until(
         "the webhook answers again",
         Duration::from_secs(60),
@@ -719,8 +723,8 @@ async fn the_quick_start_on_a_real_node() {
                 .await
             {
                 Err(e)
-                    if e.to_string()
-                        .contains("must be a port number from 1024 to 65535") =>
+                    if e.to_string().contains("admission webhook")
+                        && e.to_string().contains(refusal) =>
                 {
                     Ok(())
                 }

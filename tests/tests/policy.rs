@@ -1,22 +1,29 @@
 //! The second engine on a real kube-apiserver (skipped unless `KUBEBUILDER_ASSETS` is set), with
-//! no operator and no webhook at all: the MutatingAdmissionPolicy alone injects every golden pod
-//! exactly as the webhook would (the pod it stores equals the one `inject` decides, created
-//! beside it), an AzureOpenAIProxy created a moment before works (no operator has seen it; the
-//! pod then carries no config hash), and every pod the webhook would refuse is left alone for the
-//! webhook to answer.
+//! no operator and no webhook at all: the admission policies alone inject every golden pod
+//! exactly as the webhook would (the pod they store equals the one `inject` decides, created
+//! beside it, with the same warnings), refuse every pod the webhook refuses with the webhook's
+//! message (the golden refusals and a table of bad annotations, ports and orders), refuse a pod
+//! they leave to the absent webhook, and an AzureOpenAIProxy created a moment before works (no
+//! operator has seen it; the pod then carries no config hash).
 
+use std::sync::Arc;
 use std::time::Duration;
 
-use aoai_e2e::control_plane::{ControlPlane, apply, install_crd};
+use aoai_e2e::control_plane::{Admission, ControlPlane, apply, create_with_warnings, install_crd};
 use aoai_e2e::manifests::pods_in;
 use aoai_e2e::wait;
-use aoai_operator::annotations::{CONFIG_HASH, STATUS, STATUS_INJECTED};
+use aoai_operator::annotations::{
+    ADMIN_PORT, CONFIG_HASH, CPU_LIMIT, CPU_REQUEST, INJECT, LOG_LEVEL, MEMORY_LIMIT,
+    MEMORY_REQUEST, NATIVE_SIDECAR, PORT, STATUS, STATUS_INJECTED,
+};
 use aoai_operator::crd::{AzureOpenAIProxy, config_hash};
 use aoai_operator::inject::{parse, proxies_in};
+use aoai_operator::mutate::text::REFUSAL_PREFIX;
 use aoai_operator::mutate::{CONTAINER_NAME, InjectOptions, Outcome, decide};
 use aoai_operator::policy;
 use k8s_openapi::api::admissionregistration::v1::{
-    MutatingAdmissionPolicy, MutatingAdmissionPolicyBinding,
+    MutatingAdmissionPolicy, MutatingAdmissionPolicyBinding, ValidatingAdmissionPolicy,
+    ValidatingAdmissionPolicyBinding,
 };
 use k8s_openapi::api::core::v1::{Namespace, Pod, PodSpec, ServiceAccount};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
@@ -65,17 +72,26 @@ fn comparable(pod: &Pod) -> Value {
 }
 
 async fn create_pod(pods: &Api<Pod>, name: &str, meta: &ObjectMeta, spec: &PodSpec) -> Pod {
+    match admit(pods, name, meta, spec).await {
+        Admission::Created(pod, _) => pod,
+        Admission::Refused(message) => panic!("create pod {name}: {message}"),
+    }
+}
+
+/// Creates a pod from `meta` and `spec` named `name`, keeping the warnings.
+async fn admit(pods: &Api<Pod>, name: &str, meta: &ObjectMeta, spec: &PodSpec) -> Admission<Pod> {
     let mut meta = meta.clone();
     meta.name = Some(name.into());
-    meta.namespace = None;
+    let namespace = meta
+        .namespace
+        .take()
+        .unwrap_or_else(|| pods.namespace().unwrap().to_string());
     let pod = Pod {
         metadata: meta,
         spec: Some(spec.clone()),
         status: None,
     };
-    pods.create(&PostParams::default(), &pod)
-        .await
-        .unwrap_or_else(|e| panic!("create pod {name}: {e}"))
+    create_with_warnings(&pods.clone().into_client(), &namespace, &pod).await
 }
 
 fn has_sidecar(pod: &Pod) -> bool {
@@ -87,31 +103,191 @@ fn has_sidecar(pod: &Pod) -> bool {
         .any(|c| c.name == CONTAINER_NAME)
 }
 
+/// The text of a warning the warning policy sent.
+fn policy_warning(warning: &str) -> &str {
+    let prefix = format!(
+        "Validation failed for ValidatingAdmissionPolicy '{0}' with binding '{0}': ",
+        policy::WARNING_NAME
+    );
+    warning.strip_prefix(&prefix).unwrap_or(warning)
+}
+
+/// Installs the three policies and their bindings, and waits until the API server applies them:
+/// a probe pod is injected with the warning, another refused.
+async fn install_policies(client: &kube::Client) {
+    let policies: Api<MutatingAdmissionPolicy> = Api::all(client.clone());
+    apply(&policies, policy::NAME, policy::mutating_policy(IMAGE)).await;
+    let bindings: Api<MutatingAdmissionPolicyBinding> = Api::all(client.clone());
+    apply(&bindings, policy::NAME, policy::binding()).await;
+    let validating: Api<ValidatingAdmissionPolicy> = Api::all(client.clone());
+    apply(&validating, policy::REFUSAL_NAME, policy::refusal_policy()).await;
+    apply(&validating, policy::WARNING_NAME, policy::warning_policy()).await;
+    let bindings: Api<ValidatingAdmissionPolicyBinding> = Api::all(client.clone());
+    apply(&bindings, policy::REFUSAL_NAME, policy::refusal_binding()).await;
+    apply(&bindings, policy::WARNING_NAME, policy::warning_binding()).await;
+
+    let ns = "policy-probe";
+    namespace(client, ns).await;
+    let proxies: Api<AzureOpenAIProxy> = Api::namespaced(client.clone(), ns);
+    apply(&proxies, "probe", json!({
+        "apiVersion": "aoai-proxy.io/v1alpha1", "kind": "AzureOpenAIProxy",
+        "metadata": {"name": "probe"},
+        "spec": {"endpoint": "https://r.openai.azure.com", "credential": {"managedIdentity": {}}},
+    }))
+    .await;
+    let pods: Api<Pod> = Api::namespaced(client.clone(), ns);
+    let spec: PodSpec =
+        serde_json::from_value(json!({"containers": [{"name": "app", "image": "app:1"}]})).unwrap();
+    let mut attempt = 0;
+    wait::until(
+        "the admission policies in force",
+        Duration::from_secs(30),
+        || {
+            attempt += 1;
+            let (pods, spec) = (pods.clone(), spec.clone());
+            async move {
+                let asks = |name: &str| -> ObjectMeta {
+                    serde_json::from_value(json!({"annotations": {"aoai-proxy.io/inject": name}}))
+                        .unwrap()
+                };
+                let injected =
+                    match admit(&pods, &format!("injected-{attempt}"), &asks("probe"), &spec).await
+                    {
+                        Admission::Created(pod, warnings) => {
+                            has_sidecar(&pod) && !warnings.is_empty()
+                        }
+                        Admission::Refused(_) => false,
+                    };
+                let refused = matches!(
+                    admit(&pods, &format!("refused-{attempt}"), &asks("nope"), &spec).await,
+                    Admission::Refused(_)
+                );
+                if injected && refused {
+                    Ok(())
+                } else {
+                    Err(format!("injected: {injected}, refused: {refused}"))
+                }
+            }
+        },
+    )
+    .await;
+}
+
+async fn namespace(client: &kube::Client, name: &str) {
+    let namespaces: Api<Namespace> = Api::all(client.clone());
+    apply(
+        &namespaces,
+        name,
+        json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name}}),
+    )
+    .await;
+    let accounts: Api<ServiceAccount> = Api::namespaced(client.clone(), name);
+    apply(
+        &accounts,
+        "default",
+        json!({"apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": "default"}}),
+    )
+    .await;
+}
+
+/// What became of one pod.
+enum Checked {
+    Injected,
+    Refused,
+    LeftAlone,
+}
+
+/// Creates the pod `meta`/`spec` through the policies in `pods`' namespace and checks the answer
+/// against what the webhook decides with `stored` as the namespace's AzureOpenAIProxies.
+async fn check(
+    pods: &Api<Pod>,
+    number: usize,
+    what: &str,
+    (meta, spec): (&ObjectMeta, &PodSpec),
+    stored: &[Arc<AzureOpenAIProxy>],
+) -> Checked {
+    let ns = pods.namespace().unwrap().to_string();
+    let lookup = |name: &str| {
+        stored
+            .iter()
+            .find(|p| p.metadata.name.as_deref() == Some(name))
+            .cloned()
+    };
+    let outcome = decide(meta, spec, &ns, lookup, &options());
+    let admission = admit(pods, &format!("policy-{number}"), meta, spec).await;
+    match (outcome, admission) {
+        (Outcome::Injected(injection), Admission::Created(by_policy, warnings)) => {
+            let (mut meta, mut spec) = (meta.clone(), spec.clone());
+            injection.apply(&mut meta, &mut spec);
+            let by_webhook = create_pod(pods, &format!("webhook-{number}"), &meta, &spec).await;
+            assert_eq!(
+                comparable(&by_policy),
+                comparable(&by_webhook),
+                "{what}: the policy's pod differs from the webhook's"
+            );
+            let warnings: Vec<&str> = warnings.iter().map(|w| policy_warning(w)).collect();
+            assert_eq!(warnings, injection.warnings, "{what}: warnings");
+            Checked::Injected
+        }
+        (Outcome::Denied { message, .. }, Admission::Refused(refusal)) => {
+            let expected = format!("{REFUSAL_PREFIX}{message}");
+            assert!(
+                refusal.ends_with(&format!(": {expected}")),
+                "{what}: refused with\n  {refusal}\nwhere the webhook says\n  {expected}"
+            );
+            Checked::Refused
+        }
+        (Outcome::Skipped(_), Admission::Created(by_policy, _)) => {
+            let before = meta.annotations.clone().unwrap_or_default();
+            let after = by_policy.metadata.annotations.clone().unwrap_or_default();
+            assert_eq!(
+                after, before,
+                "{what}: the policy must leave this pod alone"
+            );
+            let containers =
+                |s: &PodSpec| s.containers.len() + s.init_containers.as_ref().map_or(0, Vec::len);
+            assert_eq!(
+                containers(by_policy.spec.as_ref().unwrap()),
+                containers(spec),
+                "{what}"
+            );
+            Checked::LeftAlone
+        }
+        (outcome, Admission::Created(..)) => {
+            panic!("{what}: created, where the webhook decides {outcome:?}")
+        }
+        (outcome, Admission::Refused(refusal)) => {
+            panic!("{what}: refused ({refusal}), where the webhook decides {outcome:?}")
+        }
+    }
+}
+
+fn options() -> InjectOptions {
+    InjectOptions {
+        default_image: IMAGE.into(),
+        native_sidecars_supported: true,
+    }
+}
+
 #[tokio::test]
-async fn the_admission_policy_alone_injects_as_the_webhook_does() {
+async fn the_admission_policies_alone_inject_and_refuse_as_the_webhook_does() {
     let Some(plane) =
-        ControlPlane::start("the_admission_policy_alone_injects_as_the_webhook_does").await
+        ControlPlane::start("the_admission_policies_alone_inject_and_refuse_as_the_webhook_does")
+            .await
     else {
         return;
     };
     let client = plane.client();
     install_crd(&client).await;
-    let policies: Api<MutatingAdmissionPolicy> = Api::all(client.clone());
-    apply(&policies, policy::NAME, policy::mutating_policy(IMAGE)).await;
-    let bindings: Api<MutatingAdmissionPolicyBinding> = Api::all(client.clone());
-    apply(&bindings, policy::NAME, policy::binding()).await;
+    install_policies(&client).await;
 
-    let options = InjectOptions {
-        default_image: IMAGE.into(),
-        native_sidecars_supported: true,
-    };
     let mut files: Vec<_> = std::fs::read_dir(GOLDEN)
         .unwrap()
         .map(|e| e.unwrap().path())
         .filter(|p| p.to_string_lossy().ends_with(".in.yaml"))
         .collect();
     files.sort();
-    let (mut agreed, mut left_alone) = (Vec::new(), Vec::new());
+    let (mut injected, mut refused, mut left_alone) = (Vec::new(), Vec::new(), Vec::new());
     for (index, file) in files.iter().enumerate() {
         let case = file
             .file_name()
@@ -119,22 +295,14 @@ async fn the_admission_policy_alone_injects_as_the_webhook_does() {
             .to_string_lossy()
             .replace(".in.yaml", "");
         let ns = format!("policy-{index}");
-        let namespaces: Api<Namespace> = Api::all(client.clone());
-        apply(
-            &namespaces,
-            &ns,
-            json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns}}),
-        )
-        .await;
+        namespace(&client, &ns).await;
         let documents = parse(&std::fs::read_to_string(file).unwrap()).unwrap();
         let templates: Vec<_> = documents.iter().flat_map(pods_in).collect();
         let accounts: Api<ServiceAccount> = Api::namespaced(client.clone(), &ns);
-        let mut names: Vec<String> = templates
+        for name in templates
             .iter()
             .filter_map(|(_, spec)| spec.service_account_name.clone())
-            .collect();
-        names.push("default".into());
-        for name in names {
+        {
             apply(
                 &accounts,
                 &name,
@@ -153,110 +321,242 @@ async fn the_admission_policy_alone_injects_as_the_webhook_does() {
             let Ok(created) = proxies.create(&PostParams::default(), &proxy).await else {
                 continue;
             };
-            let name = created.metadata.name.clone().unwrap();
-            let status = json!({"status": {
-                "configHash": config_hash(&created.spec, IMAGE),
-                "observedGeneration": created.metadata.generation,
-            }});
-            let updated = proxies
-                .patch_status(&name, &PatchParams::default(), &Patch::Merge(&status))
-                .await
-                .unwrap();
-            stored.push(std::sync::Arc::new(updated));
+            stored.push(Arc::new(operator_status(&proxies, &created, None).await));
         }
 
         let pods: Api<Pod> = Api::namespaced(client.clone(), &ns);
         for (number, (meta, spec)) in templates.iter().enumerate() {
             let what = format!("{case} pod {number} ({:?})", meta.name);
-            let lookup = |name: &str| {
-                stored
-                    .iter()
-                    .find(|p| p.metadata.name.as_deref() == Some(name))
-                    .cloned()
-            };
-            let outcome = decide(meta, spec, &ns, lookup, &options);
-            // The policy takes a moment to be in force: the first pod is tried until it is.
-            let by_policy = if agreed.is_empty() && matches!(outcome, Outcome::Injected(_)) {
-                wait::until(
-                    &format!("{what}: injected by the policy"),
-                    Duration::from_secs(30),
-                    || {
-                        let pods = pods.clone();
-                        async move {
-                            let pod =
-                                create_pod(&pods, &format!("policy-{number}"), meta, spec).await;
-                            if has_sidecar(&pod) {
-                                Ok(pod)
-                            } else {
-                                pods.delete(&format!("policy-{number}"), &Default::default())
-                                    .await
-                                    .unwrap();
-                                wait::until("deleted", Duration::from_secs(10), || {
-                                    let pods = pods.clone();
-                                    async move {
-                                        match pods
-                                            .get_opt(&format!("policy-{number}"))
-                                            .await
-                                            .unwrap()
-                                        {
-                                            None => Ok(()),
-                                            Some(_) => Err("still there".to_string()),
-                                        }
-                                    }
-                                })
-                                .await;
-                                Err("no sidecar yet".to_string())
-                            }
-                        }
-                    },
-                )
-                .await
-            } else {
-                create_pod(&pods, &format!("policy-{number}"), meta, spec).await
-            };
-            match outcome {
-                Outcome::Injected(injection) => {
-                    let (mut meta, mut spec) = (meta.clone(), spec.clone());
-                    injection.apply(&mut meta, &mut spec);
-                    let by_webhook =
-                        create_pod(&pods, &format!("webhook-{number}"), &meta, &spec).await;
-                    assert_eq!(
-                        comparable(&by_policy),
-                        comparable(&by_webhook),
-                        "{what}: the policy's pod differs from the webhook's"
-                    );
-                    agreed.push(what);
-                }
-                Outcome::Denied { .. } | Outcome::Skipped(_) => {
-                    let before = meta.annotations.clone().unwrap_or_default();
-                    let after = by_policy.metadata.annotations.clone().unwrap_or_default();
-                    assert_eq!(
-                        after.get(STATUS),
-                        before.get(STATUS),
-                        "{what}: the policy must leave this pod to the webhook"
-                    );
-                    let containers = |s: &PodSpec| {
-                        s.containers.len() + s.init_containers.as_ref().map_or(0, Vec::len)
-                    };
-                    assert_eq!(
-                        containers(by_policy.spec.as_ref().unwrap()),
-                        containers(spec),
-                        "{what}"
-                    );
-                    left_alone.push(what);
-                }
+            match check(&pods, number, &what, (meta, spec), &stored).await {
+                Checked::Injected => injected.push(what),
+                Checked::Refused => refused.push(what),
+                Checked::LeftAlone => left_alone.push(what),
             }
         }
     }
     assert!(
-        agreed.len() >= 7,
-        "only {} golden pods compared: {agreed:?}",
-        agreed.len()
+        injected.len() >= 7,
+        "only {} golden pods injected: {injected:?}",
+        injected.len()
     );
-    assert!(left_alone.len() >= 5, "{left_alone:?}");
+    assert!(refused.len() >= 5, "{refused:?}");
+    assert!(left_alone.len() >= 2, "{left_alone:?}");
 
-    // An AzureOpenAIProxy no operator has seen (no status): its pods are injected at once,
-    // without a config hash (the controller rolls them once it catches up).
+    the_webhooks_refusals_word_for_word(&client).await;
+    an_azure_openai_proxy_no_operator_saw_injects(&client).await;
+}
+
+/// Writes the status an operator would: the config hash of the spec as stored for its
+/// generation, and a Ready condition when given (`(status, reason, message)`).
+async fn operator_status(
+    proxies: &Api<AzureOpenAIProxy>,
+    created: &AzureOpenAIProxy,
+    ready: Option<(&str, &str, &str)>,
+) -> AzureOpenAIProxy {
+    let mut status = json!({
+        "configHash": config_hash(&created.spec, IMAGE),
+        "observedGeneration": created.metadata.generation,
+    });
+    if let Some((ready, reason, message)) = ready {
+        status["conditions"] = json!([{
+            "type": "Ready", "status": ready, "reason": reason, "message": message,
+            "lastTransitionTime": "2026-12-06T00:00:00Z",
+        }]);
+    }
+    proxies
+        .patch_status(
+            created.metadata.name.as_deref().unwrap(),
+            &PatchParams::default(),
+            &Patch::Merge(&json!({"status": status})),
+        )
+        .await
+        .unwrap()
+}
+
+/// Every refusal of the webhook's, by the policies, word for word: bad annotations of each
+/// format (the first by name when several are bad, a quote in a value), the port checks against
+/// the AzureOpenAIProxy's ports, hostNetwork after the annotations, a missing AzureOpenAIProxy;
+/// a not-Ready one warns; values the webhook accepts are injected. A pod the policy leaves to
+/// the webhook is refused, since no webhook answers.
+async fn the_webhooks_refusals_word_for_word(client: &kube::Client) {
+    let ns = "policy-refusals";
+    namespace(client, ns).await;
+    let proxies: Api<AzureOpenAIProxy> = Api::namespaced(client.clone(), ns);
+    let mut stored = Vec::new();
+    for (name, ready) in [
+        ("openai", ("True", "Ready", "ready")),
+        (
+            "not-ready",
+            (
+                "False",
+                "CredentialInvalid",
+                "Secret \"mi\" has no key \"id\"",
+            ),
+        ),
+    ] {
+        let created = apply(&proxies, name, json!({
+            "apiVersion": "aoai-proxy.io/v1alpha1", "kind": "AzureOpenAIProxy",
+            "metadata": {"name": name},
+            "spec": {"endpoint": "https://r.openai.azure.com", "credential": {"managedIdentity": {}}},
+        }))
+        .await;
+        stored.push(Arc::new(
+            operator_status(&proxies, &created, Some(ready)).await,
+        ));
+    }
+    let app = json!({"name": "app", "image": "app:1"});
+    let cases = [
+        (
+            "bad name",
+            json!({INJECT: "Open_AI"}),
+            json!({"containers": [app]}),
+        ),
+        (
+            "port below 1024",
+            json!({INJECT: "openai", PORT: "80"}),
+            json!({"containers": [app]}),
+        ),
+        (
+            "port with a sign",
+            json!({INJECT: "openai", PORT: "+15090"}),
+            json!({"containers": [app]}),
+        ),
+        (
+            "port too big",
+            json!({INJECT: "openai", ADMIN_PORT: "99999"}),
+            json!({"containers": [app]}),
+        ),
+        (
+            "port with leading zeros",
+            json!({INJECT: "openai", PORT: "0015090"}),
+            json!({"containers": [app]}),
+        ),
+        (
+            "cpu in bytes",
+            json!({INJECT: "openai", CPU_REQUEST: "50Mi"}),
+            json!({"containers": [app]}),
+        ),
+        (
+            "two dots",
+            json!({INJECT: "openai", MEMORY_LIMIT: "1.2.3Gi"}),
+            json!({"containers": [app]}),
+        ),
+        (
+            "fraction",
+            json!({INJECT: "openai", CPU_LIMIT: "0.5", MEMORY_REQUEST: "64.5Mi"}),
+            json!({"containers": [app]}),
+        ),
+        (
+            "upper case level",
+            json!({INJECT: "openai", LOG_LEVEL: "INFO"}),
+            json!({"containers": [app]}),
+        ),
+        (
+            "quote in a value",
+            json!({INJECT: "openai", LOG_LEVEL: "de\"bug"}),
+            json!({"containers": [app]}),
+        ),
+        (
+            "lower case mode",
+            json!({INJECT: "openai", NATIVE_SIDECAR: "always"}),
+            json!({"containers": [app]}),
+        ),
+        (
+            "typo",
+            json!({INJECT: "openai", "aoai-proxy.io/prot": "9000"}),
+            json!({"containers": [app]}),
+        ),
+        (
+            "first bad by name",
+            json!({INJECT: "openai", PORT: "80", CPU_LIMIT: "x"}),
+            json!({"containers": [app]}),
+        ),
+        (
+            "annotations before hostNetwork",
+            json!({INJECT: "openai", PORT: "80"}),
+            json!({"hostNetwork": true, "containers": [app]}),
+        ),
+        (
+            "hostNetwork",
+            json!({INJECT: "openai"}),
+            json!({"hostNetwork": true, "containers": [app]}),
+        ),
+        (
+            "missing",
+            json!({INJECT: "nope"}),
+            json!({"containers": [app]}),
+        ),
+        (
+            "missing before ports",
+            json!({INJECT: "nope", PORT: "15081"}),
+            json!({"containers": [app]}),
+        ),
+        (
+            "same ports",
+            json!({INJECT: "openai", PORT: "15081"}),
+            json!({"containers": [app]}),
+        ),
+        (
+            "admin port taken by an init container",
+            json!({INJECT: "openai"}),
+            json!({
+                "initContainers": [{"name": "setup", "image": "s:1", "ports": [{"containerPort": 15081}]}],
+                "containers": [app],
+            }),
+        ),
+        (
+            "second container's second port",
+            json!({INJECT: "openai", PORT: "16000"}),
+            json!({
+                "containers": [app, {"name": "web", "image": "w:1", "ports": [{"containerPort": 8080}, {"containerPort": 16000}]}],
+            }),
+        ),
+        (
+            "not Ready",
+            json!({INJECT: "not-ready"}),
+            json!({"containers": [app]}),
+        ),
+        (
+            "someone else's annotation",
+            json!({INJECT: "openai", "example.com/x": "y"}),
+            json!({"containers": [app]}),
+        ),
+    ];
+    let pods: Api<Pod> = Api::namespaced(client.clone(), ns);
+    let (mut injected, mut refused) = (0, 0);
+    for (number, (what, annotations, spec)) in cases.into_iter().enumerate() {
+        let meta: ObjectMeta = serde_json::from_value(json!({"annotations": annotations})).unwrap();
+        let spec: PodSpec = serde_json::from_value(spec).unwrap();
+        match check(&pods, number, what, (&meta, &spec), &stored).await {
+            Checked::Injected => injected += 1,
+            Checked::Refused => refused += 1,
+            Checked::LeftAlone => panic!("{what}: left alone"),
+        }
+    }
+    assert_eq!((injected, refused), (4, 18));
+
+    // More containers than the policy writes out: the webhook would inject it; without one, the
+    // refusing policy says so.
+    let containers: Vec<_> = (0..11)
+        .map(|i| json!({"name": format!("c{i}"), "image": "app:1"}))
+        .collect();
+    let meta: ObjectMeta =
+        serde_json::from_value(json!({"annotations": {INJECT: "openai"}})).unwrap();
+    let spec: PodSpec = serde_json::from_value(json!({"containers": containers})).unwrap();
+    match admit(&pods, "eleven", &meta, &spec).await {
+        Admission::Refused(message) => assert!(
+            message.ends_with(&format!(
+                ": {REFUSAL_PREFIX}the admission policy leaves this pod to the operator's webhook (the pod has more than 10 containers), which did not answer: start the operator, or change the pod"
+            )),
+            "{message}"
+        ),
+        Admission::Created(..) => panic!("a pod left to an absent webhook was created"),
+    }
+}
+
+/// An AzureOpenAIProxy no operator has seen (no status): its pods are injected at once, without
+/// a config hash (the controller rolls them once it catches up).
+async fn an_azure_openai_proxy_no_operator_saw_injects(client: &kube::Client) {
     let ns = "policy-0";
     let proxies: Api<AzureOpenAIProxy> = Api::namespaced(client.clone(), ns);
     proxies
@@ -273,8 +573,7 @@ async fn the_admission_policy_alone_injects_as_the_webhook_does() {
         .unwrap();
     let pods: Api<Pod> = Api::namespaced(client.clone(), ns);
     let meta: ObjectMeta =
-        serde_json::from_value(json!({"annotations": {"aoai-proxy.io/inject": "brand-new"}}))
-            .unwrap();
+        serde_json::from_value(json!({"annotations": {INJECT: "brand-new"}})).unwrap();
     let spec: PodSpec =
         serde_json::from_value(json!({"containers": [{"name": "app", "image": "app:1"}]})).unwrap();
     let pod = create_pod(&pods, "fresh", &meta, &spec).await;

@@ -68,3 +68,25 @@ annotations:
 true
 {{- end }}
 {{- end }}
+
+{{- /*
+  The namespaces injection acts in, for the webhook and every admission policy binding: never
+  kube-system, the release's own namespace or namespaces labelled aoai-proxy.io/injection=disabled.
+*/}}
+{{- define "aoai.injectionNamespaces" -}}
+namespaceSelector:
+  matchExpressions:
+    - key: kubernetes.io/metadata.name
+      operator: NotIn
+      values: ["kube-system", {{ .Release.Namespace | quote }}]
+    - key: aoai-proxy.io/injection
+      operator: NotIn
+      values: ["disabled"]
+    {{- with .Values.webhook.namespaceSelector.matchExpressions }}
+    {{- toYaml . | nindent 4 }}
+    {{- end }}
+{{- with .Values.webhook.objectSelector }}
+objectSelector:
+  {{- toYaml . | nindent 2 }}
+{{- end }}
+{{- end }}
