@@ -435,8 +435,8 @@ where
         .map(|_| ())
 }
 
-/// Reconciles run at once. Unbounded, a start with 1,000 configurations opened as many API
-/// connections at the same moment (80 MiB peak RSS); 16 reconcile those 1,000 in seconds.
+/// Reconciles run at once. Unbounded, a start with many configurations opens as many API
+/// connections at the same moment, and memory peaks with them; a small bound is as quick.
 const MAX_CONCURRENT_RECONCILES: u16 = 16;
 
 /// How soon a reconcile that found the caches still loading runs again.
