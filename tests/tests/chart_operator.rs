@@ -80,6 +80,27 @@ fn sidecar(pod: &Pod) -> &k8s_openapi::api::core::v1::Container {
         .unwrap_or_else(|| panic!("pod {} has no aoai-proxy container", pod.name_any()))
 }
 
+/// The names of the cluster's `K`s, sorted.
+async fn names<K>(client: &Client) -> Vec<String>
+where
+    K: kube::Resource<DynamicType = (), Scope = k8s_openapi::ClusterResourceScope>
+        + Clone
+        + serde::de::DeserializeOwned
+        + std::fmt::Debug,
+{
+    let api: Api<K> = Api::all(client.clone());
+    let mut names: Vec<String> = api
+        .list(&Default::default())
+        .await
+        .unwrap()
+        .items
+        .iter()
+        .map(|o| o.name_any())
+        .collect();
+    names.sort();
+    names
+}
+
 fn config_hash(pod: &Pod) -> Option<&str> {
     pod.annotations().get(CONFIG_HASH).map(String::as_str)
 }
@@ -135,14 +156,9 @@ async fn the_chart_installed_operator_injects_counts_rolls_out_and_fails_closed_
         json!({"injection": {"engine": "webhook"}}),
     )
     .await;
-    let policies: Api<MutatingAdmissionPolicy> = Api::all(client.clone());
     assert!(
-        policies
-            .list(&Default::default())
-            .await
-            .unwrap()
-            .items
-            .is_empty(),
+        names::<MutatingAdmissionPolicy>(&client).await.is_empty()
+            && names::<ValidatingAdmissionPolicy>(&client).await.is_empty(),
         "engine webhook installs no admission policy"
     );
 
@@ -566,32 +582,13 @@ async fn with_the_operator_down_the_admission_policy_injects_and_the_operator_ca
     };
     let client = plane.client();
     let chart = install_chart(&plane, RELEASE, OPERATOR_NS, json!({})).await;
-    let policies: Api<MutatingAdmissionPolicy> = Api::all(client.clone());
-    let installed: Vec<String> = policies
-        .list(&Default::default())
-        .await
-        .unwrap()
-        .items
-        .iter()
-        .map(|p| p.name_any())
-        .collect();
     assert_eq!(
-        installed,
+        names::<MutatingAdmissionPolicy>(&client).await,
         [format!("{RELEASE}-inject")],
-        "auto chose the policy on 1.36"
+        "auto chose the policies on 1.36"
     );
-    let validating: Api<ValidatingAdmissionPolicy> = Api::all(client.clone());
-    let mut installed: Vec<String> = validating
-        .list(&Default::default())
-        .await
-        .unwrap()
-        .items
-        .iter()
-        .map(|p| p.name_any())
-        .collect();
-    installed.sort();
     assert_eq!(
-        installed,
+        names::<ValidatingAdmissionPolicy>(&client).await,
         [format!("{RELEASE}-refuse"), format!("{RELEASE}-warn")]
     );
     let webhooks: Api<MutatingWebhookConfiguration> = Api::all(client.clone());
