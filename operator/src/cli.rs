@@ -569,6 +569,7 @@ async fn start_webhook(
                 args.webhook_addr
             )
         })?;
+    metrics.export_fleet(proxies.clone());
     let webhook = Arc::new(webhook::Webhook {
         proxies: proxies.clone(),
         options: InjectOptions {
