@@ -23,7 +23,7 @@ pub fn route<B>(admin: &Admin, request: &Request<B>) -> Response<Full<Bytes>> {
     let (status, content_type, body) = match request.uri().path() {
         "/metrics" => (
             StatusCode::OK,
-            "text/plain; version=0.0.4; charset=utf-8",
+            aoai_runtime::METRICS_CONTENT_TYPE,
             admin.metrics.encode(),
         ),
         "/healthz" | "/livez" => (StatusCode::OK, "text/plain", "ok\n".to_string()),

@@ -280,7 +280,9 @@ mod tests {
             format!(
                 "aoai_operator_proxy_condition{{{labels},condition=\"CertificateExpiring\"}} 1"
             ),
-            format!("aoai_operator_proxy_certificate_expiry_timestamp_seconds{{{labels}}} 1798761600"),
+            format!(
+                "aoai_operator_proxy_certificate_expiry_timestamp_seconds{{{labels}}} 1798761600"
+            ),
             format!("aoai_operator_proxy_pods{{{labels},state=\"injected\"}} 3"),
             format!("aoai_operator_proxy_pods{{{labels},state=\"current\"}} 2"),
         ];

@@ -107,6 +107,8 @@ fn quoted(value: &str) -> String {
 
 /// The sidecar container's name.
 pub const CONTAINER_NAME: &str = "aoai-proxy";
+/// The name of the sidecar's admin port (health and metrics), which the chart's PodMonitor scrapes.
+pub const ADMIN_PORT_NAME: &str = "aoai-admin";
 /// Where the sidecar binary lives in the image (the regular sidecar's postStart hook runs it).
 pub const BINARY: &str = "/usr/local/bin/aoai-proxy";
 /// The mode of the volumes only the sidecar mounts (see where they are built).
@@ -649,7 +651,7 @@ pub(crate) fn container_base(
         "name": CONTAINER_NAME,
         "image": image,
         "env": env,
-        "ports": [{"name": "aoai-admin", "containerPort": admin_port, "protocol": "TCP"}],
+        "ports": [{"name": ADMIN_PORT_NAME, "containerPort": admin_port, "protocol": "TCP"}],
         "readinessProbe": probe("/health", admin_port.clone(), 5, 2),
         "livenessProbe": probe("/livez", admin_port, 10, 3),
         "resources": resources,

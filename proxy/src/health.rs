@@ -44,7 +44,7 @@ pub fn admin<B>(
             let mut response = Response::new(ResponseBody::local(metrics.encode(token)));
             response.headers_mut().insert(
                 http::header::CONTENT_TYPE,
-                http::HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+                http::HeaderValue::from_static(aoai_runtime::METRICS_CONTENT_TYPE),
             );
             response
         }

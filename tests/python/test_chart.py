@@ -58,7 +58,12 @@ GOOD = {
     "admission policy": {"injection": {"engine": "policy"}, "commonAnnotations": {"owner": "platform"}},
     "webhook alone": {"injection": {"engine": "webhook"}},
     "everything optional": {
-        "metrics": {"serviceMonitor": {"enabled": True, "labels": {"release": "prom"}}},
+        "metrics": {
+            "serviceMonitor": {"enabled": True, "labels": {"release": "prom"}},
+            "podMonitor": {"enabled": True, "interval": "15s", "labels": {"release": "prom"}},
+            "prometheusRule": {"enabled": True, "labels": {"release": "prom"}},
+            "grafanaDashboard": {"enabled": True, "namespace": "monitoring"},
+        },
         "networkPolicy": {"enabled": True, "metricsFrom": [{"namespaceSelector": {"matchLabels": {"name": "monitoring"}}}]},
         "priorityClassName": "system-cluster-critical",
         "imagePullSecrets": [{"name": "regcred"}],
@@ -93,6 +98,8 @@ BAD = [
     ({"image": {"pullPolicy": "Sometimes"}}, "'Sometimes' is not one of ['Always', 'IfNotPresent', 'Never']"),
     ({"logFormat": "xml"}, "'xml' is not one of ['text', 'json']"),
     ({"injection": {"engine": "both"}}, "'both' is not one of ['auto', 'policy', 'webhook']"),
+    ({"metrics": {"podMonitor": {"interval": "often"}}}, "'often' does not match"),
+    ({"metrics": {"grafanaDashboard": {"folder": "AI"}}}, "Additional properties are not allowed ('folder' was unexpected)"),
     ({"certificateExpiryWindow": "a month"}, "'a month' does not match"),
     ({"replicas": 2}, "Additional properties are not allowed ('replicas' was unexpected)"),
     ({"rbac": {"secretNamespaces": ["Team A"]}}, "'Team A' does not match"),

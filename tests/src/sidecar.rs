@@ -10,6 +10,8 @@ use tokio::task::JoinHandle;
 pub struct Sidecar {
     /// The forwarding listener, `http://127.0.0.1:PORT`.
     pub url: String,
+    /// The admin listener (`/health`, `/metrics`), `http://127.0.0.1:PORT`.
+    pub admin_url: String,
     stop: oneshot::Sender<()>,
     serving: JoinHandle<()>,
 }
@@ -24,6 +26,7 @@ impl Sidecar {
             .await
             .expect("the sidecar starts");
         let url = format!("http://{}", proxy.forward_addr());
+        let admin_url = format!("http://{}", proxy.admin_addr());
         let (stop, stopped) = oneshot::channel::<()>();
         let serving = tokio::spawn(proxy.serve(async {
             let _ = stopped.await;
@@ -42,7 +45,12 @@ impl Sidecar {
             },
         )
         .await;
-        Self { url, stop, serving }
+        Self {
+            url,
+            admin_url,
+            stop,
+            serving,
+        }
     }
 
     pub async fn stop(self) {

@@ -1,6 +1,6 @@
 //! What both programs run their listeners with: the one serve loop (HTTP/1.1 and h2, optional
-//! TLS, graceful shutdown with a grace period), the shutdown signal, and the watching of mounted
-//! files.
+//! TLS, graceful shutdown with a grace period), the shutdown signal, the watching of mounted
+//! files, and how their metrics are served.
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -14,6 +14,10 @@ use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
 
 pub mod file_watch;
+
+/// The content type of `/metrics`: prometheus-client writes OpenMetrics (`info` metrics,
+/// `# EOF`), which Prometheus reads only when told so; as `text/plain` it refuses the scrape.
+pub const METRICS_CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
 
 /// How long a TLS client has to finish its handshake.
 const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
