@@ -138,6 +138,7 @@ impl Backend {
     /// A 429: out of rotation for `wait`.
     pub fn throttled(&self, deployment: Option<&str>, wait: Duration) {
         self.meters.throttled.inc();
+        self.meters.throttle_wait.observe(wait.as_secs_f64());
         let now = Instant::now();
         let until = later(now, wait);
         let mut health = crate::panics::lock(&self.health);

@@ -75,6 +75,8 @@ pub struct BackendMeters {
     pub failovers: Counter,
     /// Times it was ejected.
     pub ejections: Counter,
+    /// The waits its 429 answers asked for (as honoured: capped at the maximum).
+    pub throttle_wait: Histogram,
 }
 
 /// One deployment's token-usage meters on one backend, resolved once.
@@ -130,6 +132,7 @@ pub struct Metrics {
     backend_throttled: Family<BackendLabels, Counter>,
     backend_failovers: Family<BackendLabels, Counter>,
     backend_ejections: Family<BackendLabels, Counter>,
+    backend_throttle_wait: Family<BackendLabels, Histogram, fn() -> Histogram>,
     tokens: Family<TokenLabels, Counter>,
     time_to_first_token: Family<DeploymentLabels, Histogram, fn() -> Histogram>,
 }
@@ -277,6 +280,15 @@ impl Metrics {
             "backend_ejections",
             "Times each backend was ejected after consecutive faults",
         );
+        let backend_throttle_wait: Family<BackendLabels, Histogram, fn() -> Histogram> =
+            Family::new_with_constructor(|| {
+                Histogram::new([0.1, 0.5, 1.0, 2.0, 5.0, 10.0, 20.0, 30.0, 60.0])
+            });
+        registry.register(
+            "backend_throttle_wait_seconds",
+            "The waits each backend's 429 answers asked for (retry-after-ms, Retry-After, x-ratelimit-reset-*), as honoured",
+            backend_throttle_wait.clone(),
+        );
         // OpenTelemetry GenAI: gen_ai.client.token.usage, by gen_ai.token.type (input, output;
         // and total, which the convention leaves to the sum).
         let tokens = Family::<TokenLabels, Counter>::default();
@@ -317,6 +329,7 @@ impl Metrics {
             backend_throttled,
             backend_failovers,
             backend_ejections,
+            backend_throttle_wait,
             tokens,
             time_to_first_token,
         }
@@ -332,6 +345,7 @@ impl Metrics {
             throttled: self.backend_throttled.get_or_create_owned(&labels),
             failovers: self.backend_failovers.get_or_create_owned(&labels),
             ejections: self.backend_ejections.get_or_create_owned(&labels),
+            throttle_wait: self.backend_throttle_wait.get_or_create_owned(&labels),
         }
     }
 

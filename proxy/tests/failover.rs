@@ -172,6 +172,15 @@ async fn requests_go_in_priority_order_and_a_throttled_backend_rests_for_exactly
             ),
             1.0
         );
+        // The wait it asked for, within a second (the reset headers carry whole seconds).
+        let asked = sample(
+            &text,
+            &format!("aoai_proxy_backend_throttle_wait_seconds_sum{{backend=\"{first_label}\"}}"),
+        );
+        assert!(
+            (asked - wait.as_secs_f64()).abs() < 1.0,
+            "{header:?}: a wait of {asked} s recorded for {wait:?}"
+        );
         proxy.stop().await;
     }
 }
