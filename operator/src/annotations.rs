@@ -42,6 +42,16 @@ pub const CONFIG_HASH: &str = "aoai-proxy.io/config-hash";
 /// can watch exactly the pods injected with a configuration.
 pub const PROXY_LABEL: &str = "aoai-proxy.io/proxy";
 
+/// Written on an injected pod when its AzureOpenAIProxy sets `spec.sidecar.scrapeAnnotations` and
+/// the pod sets none of the three: the conventional annotations of annotation-based scraping.
+pub const PROMETHEUS_SCRAPE: &str = "prometheus.io/scrape";
+pub const PROMETHEUS_PORT: &str = "prometheus.io/port";
+pub const PROMETHEUS_PATH: &str = "prometheus.io/path";
+/// The three, in the order they are written.
+pub const PROMETHEUS_ANNOTATIONS: [&str; 3] = [PROMETHEUS_SCRAPE, PROMETHEUS_PORT, PROMETHEUS_PATH];
+/// The sidecar's metrics, on its admin port.
+pub const METRICS_PATH: &str = "/metrics";
+
 /// Written by the admission policy on a pod it refuses, with the webhook's refusal; the refusing
 /// policy then refuses the pod with it, so it is never stored.
 pub const POLICY_REFUSAL: &str = "admission.aoai-proxy.io/refusal";
@@ -148,6 +158,12 @@ pub const ANNOTATIONS: &[AnnotationDoc] = &[
         "webhook (label)",
         "—",
         "The AzureOpenAIProxy name; the controller counts injected pods by it.",
+    ),
+    doc(
+        PROMETHEUS_SCRAPE,
+        "webhook, with spec.sidecar.scrapeAnnotations",
+        "—",
+        "`\"true\"`, with `prometheus.io/port` (the admin port) and `prometheus.io/path` (`/metrics`); only where the pod sets none of the three.",
     ),
     doc(
         LEFT_TO_WEBHOOK,

@@ -637,6 +637,15 @@ pub struct SidecarSpec {
     /// Native sidecar (init container with restartPolicy: Always) or regular container.
     #[serde(default)]
     pub native_sidecar: NativeSidecarMode,
+    /// Adds prometheus.io/scrape "true", prometheus.io/port (the admin port) and
+    /// prometheus.io/path "/metrics" to injected pods that set none of them, for a Prometheus
+    /// that discovers pods by these annotations. Off by default: a pod has one such set, and its
+    /// own usually describes the application's metrics.
+    // Left out of the stored spec while false, so that config hashes written before it existed
+    // stay the same.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    #[schemars(extend("default" = false))]
+    pub scrape_annotations: bool,
 }
 
 impl Default for SidecarSpec {
@@ -648,6 +657,7 @@ impl Default for SidecarSpec {
             resources: None,
             log_level: LogLevel::default(),
             native_sidecar: NativeSidecarMode::default(),
+            scrape_annotations: false,
         }
     }
 }

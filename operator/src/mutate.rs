@@ -371,16 +371,33 @@ pub fn decide(
     let hash = config_hash(&proxy.spec, &options.default_image);
     let (container, volumes) =
         sidecar_container(proxy, &env, &overrides, admin_port, native, options);
+    let mut added = BTreeMap::from([
+        (
+            annotations::STATUS.to_string(),
+            annotations::STATUS_INJECTED.to_string(),
+        ),
+        (annotations::CONFIG_HASH.to_string(), hash),
+    ]);
+    let scraped = annotations::PROMETHEUS_ANNOTATIONS
+        .iter()
+        .any(|a| annotations.contains_key(*a));
+    if sidecar.scrape_annotations && !scraped {
+        let values = [
+            "true".to_string(),
+            admin_port.to_string(),
+            annotations::METRICS_PATH.into(),
+        ];
+        added.extend(
+            annotations::PROMETHEUS_ANNOTATIONS
+                .iter()
+                .map(|a| a.to_string())
+                .zip(values),
+        );
+    }
 
     Outcome::Injected(Box::new(Injection {
         labels: BTreeMap::from([(annotations::PROXY_LABEL.to_string(), name)]),
-        annotations: BTreeMap::from([
-            (
-                annotations::STATUS.to_string(),
-                annotations::STATUS_INJECTED.to_string(),
-            ),
-            (annotations::CONFIG_HASH.to_string(), hash),
-        ]),
+        annotations: added,
         app_env: spec
             .containers
             .iter()

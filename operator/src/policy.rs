@@ -593,6 +593,28 @@ fn left_to_webhook() -> String {
     )
 }
 
+/// The annotations of annotation-based scraping, when `spec.sidecar.scrapeAnnotations` asks for
+/// them and the pod sets none of them.
+fn scrape_annotations() -> String {
+    let names = annotations::PROMETHEUS_ANNOTATIONS.map(quote).join(", ");
+    let path = quote(annotations::METRICS_PATH);
+    let values = ["'true'", "string(variables.adminPort)", &path];
+    let adds = annotations::PROMETHEUS_ANNOTATIONS
+        .iter()
+        .zip(values)
+        .map(|(name, value)| {
+            format!(
+                "JSONPatch{{op: 'add', path: '/metadata/annotations/{}', value: {value}}}",
+                mutate::pointer_key(name)
+            )
+        })
+        .collect::<Vec<_>>()
+        .join(", ");
+    format!(
+        "(has(params.spec.sidecar.scrapeAnnotations) && params.spec.sidecar.scrapeAnnotations && ![{names}].exists(k, k in object.metadata.annotations) ? [{adds}] : [])"
+    )
+}
+
 /// The JSON Patch operations that add `value` under `section` (`requests` or `limits`) of the
 /// sidecar's resources, for each annotation override set.
 fn resource_overrides() -> String {
@@ -673,6 +695,7 @@ pub fn mutating_policy(default_image: &str) -> Value {
             "({hash_current} ? [JSONPatch{{op: 'add', path: '/metadata/annotations/{}', value: string(params.status.configHash)}}] : [])",
             mutate::pointer_key(annotations::CONFIG_HASH)
         ),
+        scrape_annotations(),
         app_env_patch(),
         "(size(variables.volumes) == 0 ? [] : has(object.spec.volumes) ? variables.volumes.map(v, JSONPatch{op: 'add', path: '/spec/volumes/-', value: v}) : [JSONPatch{op: 'add', path: '/spec/volumes', value: []}] + variables.volumes.map(v, JSONPatch{op: 'add', path: '/spec/volumes/-', value: v}))".to_string(),
         "(variables.native && !has(object.spec.initContainers) ? [JSONPatch{op: 'add', path: '/spec/initContainers', value: []}] : [])".to_string(),

@@ -385,6 +385,7 @@ async fn the_webhooks_refusals_word_for_word(client: &kube::Client) {
     let mut stored = Vec::new();
     for (name, ready) in [
         ("openai", ("True", "Ready", "ready")),
+        ("scraped", ("True", "Ready", "ready")),
         (
             "not-ready",
             (
@@ -521,6 +522,16 @@ async fn the_webhooks_refusals_word_for_word(client: &kube::Client) {
             json!({INJECT: "openai", "example.com/x": "y"}),
             json!({"containers": [app]}),
         ),
+        (
+            "scrape annotations",
+            json!({INJECT: "scraped", ADMIN_PORT: "16001"}),
+            json!({"containers": [app]}),
+        ),
+        (
+            "the app's own scrape annotation",
+            json!({INJECT: "scraped", "prometheus.io/port": "8080"}),
+            json!({"containers": [app]}),
+        ),
     ];
     let pods: Api<Pod> = Api::namespaced(client.clone(), ns);
     let (mut injected, mut refused) = (0, 0);
@@ -533,7 +544,7 @@ async fn the_webhooks_refusals_word_for_word(client: &kube::Client) {
             Checked::LeftAlone => panic!("{what}: left alone"),
         }
     }
-    assert_eq!((injected, refused), (4, 18));
+    assert_eq!((injected, refused), (6, 18));
 
     // More containers than the policy writes out: the webhook would inject it; without one, the
     // refusing policy says so.
