@@ -26,7 +26,7 @@ pub struct Backend {
     pub upstream: Upstream,
     pub client: UpstreamClient<RequestBody>,
     /// `host[:port]`, the `backend` label of its metrics and the name in logs.
-    pub label: String,
+    pub label: Arc<str>,
     priority: u32,
     weight: u32,
     deployments: BTreeMap<String, String>,
@@ -86,7 +86,7 @@ impl Backend {
         client: UpstreamClient<RequestBody>,
         metrics: Arc<Metrics>,
     ) -> Self {
-        let label = spec.upstream.authority.to_string();
+        let label: Arc<str> = spec.upstream.authority.as_str().into();
         Self {
             meters: metrics.backend(&label),
             upstream: spec.upstream.clone(),

@@ -9,11 +9,14 @@
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll, ready};
+use std::time::Instant;
 
 use bytes::Bytes;
+use http::{Method, Uri};
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 
+use crate::logging::{self, Exchange};
 use crate::metrics::{InFlight, Metrics, UpstreamError};
 use crate::replay::{Replay, ReplayBody};
 use crate::upstream::PooledBody;
@@ -127,6 +130,10 @@ pub struct UpstreamBody {
     seen: u64,
     usage: Option<Box<UsageMeter>>,
     metrics: Arc<Metrics>,
+    /// The backend that answered.
+    backend: Arc<str>,
+    /// The request line, written when the body is done (with the usage it carried).
+    line: Option<Box<PendingLine>>,
     /// Keeps the request counted as in flight until the stream ends.
     _in_flight: InFlight,
     done: bool,
@@ -145,18 +152,36 @@ impl From<String> for ResponseBody {
     }
 }
 
+/// What the request line of an upstream's answer says besides what its body knows.
+pub struct PendingLine {
+    pub method: Method,
+    pub uri: Uri,
+    pub status: u16,
+    pub started: Instant,
+}
+
+impl UpstreamBody {
+    /// Writes `line` once this body is done.
+    pub fn log_when_done(&mut self, line: PendingLine) {
+        self.line = Some(Box::new(line));
+    }
+}
+
 impl ResponseBody {
     pub fn upstream(
         inner: PooledBody<RequestBody>,
         metrics: Arc<Metrics>,
         in_flight: InFlight,
         usage: Option<Box<UsageMeter>>,
+        backend: Arc<str>,
     ) -> Self {
         ResponseBody::Upstream(UpstreamBody {
             inner,
             seen: 0,
             usage,
             metrics,
+            backend,
+            line: None,
             _in_flight: in_flight,
             done: false,
         })
@@ -238,5 +263,17 @@ impl Body for ResponseBody {
 impl Drop for UpstreamBody {
     fn drop(&mut self) {
         self.metrics.response_bytes(self.seen);
+        if let Some(line) = self.line.take() {
+            let path = line.uri.path();
+            logging::access(&Exchange {
+                method: &line.method,
+                path,
+                status: line.status,
+                duration: line.started.elapsed(),
+                backend: Some(&self.backend),
+                deployment: crate::backends::deployment_in(path),
+                usage: self.usage.as_ref().and_then(|meter| meter.usage()),
+            });
+        }
     }
 }

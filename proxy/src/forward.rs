@@ -11,7 +11,7 @@ use http::{HeaderValue, Method, Request, Response, StatusCode, Version};
 use hyper::body::Incoming;
 
 use crate::backends::{self, Backend, Backends, DEFAULT_THROTTLE, Plan, throttle_wait};
-use crate::body::{RequestBody, RequestBodyError, ResponseBody};
+use crate::body::{PendingLine, RequestBody, RequestBodyError, ResponseBody};
 use crate::error::{ProxyError, error_chain, find_cause, set_retry_after};
 use crate::headers;
 use crate::health;
@@ -54,7 +54,7 @@ impl Forwarder {
         let in_flight = self.metrics.in_flight();
         let prepared = self.prepare(request, client_ip);
         async move {
-            let (response, original_uri) = match prepared {
+            let (mut response, original_uri) = match prepared {
                 Prepared::Answered(response, original_uri) => (response, original_uri),
                 Prepared::Forward(upstream_request, original_uri) => {
                     // The one backend: no failover, but its 429s are honoured all the same.
@@ -95,7 +95,27 @@ impl Forwarder {
             let status = response.status().as_u16();
             let elapsed = started.elapsed();
             self.metrics.record_request(&method, status, elapsed);
-            logging::access(&method, original_uri.path(), status, elapsed);
+            match response.body_mut() {
+                // Its line waits for the end of the body, and the tokens the body says it used.
+                ResponseBody::Upstream(body) if logging::access_enabled() => {
+                    body.log_when_done(PendingLine {
+                        method,
+                        uri: original_uri,
+                        status,
+                        started,
+                    })
+                }
+                ResponseBody::Upstream(_) => {}
+                ResponseBody::Local(_) => logging::access(&logging::Exchange {
+                    method: &method,
+                    path: original_uri.path(),
+                    status,
+                    duration: elapsed,
+                    backend: None,
+                    deployment: backends::deployment_in(original_uri.path()),
+                    usage: None,
+                }),
+            }
             Ok(response)
         }
     }
@@ -377,7 +397,13 @@ impl Forwarder {
                     stream.then_some(started),
                 ))
             });
-        let body = ResponseBody::upstream(body, self.metrics.clone(), in_flight, usage);
+        let body = ResponseBody::upstream(
+            body,
+            self.metrics.clone(),
+            in_flight,
+            usage,
+            backend.label.clone(),
+        );
         Response::from_parts(parts, body)
     }
 

@@ -20,6 +20,7 @@ use tracing::Level;
 use tracing_subscriber::EnvFilter;
 
 use crate::config::{ConfigError, LogFormat};
+use crate::usage::Usage;
 
 /// The target of request lines, for filters such as `info,aoai_proxy::access=off`.
 pub const ACCESS_TARGET: &str = "aoai_proxy::access";
@@ -58,18 +59,52 @@ pub fn init(variable: &'static str, level: &str, format: LogFormat) -> Result<()
     Ok(())
 }
 
-/// Logs one forwarded request at info: method, path (never the query), status and duration.
-pub fn access(method: &Method, path: &str, status: u16, duration: Duration) {
-    if !tracing::enabled!(target: ACCESS_TARGET, Level::INFO) {
+/// One request as its line tells it.
+pub struct Exchange<'a> {
+    pub method: &'a Method,
+    /// The path, never the query.
+    pub path: &'a str,
+    pub status: u16,
+    /// From the request's arrival to the answer's last byte (or the caller leaving).
+    pub duration: Duration,
+    /// The backend that answered (`host[:port]`), for an upstream's answer.
+    pub backend: Option<&'a str>,
+    /// The deployment the path names.
+    pub deployment: Option<&'a str>,
+    /// The tokens the answer says it used.
+    pub usage: Option<Usage>,
+}
+
+/// Whether request lines are written: a caller may then skip what only the line needs.
+pub fn access_enabled() -> bool {
+    tracing::enabled!(target: ACCESS_TARGET, Level::INFO)
+}
+
+/// Logs one request at info: method, path, status, duration, and where known the backend, the
+/// deployment and the tokens used. Never the query, a header or a body.
+pub fn access(exchange: &Exchange) {
+    if !access_enabled() {
         return;
     }
+    let Exchange {
+        method,
+        path,
+        status,
+        duration,
+        backend,
+        deployment,
+        usage,
+    } = *exchange;
     // Microsecond resolution: exact in decimal (`0.412`, not `0.41233699999999996`), and written
     // without formatting a float.
     let micros = u64::try_from(duration.as_micros()).unwrap_or(u64::MAX);
     let duration_ms = micros as f64 / 1000.0;
     // Anything but printable ASCII (possible in a path) is escaped by tracing-subscriber; leave
     // those rare lines to it.
-    let plain = path.bytes().all(|b| b.is_ascii_graphic());
+    let plain = [Some(path), backend, deployment]
+        .iter()
+        .flatten()
+        .all(|text| text.bytes().all(|b| b.is_ascii_graphic()));
     match ACCESS_FORMAT.get() {
         Some(&format) if plain => {
             let timestamp = Timestamp::from(SystemTime::now());
@@ -81,6 +116,11 @@ pub fn access(method: &Method, path: &str, status: u16, duration: Duration) {
                 path,
                 status,
                 duration_ms,
+                backend,
+                deployment,
+                input_tokens: usage.map(|u| u.input),
+                output_tokens: usage.map(|u| u.output),
+                total_tokens: usage.map(|u| u.total),
                 micros,
             };
             let mut buffer = access_buffer();
@@ -98,6 +138,11 @@ pub fn access(method: &Method, path: &str, status: u16, duration: Duration) {
                 path = %path,
                 status,
                 duration_ms,
+                backend = backend.map(tracing::field::display),
+                deployment = deployment.map(tracing::field::display),
+                input_tokens = usage.map(|u| u.input),
+                output_tokens = usage.map(|u| u.output),
+                total_tokens = usage.map(|u| u.total),
                 "request"
             )
         }
@@ -125,7 +170,8 @@ fn write_out(buffer: &mut Vec<u8>) {
 }
 
 /// One request line. Its fields in tracing-subscriber's order for [`access`]'s event, which is
-/// also its JSON layout with `flatten_event`: timestamp, level, message, then the fields.
+/// also its JSON layout with `flatten_event`: timestamp, level, message, then the fields; a field
+/// that is `None` is not written.
 #[derive(Serialize)]
 struct AccessLine<'a> {
     timestamp: &'a str,
@@ -135,6 +181,16 @@ struct AccessLine<'a> {
     path: &'a str,
     status: u16,
     duration_ms: f64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    backend: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    deployment: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    input_tokens: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    output_tokens: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    total_tokens: Option<u64>,
     /// `duration_ms` in microseconds, for the text line.
     #[serde(skip)]
     micros: u64,
@@ -162,6 +218,25 @@ impl AccessLine<'_> {
                 write_decimal(out, self.status);
                 out.extend_from_slice(b" duration_ms=");
                 write_millis(out, self.micros);
+                for (name, value) in [
+                    (" backend=", self.backend),
+                    (" deployment=", self.deployment),
+                ] {
+                    if let Some(value) = value {
+                        out.extend_from_slice(name.as_bytes());
+                        out.extend_from_slice(value.as_bytes());
+                    }
+                }
+                for (name, value) in [
+                    (" input_tokens=", self.input_tokens),
+                    (" output_tokens=", self.output_tokens),
+                    (" total_tokens=", self.total_tokens),
+                ] {
+                    if let Some(value) = value {
+                        out.extend_from_slice(name.as_bytes());
+                        write_decimal(out, value);
+                    }
+                }
                 out.push(b'\n');
             }
             LogFormat::Json => {
@@ -295,31 +370,40 @@ mod tests {
         }
     }
 
-    /// The line tracing-subscriber writes for the request event, configured as `init` does.
-    fn tracing_line(
-        format: LogFormat,
-        method: &Method,
-        path: &str,
-        status: u16,
-        micros: u64,
-    ) -> String {
-        let ms = micros as f64 / 1000.0;
+    /// One case: method, path, status, microseconds, backend, deployment, usage.
+    type Case = (
+        Method,
+        &'static str,
+        u16,
+        u64,
+        Option<&'static str>,
+        Option<&'static str>,
+        Option<Usage>,
+    );
+
+    fn exchange(case: &Case) -> Exchange<'_> {
+        let (method, path, status, micros, backend, deployment, usage) = case;
+        Exchange {
+            method,
+            path,
+            status: *status,
+            duration: Duration::from_micros(*micros),
+            backend: *backend,
+            deployment: *deployment,
+            usage: *usage,
+        }
+    }
+
+    /// The line tracing-subscriber writes for `access`'s event, configured as `init` does (the
+    /// fast path is not installed in tests, so `access` goes through tracing).
+    fn tracing_line(format: LogFormat, case: &Case) -> String {
         let captured = Captured::default();
         let builder = tracing_subscriber::fmt()
             .with_env_filter(EnvFilter::new("info"))
             .with_target(false)
             .with_ansi(false)
             .with_writer(captured.clone());
-        let emit = || {
-            tracing::info!(
-                target: ACCESS_TARGET,
-                method = %method,
-                path = %path,
-                status,
-                duration_ms = ms,
-                "request"
-            )
-        };
+        let emit = || access(&exchange(case));
         match format {
             LogFormat::Text => tracing::subscriber::with_default(builder.finish(), emit),
             LogFormat::Json => {
@@ -329,13 +413,8 @@ mod tests {
         String::from_utf8(captured.0.lock().unwrap().clone()).unwrap()
     }
 
-    fn fast_line(
-        format: LogFormat,
-        method: &Method,
-        path: &str,
-        status: u16,
-        micros: u64,
-    ) -> String {
+    fn fast_line(format: LogFormat, case: &Case) -> String {
+        let (method, path, status, micros, backend, deployment, usage) = case;
         let timestamp = Timestamp::from(SystemTime::now());
         let line = AccessLine {
             timestamp: timestamp.as_str(),
@@ -343,9 +422,14 @@ mod tests {
             message: "request",
             method: method.as_str(),
             path,
-            status,
-            duration_ms: micros as f64 / 1000.0,
-            micros,
+            status: *status,
+            duration_ms: *micros as f64 / 1000.0,
+            backend: *backend,
+            deployment: *deployment,
+            input_tokens: usage.map(|u| u.input),
+            output_tokens: usage.map(|u| u.output),
+            total_tokens: usage.map(|u| u.total),
+            micros: *micros,
         };
         let mut out = Vec::new();
         line.write(format, &mut out);
@@ -380,33 +464,104 @@ mod tests {
 
     #[test]
     fn request_lines_are_written_as_tracing_subscriber_writes_them() {
-        let cases = [
+        let usage = Some(Usage {
+            input: 12,
+            output: 345,
+            total: 357,
+        });
+        let chat = "/openai/deployments/gpt-4o/chat/completions";
+        let cases: [Case; 12] = [
             (
                 Method::POST,
-                "/openai/deployments/gpt-4o/chat/completions",
+                chat,
                 200,
                 412,
+                Some("r.openai.azure.com"),
+                Some("gpt-4o"),
+                usage,
             ),
-            (Method::GET, "/health", 503, 1000),
-            (Method::DELETE, "/a\"quoted\\path{x}", 404, 0),
-            (Method::from_bytes(b"PURGE").unwrap(), "/", 101, 12_345_678),
-            (Method::PUT, "/x", 502, 1),
-            (Method::PATCH, "/x", 200, 3_000_000_000_000_000),
-            (Method::GET, "/x", 0, 500),
-            (Method::GET, "/x", 9, 120),
-            (Method::GET, "/x", 65_535, 1_234_560),
+            (
+                Method::POST,
+                chat,
+                200,
+                412,
+                Some("10.0.0.7:8443"),
+                Some("gpt-4o"),
+                None,
+            ),
+            (
+                Method::POST,
+                "/openai/v1/responses",
+                200,
+                9,
+                Some("r.openai.azure.com"),
+                None,
+                usage,
+            ),
+            (Method::POST, chat, 429, 77, None, Some("gpt-4o"), None),
+            (Method::GET, "/health", 503, 1000, None, None, None),
+            (
+                Method::DELETE,
+                "/a\"quoted\\path{x}",
+                404,
+                0,
+                None,
+                None,
+                None,
+            ),
+            (
+                Method::from_bytes(b"PURGE").unwrap(),
+                "/",
+                101,
+                12_345_678,
+                None,
+                None,
+                None,
+            ),
+            (Method::PUT, "/x", 502, 1, None, None, None),
+            (
+                Method::PATCH,
+                "/x",
+                200,
+                3_000_000_000_000_000,
+                None,
+                None,
+                None,
+            ),
+            (Method::GET, "/x", 0, 500, None, None, None),
+            (Method::GET, "/x", 9, 120, None, None, None),
+            (
+                Method::GET,
+                "/x",
+                65_535,
+                1_234_560,
+                None,
+                None,
+                Some(Usage {
+                    input: 0,
+                    output: u64::from(u32::MAX),
+                    total: 0,
+                }),
+            ),
         ];
         for format in [LogFormat::Text, LogFormat::Json] {
-            for (method, path, status, micros) in &cases {
-                let expected = tracing_line(format, method, path, *status, *micros);
-                let fast = fast_line(format, method, path, *status, *micros);
+            for case in &cases {
+                let expected = tracing_line(format, case);
+                let fast = fast_line(format, case);
                 assert_eq!(
                     without_timestamp(&fast),
                     without_timestamp(&expected),
-                    "{format:?} {method} {path}"
+                    "{format:?} {} {}",
+                    case.0,
+                    case.1
                 );
             }
         }
+        let line = tracing_line(LogFormat::Text, &cases[0]);
+        assert!(
+            line.ends_with(" backend=r.openai.azure.com deployment=gpt-4o input_tokens=12 output_tokens=345 total_tokens=357\n"),
+            "{line}"
+        );
     }
 
     #[test]
@@ -419,7 +574,15 @@ mod tests {
                 .with_writer(captured.clone())
                 .finish();
             tracing::subscriber::with_default(subscriber, || {
-                access(&Method::GET, "/x", 200, Duration::from_millis(1));
+                access(&Exchange {
+                    method: &Method::GET,
+                    path: "/x",
+                    status: 200,
+                    duration: Duration::from_millis(1),
+                    backend: None,
+                    deployment: None,
+                    usage: None,
+                });
                 tracing::info!("another line");
             });
             String::from_utf8(captured.0.lock().unwrap().clone()).unwrap()

@@ -80,6 +80,11 @@ impl UsageMeter {
         }
     }
 
+    /// What the answer said it used, so far.
+    pub fn usage(&self) -> Option<Usage> {
+        self.scanner.usage()
+    }
+
     pub fn chunk(&mut self, chunk: &[u8]) {
         if let Some(started) = self.stream_started.take() {
             self.meters

@@ -11,10 +11,10 @@ use std::time::{Duration, Instant};
 
 use aoai_e2e::ca::{TestCa, fixture_key_pem, fixtures_dir, self_signed_client_cert};
 use aoai_e2e::client::chat;
-use aoai_e2e::client::get;
+use aoai_e2e::client::{get, post_json};
 use aoai_e2e::entra::{App, MockEntra};
 use aoai_e2e::managed_identity::MockManagedIdentity;
-use aoai_e2e::openai::MockOpenAi;
+use aoai_e2e::openai::{MockOpenAi, STREAM_PROMPT_TOKENS};
 use aoai_e2e::tokens::TokenLedger;
 use common::process::{ProxyProcess, assert_no_secrets, run_to_exit};
 use http::StatusCode;
@@ -247,10 +247,18 @@ async fn client_secret_inline_and_from_a_rotated_file() {
     let (world, proxy) = client_secret_proxy(Duration::from_secs(3)).await;
     assert_eq!(chat(&proxy.url).await.status, StatusCode::OK);
     assert_eq!(world.entra.requests()[0].form["client_secret"], SECRET);
-    // The request line: method, path without its query, status, duration.
+    // The request line: method, path without its query, status, duration, then the backend, the
+    // deployment and the tokens the answer used.
     proxy
         .wait_for_output(
             " INFO request method=POST path=/openai/deployments/gpt-4o/chat/completions status=200 duration_ms=",
+            Duration::from_secs(5),
+        )
+        .await;
+    let backend = world.upstream.url().replace("http://", "");
+    proxy
+        .wait_for_output(
+            &format!(" backend={backend} deployment=gpt-4o input_tokens=5 output_tokens=7 total_tokens=12\n"),
             Duration::from_secs(5),
         )
         .await;
@@ -297,6 +305,53 @@ async fn client_secret_inline_and_from_a_rotated_file() {
     assert_eq!(line["status"], 200);
     assert!(line["duration_ms"].as_f64().unwrap() > 0.0);
     assert!(line["timestamp"].as_str().unwrap().ends_with('Z'));
+    assert_eq!(line["backend"], world.upstream.url().replace("http://", ""));
+    assert_eq!(line["deployment"], "gpt-4o");
+    assert_eq!(
+        (
+            &line["input_tokens"],
+            &line["output_tokens"],
+            &line["total_tokens"]
+        ),
+        (
+            &serde_json::json!(5),
+            &serde_json::json!(7),
+            &serde_json::json!(12)
+        )
+    );
+
+    // A stream's line is written when it ends: its whole duration, and the usage its last
+    // event carried.
+    let streamed = post_json(
+        &format!(
+            "{}/openai/deployments/gpt-4o/chat/completions?api-version=2024-10-21",
+            proxy.url
+        ),
+        &[("x-mock-chunks", "4"), ("x-mock-chunk-delay-ms", "100")],
+        &serde_json::json!({"messages": [{"role": "user", "content": "hi"}], "stream": true,
+                            "stream_options": {"include_usage": true}}),
+    )
+    .await;
+    assert_eq!(streamed.status, StatusCode::OK);
+    proxy
+        .wait_for_output("\"output_tokens\":4", Duration::from_secs(5))
+        .await;
+    let output = proxy.output();
+    let line: serde_json::Value = serde_json::from_str(
+        output
+            .lines()
+            .find(|l| l.contains("\"output_tokens\":4"))
+            .unwrap(),
+    )
+    .unwrap();
+    assert_eq!(
+        (&line["input_tokens"], &line["total_tokens"]),
+        (
+            &serde_json::json!(STREAM_PROMPT_TOKENS),
+            &serde_json::json!(STREAM_PROMPT_TOKENS + 4)
+        )
+    );
+    assert!(line["duration_ms"].as_f64().unwrap() >= 300.0, "{line}");
     let mut secrets = world.secrets();
     secrets.push(NEW_SECRET.into());
     assert_no_secrets(&proxy.output(), &secrets);
