@@ -152,6 +152,13 @@ pub fn fixture_key_pem(name: &str) -> String {
         .expect("fixture key")
 }
 
+/// The `client-a` fixture key's self-signed certificate, valid from an hour ago for 90 days: a
+/// certificate the operator finds valid and not expiring soon. Returns the certificate PEM.
+pub fn valid_client_cert() -> String {
+    let now = time::OffsetDateTime::now_utc().unix_timestamp();
+    self_signed_client_cert(&fixture_key_pem("client-a"), now - 3600, now + 90 * 86_400)
+}
+
 /// A self-signed certificate (as Entra ID app registrations use) for a fixture key, valid from
 /// `not_before` to `not_after` (Unix seconds). Returns the certificate PEM.
 pub fn self_signed_client_cert(key_pem: &str, not_before: i64, not_after: i64) -> String {

@@ -77,6 +77,17 @@ where
 pub const SERVICE_CIDR: &str = "10.0.0.0/24";
 const KUBERNETES_SERVICE_IP: &str = "10.0.0.1";
 
+/// Creates (or keeps) the namespace `name`.
+pub async fn namespace(client: &kube::Client, name: &str) {
+    let namespaces: Api<k8s_openapi::api::core::v1::Namespace> = Api::all(client.clone());
+    apply(
+        &namespaces,
+        name,
+        serde_json::json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name}}),
+    )
+    .await;
+}
+
 /// What the API server answered to a create: the object stored and the warnings it sent, or the
 /// refusal's message.
 pub enum Admission<K> {

@@ -9,7 +9,7 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
-use aoai_e2e::ca::{fixture_key_pem, self_signed_client_cert, tls_secret};
+use aoai_e2e::ca::{tls_secret, valid_client_cert};
 use aoai_e2e::control_plane::{ControlPlane, SERVICE_ACCOUNT_ISSUER, apply, free_port};
 use aoai_e2e::entra::{App, MockEntra};
 use aoai_e2e::openai::MockOpenAi;
@@ -27,7 +27,7 @@ use k8s_openapi::api::admissionregistration::v1::{
 };
 use k8s_openapi::api::apps::v1::ReplicaSet;
 use k8s_openapi::api::coordination::v1::Lease;
-use k8s_openapi::api::core::v1::{Namespace, Pod, Secret, ServiceAccount};
+use k8s_openapi::api::core::v1::{Pod, Secret, ServiceAccount};
 use kube::api::{Api, ListParams, PostParams};
 use kube::{Client, ResourceExt};
 use serde_json::{Value, json};
@@ -108,13 +108,7 @@ fn config_hash(pod: &Pod) -> Option<&str> {
 /// The application team's namespace, once its default ServiceAccount exists, with the client
 /// certificate Secret `openai-client-cert`; its AzureOpenAIProxies.
 async fn team_namespace(client: &Client) -> Api<AzureOpenAIProxy> {
-    let namespaces: Api<Namespace> = Api::all(client.clone());
-    apply(
-        &namespaces,
-        NS,
-        json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": NS}}),
-    )
-    .await;
+    aoai_e2e::control_plane::namespace(client, NS).await;
     let accounts: Api<ServiceAccount> = Api::namespaced(client.clone(), NS);
     wait::until(
         "the namespace's default ServiceAccount",
@@ -128,8 +122,7 @@ async fn team_namespace(client: &Client) -> Api<AzureOpenAIProxy> {
     )
     .await;
     let secrets: Api<Secret> = Api::namespaced(client.clone(), NS);
-    let now = time::OffsetDateTime::now_utc().unix_timestamp();
-    let cert = self_signed_client_cert(&fixture_key_pem("client-a"), now - 3600, now + 90 * 86_400);
+    let cert = valid_client_cert();
     apply(
         &secrets,
         "openai-client-cert",

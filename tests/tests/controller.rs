@@ -7,7 +7,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use aoai_e2e::ca::{fixture_key_pem, self_signed_client_cert};
+use aoai_e2e::ca::valid_client_cert;
 use aoai_e2e::control_plane::{ControlPlane, install_crd};
 use aoai_operator::controller;
 use aoai_operator::crd::AzureOpenAIProxy;
@@ -22,14 +22,7 @@ use serde_json::{Value, json};
 const NS: &str = "aoai-e2e";
 
 fn tls_secret(key: &str) -> Value {
-    let now = time::OffsetDateTime::now_utc().unix_timestamp();
-    let cert = self_signed_client_cert(&fixture_key_pem("client-a"), now - 3600, now + 90 * 86_400);
-    json!({
-        "apiVersion": "v1", "kind": "Secret",
-        "metadata": {"name": "cert", "namespace": NS},
-        "type": "kubernetes.io/tls",
-        "stringData": {"tls.crt": cert, "tls.key": fixture_key_pem(key)},
-    })
+    aoai_e2e::ca::tls_secret("cert", NS, &valid_client_cert(), key)
 }
 
 fn proxy(spec: Value) -> Value {

@@ -7,7 +7,7 @@
 
 use std::time::Duration;
 
-use aoai_e2e::ca::{fixture_key_pem, self_signed_client_cert};
+use aoai_e2e::ca::valid_client_cert;
 use aoai_e2e::control_plane::{ControlPlane, apply};
 use aoai_e2e::operator::{OperatorProcess, install_chart};
 use aoai_e2e::wait;
@@ -35,13 +35,7 @@ fn proxy(namespace: &str, name: &str, credential: Value) -> Value {
 
 /// A kubernetes.io/tls Secret with client-a's certificate and the private key `key`.
 fn tls_secret(key: &str) -> Value {
-    let now = time::OffsetDateTime::now_utc().unix_timestamp();
-    let cert = self_signed_client_cert(&fixture_key_pem("client-a"), now - 3600, now + 90 * 86_400);
-    json!({
-        "apiVersion": "v1", "kind": "Secret", "type": "kubernetes.io/tls",
-        "metadata": {"name": "cert", "namespace": ALLOWED},
-        "stringData": {"tls.crt": cert, "tls.key": fixture_key_pem(key)},
-    })
+    aoai_e2e::ca::tls_secret("cert", ALLOWED, &valid_client_cert(), key)
 }
 
 /// The CredentialsValid condition's (status, reason), once the status is for the current spec.

@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
-use aoai_e2e::ca::{fixture_key_pem, self_signed_client_cert, tls_secret};
+use aoai_e2e::ca::{tls_secret, valid_client_cert};
 use aoai_e2e::control_plane::{ControlPlane, apply, free_port};
 use aoai_e2e::managed_identity::MockManagedIdentity;
 use aoai_e2e::openai::{Fault, MockOpenAi, ThrottleHeader};
@@ -21,7 +21,7 @@ use aoai_e2e::sidecar::Sidecar;
 use aoai_e2e::tokens::TokenLedger;
 use aoai_e2e::{client, wait};
 use aoai_operator::crd::AzureOpenAIProxy;
-use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Secret};
+use k8s_openapi::api::core::v1::{ConfigMap, Secret};
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::api::{Api, DynamicObject};
 use kube::core::{ApiResource, GroupVersionKind};
@@ -271,15 +271,8 @@ async fn every_dashboard_query_returns_series_from_a_real_sidecar_and_operator()
     // The operator, leading, with an AzureOpenAIProxy whose client certificate it checks.
     let mut operator = OperatorProcess::start(OPERATOR, &chart, "aoai-proxy-operator-0", true, &[]);
     operator.wait_ready(Duration::from_secs(60)).await;
-    let namespaces: Api<Namespace> = Api::all(client.clone());
-    apply(
-        &namespaces,
-        NS,
-        json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": NS}}),
-    )
-    .await;
-    let now = time::OffsetDateTime::now_utc().unix_timestamp();
-    let cert = self_signed_client_cert(&fixture_key_pem("client-a"), now - 3600, now + 90 * 86_400);
+    aoai_e2e::control_plane::namespace(&client, NS).await;
+    let cert = valid_client_cert();
     let secrets: Api<Secret> = Api::namespaced(client.clone(), NS);
     apply(
         &secrets,

@@ -11,7 +11,7 @@
 
 use std::time::{Duration, Instant};
 
-use aoai_e2e::ca::{fixture_key_pem, self_signed_client_cert, tls_secret};
+use aoai_e2e::ca::{fixture_key_pem, tls_secret, valid_client_cert};
 use aoai_e2e::control_plane::{SERVICE_ACCOUNT_ISSUER, apply};
 use aoai_e2e::entra::{App, FederatedIssuer, MockEntra};
 use aoai_e2e::image::{self, FinalStage};
@@ -24,7 +24,7 @@ use aoai_operator::crd::AzureOpenAIProxy;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::coordination::v1::Lease;
-use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Pod, Secret, ServiceAccount};
+use k8s_openapi::api::core::v1::{ConfigMap, Pod, Secret, ServiceAccount};
 use kube::api::{Api, DeleteParams, ListParams, LogParams, PostParams};
 use kube::{Client, ResourceExt};
 use serde_json::{Value, json};
@@ -252,9 +252,7 @@ async fn the_quick_start_on_a_real_node() {
 
     // Mocks of Entra ID and Azure OpenAI on the bridge gateway, HTTPS signed by the test CA.
     let ledger = std::sync::Arc::new(TokenLedger::default());
-    let now = time::OffsetDateTime::now_utc().unix_timestamp();
-    let certificate =
-        self_signed_client_cert(&fixture_key_pem("client-a"), now - 3600, now + 90 * 86_400);
+    let certificate = valid_client_cert();
     let certificate_der = x509_parser::pem::parse_x509_pem(certificate.as_bytes())
         .unwrap()
         .1
@@ -329,13 +327,7 @@ async fn the_quick_start_on_a_real_node() {
     println!("leader {holder} deleted; {successor} leads");
 
     // 2. A credential and a configuration, from the examples, pointed at the mocks.
-    let namespaces: Api<Namespace> = Api::all(client.clone());
-    apply(
-        &namespaces,
-        NS,
-        json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": NS}}),
-    )
-    .await;
+    aoai_e2e::control_plane::namespace(&client, NS).await;
     let secrets: Api<Secret> = Api::namespaced(client.clone(), NS);
     apply(
         &secrets,
