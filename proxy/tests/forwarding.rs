@@ -38,6 +38,11 @@ async fn forwards_with_the_token_and_the_header_policy() {
     .header("x-ms-client-request-id", "client-req-1")
     .header("openai-organization", "org-1")
     .header("x-request-id", "req-1")
+    .header(
+        "traceparent",
+        "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+    )
+    .header("tracestate", "congo=t61rcWkgMzE")
     .body(body(r#"{"messages":[{"role":"user","content":"hi"}]}"#))
     .unwrap();
     let answer = fetch(request).await;
@@ -75,6 +80,12 @@ async fn forwards_with_the_token_and_the_header_policy() {
     assert_eq!(got.headers["x-ms-client-request-id"], "client-req-1");
     assert_eq!(got.headers["openai-organization"], "org-1");
     assert_eq!(got.headers["x-request-id"], "req-1");
+    // The caller's W3C trace context goes on to Azure as it came.
+    assert_eq!(
+        got.headers["traceparent"],
+        "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
+    );
+    assert_eq!(got.headers["tracestate"], "congo=t61rcWkgMzE");
     assert_eq!(got.headers["content-type"], "application/json");
     assert_eq!(
         &got.body[..],
