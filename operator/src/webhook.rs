@@ -258,15 +258,10 @@ impl Webhook {
             .clone()
             .or(pod.metadata.generate_name.clone().map(|g| format!("{g}*")))
             .unwrap_or_default();
-        let (type_, reason, note) = (
-            EventType::Warning,
-            "InjectionDenied",
-            format!("pod {pod_name}: {REFUSAL_PREFIX}{message}"),
-        );
         let event = Event {
-            type_,
-            reason: reason.into(),
-            note: Some(note),
+            type_: EventType::Warning,
+            reason: "InjectionDenied".into(),
+            note: Some(format!("pod {pod_name}: {REFUSAL_PREFIX}{message}")),
             action: decision.reason().into(),
             secondary: None,
         };
