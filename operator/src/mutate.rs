@@ -10,7 +10,8 @@ use std::sync::Arc;
 use aoai_proxy_contract::config::{Secret, UserAssignedId};
 use aoai_proxy_contract::sidecar_env::{
     Aliased, AppEnv, ClientSecretEnv, CredentialEnv, EgressEnv, EnvValue, FailoverEnv, InboundEnv,
-    LimitsEnv, ListenerEnv, LogEnv, ManagedIdentityEnv, SecretValue, SidecarEnv, UpstreamEnv,
+    LimitsEnv, ListenerEnv, LogEnv, ManagedIdentityEnv, SecretValue, SidecarEnv, TracesEnv,
+    UpstreamEnv,
 };
 use k8s_openapi::api::core::v1::{
     Container, EnvVar, EnvVarSource, PodSpec, SecretKeySelector, Volume,
@@ -531,6 +532,7 @@ pub fn sidecar_env(
             level: Some(log_level.as_str().to_string()),
             format: None,
         },
+        traces: TracesEnv::default(),
     })
 }
 

@@ -19,6 +19,7 @@ use hyper::body::Incoming;
 use crate::logging::{self, Exchange};
 use crate::metrics::{InFlight, Metrics, UpstreamError};
 use crate::replay::{Replay, ReplayBody};
+use crate::traces::{Outcome, RequestSpan};
 use crate::upstream::PooledBody;
 use crate::usage::UsageMeter;
 
@@ -132,11 +133,12 @@ pub struct UpstreamBody {
     metrics: Arc<Metrics>,
     /// The backend that answered.
     backend: Arc<str>,
-    /// The request line, written when the body is done (with the usage it carried).
+    /// The request line and span, finished when the body is done (with the usage it carried).
     line: Option<Box<PendingLine>>,
     /// Keeps the request counted as in flight until the stream ends.
     _in_flight: InFlight,
     done: bool,
+    broken_off: bool,
 }
 
 /// What the proxy sends back.
@@ -152,17 +154,20 @@ impl From<String> for ResponseBody {
     }
 }
 
-/// What the request line of an upstream's answer says besides what its body knows.
+/// What the request line and span of an upstream's answer say besides what its body knows.
 pub struct PendingLine {
     pub method: Method,
     pub uri: Uri,
     pub status: u16,
     pub started: Instant,
+    /// Whether the line is written.
+    pub log: bool,
+    pub span: Option<RequestSpan>,
 }
 
 impl UpstreamBody {
-    /// Writes `line` once this body is done.
-    pub fn log_when_done(&mut self, line: PendingLine) {
+    /// Writes the line and ends the span once this body is done.
+    pub fn finish_when_done(&mut self, line: PendingLine) {
         self.line = Some(Box::new(line));
     }
 }
@@ -184,6 +189,7 @@ impl ResponseBody {
             line: None,
             _in_flight: in_flight,
             done: false,
+            broken_off: false,
         })
     }
 
@@ -222,11 +228,15 @@ impl Body for ResponseBody {
                             if let Some(usage) = &mut body.usage {
                                 usage.chunk(data);
                             }
+                            if let Some(span) = body.line.as_mut().and_then(|l| l.span.as_mut()) {
+                                span.chunk(data);
+                            }
                         }
                         Poll::Ready(Some(Ok(frame)))
                     }
                     Some(Err(e)) => {
                         body.done = true;
+                        body.broken_off = true;
                         body.metrics.upstream_error(UpstreamError::Reset);
                         tracing::warn!(
                             bytes_sent = body.seen,
@@ -264,16 +274,35 @@ impl Drop for UpstreamBody {
     fn drop(&mut self) {
         self.metrics.response_bytes(self.seen);
         if let Some(line) = self.line.take() {
-            let path = line.uri.path();
-            logging::access(&Exchange {
-                method: &line.method,
-                path,
-                status: line.status,
-                duration: line.started.elapsed(),
-                backend: Some(&self.backend),
-                deployment: crate::backends::deployment_in(path),
-                usage: self.usage.as_ref().and_then(|meter| meter.usage()),
-            });
+            let PendingLine {
+                method,
+                uri,
+                status,
+                started,
+                log,
+                span,
+            } = *line;
+            let usage = self.usage.as_ref().and_then(|meter| meter.usage());
+            if log {
+                let path = uri.path();
+                logging::access(&Exchange {
+                    method: &method,
+                    path,
+                    status,
+                    duration: started.elapsed(),
+                    backend: Some(&self.backend),
+                    deployment: crate::backends::deployment_in(path),
+                    usage,
+                });
+            }
+            if let Some(span) = span {
+                span.end(Outcome {
+                    status,
+                    backend: Some(&self.backend),
+                    usage,
+                    broken_off: self.broken_off,
+                });
+            }
         }
     }
 }

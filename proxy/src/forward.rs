@@ -20,6 +20,7 @@ use crate::logging;
 use crate::metrics::{InFlight, Metrics, UpstreamError};
 use crate::replay::Replay;
 use crate::token::TokenSource;
+use crate::traces::{Outcome, RequestSpan, Tracing};
 use crate::units::format_duration;
 use crate::upstream::{PooledBody, RequestError};
 use crate::usage::{self, UsageMeter};
@@ -35,6 +36,8 @@ pub struct Forwarder {
     pub max_request_body: Option<u64>,
     /// Open WebSocket sessions, which outlive their handshake request.
     pub sessions: Arc<Sessions>,
+    /// Span export, when configured.
+    pub traces: Option<Tracing>,
 }
 
 impl Forwarder {
@@ -52,7 +55,10 @@ impl Forwarder {
         let started = Instant::now();
         let method = request.method().clone();
         let in_flight = self.metrics.in_flight();
-        let prepared = self.prepare(request, client_ip);
+        let span = self.traces.as_ref().and_then(|traces| {
+            traces.request_span(request.method(), request.uri().path(), request.headers())
+        });
+        let prepared = self.prepare(request, client_ip, span.as_ref());
         async move {
             let (mut response, original_uri) = match prepared {
                 Prepared::Answered(response, original_uri) => (response, original_uri),
@@ -95,33 +101,51 @@ impl Forwarder {
             let status = response.status().as_u16();
             let elapsed = started.elapsed();
             self.metrics.record_request(&method, status, elapsed);
+            let log = logging::access_enabled();
             match response.body_mut() {
-                // Its line waits for the end of the body, and the tokens the body says it used.
-                ResponseBody::Upstream(body) if logging::access_enabled() => {
-                    body.log_when_done(PendingLine {
+                // Its line and span wait for the end of the body, and the tokens it says it used.
+                ResponseBody::Upstream(body) if log || span.is_some() => {
+                    body.finish_when_done(PendingLine {
                         method,
                         uri: original_uri,
                         status,
                         started,
+                        log,
+                        span,
                     })
                 }
                 ResponseBody::Upstream(_) => {}
-                ResponseBody::Local(_) => logging::access(&logging::Exchange {
-                    method: &method,
-                    path: original_uri.path(),
-                    status,
-                    duration: elapsed,
-                    backend: None,
-                    deployment: backends::deployment_in(original_uri.path()),
-                    usage: None,
-                }),
+                ResponseBody::Local(_) => {
+                    logging::access(&logging::Exchange {
+                        method: &method,
+                        path: original_uri.path(),
+                        status,
+                        duration: elapsed,
+                        backend: None,
+                        deployment: backends::deployment_in(original_uri.path()),
+                        usage: None,
+                    });
+                    if let Some(span) = span {
+                        span.end(Outcome {
+                            status,
+                            backend: None,
+                            usage: None,
+                            broken_off: false,
+                        });
+                    }
+                }
             }
             Ok(response)
         }
     }
 
     /// Checks the caller's request and rewrites it for the upstream, or answers it.
-    fn prepare(&self, request: Request<Incoming>, client_ip: IpAddr) -> Prepared {
+    fn prepare(
+        &self,
+        request: Request<Incoming>,
+        client_ip: IpAddr,
+        span: Option<&RequestSpan>,
+    ) -> Prepared {
         let (mut parts, body) = request.into_parts();
         let authorization = match self.check(&parts, client_ip) {
             Ok(Some(authorization)) => authorization,
@@ -159,6 +183,9 @@ impl Forwarder {
             .then(|| parts.extensions.remove::<hyper::upgrade::OnUpgrade>())
             .flatten();
         headers::rewrite_request(&mut parts.headers, authorization);
+        if let (Some(traces), Some(span)) = (&self.traces, span) {
+            traces.inject(span, &mut parts.headers);
+        }
         // The client picks HTTP/1.1 or HTTP/2 per upstream connection (ALPN), whatever the caller
         // used.
         parts.version = Version::HTTP_11;

@@ -19,6 +19,7 @@ pub(crate) mod replay;
 pub mod server;
 pub mod tls;
 pub mod token;
+pub mod traces;
 pub(crate) mod upstream;
 pub(crate) mod usage;
 pub(crate) mod websocket;
@@ -53,6 +54,8 @@ pub enum StartError {
     Bind(#[from] BindError),
     #[error(transparent)]
     Credential(#[from] AcquireError),
+    #[error(transparent)]
+    Traces(#[from] traces::TracesError),
 }
 
 /// A proxy with its listeners bound, ready to serve.
@@ -63,6 +66,7 @@ pub struct Proxy {
     tasks: Vec<JoinHandle<()>>,
     pub token: Arc<TokenSource>,
     pub(crate) metrics: Arc<Metrics>,
+    traces: Option<traces::Tracing>,
 }
 
 impl Proxy {
@@ -84,6 +88,7 @@ impl Proxy {
             http,
             token,
             proxy.metrics.clone(),
+            proxy.traces.clone(),
         )));
         Ok(proxy)
     }
@@ -103,6 +108,11 @@ impl Proxy {
         if let Some(proxy) = &config.egress.https {
             tracing::info!(proxy = %proxy, "https connections go through the egress proxy (NO_PROXY aside)");
         }
+        let traces = config
+            .traces
+            .as_ref()
+            .map(|traces| traces::Tracing::start(traces, connector.clone()))
+            .transpose()?;
         let mut tasks = vec![tokio::spawn(trust.watch())];
         let auth = if config.inbound.enabled() {
             let auth = Arc::new(InboundAuth::new(&config.inbound)?);
@@ -137,6 +147,7 @@ impl Proxy {
             upstream_timeout: config.limits.upstream_timeout,
             max_request_body: config.limits.max_request_body,
             sessions: Default::default(),
+            traces: traces.clone(),
         });
         let server = Server::bind(
             config.listen,
@@ -153,6 +164,7 @@ impl Proxy {
             tasks,
             token,
             metrics,
+            traces,
         })
     }
 
@@ -176,6 +188,9 @@ impl Proxy {
         self.server.serve(shutdown).await;
         for task in self.tasks {
             task.abort();
+        }
+        if let Some(traces) = self.traces {
+            traces.shutdown().await;
         }
     }
 }

@@ -18,6 +18,7 @@ pub mod manifests;
 pub mod node;
 pub mod openai;
 pub mod operator;
+pub mod otlp;
 pub mod process;
 pub mod realtime;
 pub mod server;

@@ -101,7 +101,7 @@ impl ProxyUrl {
 }
 
 /// `%XX` escapes in the userinfo of a URL (a password may hold `@` or `:`).
-fn percent_decode(text: &str) -> Vec<u8> {
+pub(crate) fn percent_decode(text: &str) -> Vec<u8> {
     let bytes = text.as_bytes();
     let mut out = Vec::with_capacity(bytes.len());
     let mut i = 0;

@@ -35,6 +35,7 @@ pub struct SidecarEnv {
     pub inbound: InboundEnv,
     pub limits: LimitsEnv,
     pub log: LogEnv,
+    pub traces: TracesEnv,
 }
 
 /// Where requests go: one endpoint, or several backends.
@@ -205,6 +206,31 @@ pub struct LogEnv {
     pub level: Option<String>,
     /// `AOAI_PROXY_LOG_FORMAT`.
     pub format: Option<String>,
+}
+
+/// OpenTelemetry trace export, by the SDKs' own variable names.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TracesEnv {
+    /// `OTEL_EXPORTER_OTLP_ENDPOINT`.
+    pub endpoint: Option<String>,
+    /// `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT`.
+    pub traces_endpoint: Option<String>,
+    /// `OTEL_EXPORTER_OTLP_PROTOCOL`.
+    pub protocol: Option<String>,
+    /// `OTEL_EXPORTER_OTLP_HEADERS`: often a collector's credentials.
+    pub headers: Option<SecretValue>,
+    /// `OTEL_EXPORTER_OTLP_TIMEOUT`.
+    pub timeout: Option<String>,
+    /// `OTEL_TRACES_SAMPLER`.
+    pub sampler: Option<String>,
+    /// `OTEL_TRACES_SAMPLER_ARG`.
+    pub sampler_arg: Option<String>,
+    /// `OTEL_SERVICE_NAME`.
+    pub service_name: Option<String>,
+    /// `OTEL_RESOURCE_ATTRIBUTES`.
+    pub resource_attributes: Option<String>,
+    /// `OTEL_SDK_DISABLED`.
+    pub disabled: Option<String>,
 }
 
 /// A value that may be secret: written inline (never printed), or, in a pod, read by the kubelet
@@ -462,6 +488,23 @@ impl SidecarEnv {
         w.optional(names::AOAI_PROXY_SHUTDOWN_GRACE, &l.shutdown_grace);
         w.optional(names::AOAI_PROXY_LOG_LEVEL, &self.log.level);
         w.optional(names::AOAI_PROXY_LOG_FORMAT, &self.log.format);
+
+        let t = &self.traces;
+        w.optional(names::OTEL_EXPORTER_OTLP_ENDPOINT, &t.endpoint);
+        w.optional(
+            names::OTEL_EXPORTER_OTLP_TRACES_ENDPOINT,
+            &t.traces_endpoint,
+        );
+        w.optional(names::OTEL_EXPORTER_OTLP_PROTOCOL, &t.protocol);
+        if let Some(headers) = &t.headers {
+            w.secret(names::OTEL_EXPORTER_OTLP_HEADERS, headers);
+        }
+        w.optional(names::OTEL_EXPORTER_OTLP_TIMEOUT, &t.timeout);
+        w.optional(names::OTEL_TRACES_SAMPLER, &t.sampler);
+        w.optional(names::OTEL_TRACES_SAMPLER_ARG, &t.sampler_arg);
+        w.optional(names::OTEL_SERVICE_NAME, &t.service_name);
+        w.optional(names::OTEL_RESOURCE_ATTRIBUTES, &t.resource_attributes);
+        w.optional(names::OTEL_SDK_DISABLED, &t.disabled);
         w.0
     }
 
@@ -489,6 +532,7 @@ impl SidecarEnv {
         }
         values.extend(self.inbound.expected_key.as_mut());
         values.extend(self.inbound.keys.as_mut());
+        values.extend(self.traces.headers.as_mut());
         values
     }
 
@@ -570,6 +614,18 @@ impl SidecarEnv {
             log: LogEnv {
                 level: env.get(names::AOAI_PROXY_LOG_LEVEL),
                 format: env.get(names::AOAI_PROXY_LOG_FORMAT),
+            },
+            traces: TracesEnv {
+                endpoint: env.get(names::OTEL_EXPORTER_OTLP_ENDPOINT),
+                traces_endpoint: env.get(names::OTEL_EXPORTER_OTLP_TRACES_ENDPOINT),
+                protocol: env.get(names::OTEL_EXPORTER_OTLP_PROTOCOL),
+                headers: secret(names::OTEL_EXPORTER_OTLP_HEADERS),
+                timeout: env.get(names::OTEL_EXPORTER_OTLP_TIMEOUT),
+                sampler: env.get(names::OTEL_TRACES_SAMPLER),
+                sampler_arg: env.get(names::OTEL_TRACES_SAMPLER_ARG),
+                service_name: env.get(names::OTEL_SERVICE_NAME),
+                resource_attributes: env.get(names::OTEL_RESOURCE_ATTRIBUTES),
+                disabled: env.get(names::OTEL_SDK_DISABLED),
             },
         })
     }
@@ -866,6 +922,18 @@ mod tests {
                 level: text("debug"),
                 format: text("json"),
             },
+            traces: TracesEnv {
+                endpoint: text("http://collector.observability:4318"),
+                traces_endpoint: text("https://collector.observability:4318/v1/traces"),
+                protocol: text("http/json"),
+                headers: Some(secret("authorization=Bearer%20t0k3n")),
+                timeout: text("2500"),
+                sampler: text("parentbased_traceidratio"),
+                sampler_arg: text("0.25"),
+                service_name: text("shop-chat"),
+                resource_attributes: text("k8s.namespace.name=shop,team=payments"),
+                disabled: text("false"),
+            },
         }
     }
 
@@ -980,6 +1048,7 @@ mod tests {
             inbound: InboundEnv::default(),
             limits: LimitsEnv::default(),
             log: LogEnv::default(),
+            traces: TracesEnv::default(),
         };
         let names: Vec<&str> = minimal.to_env().into_iter().map(|(n, _)| n).collect();
         assert_eq!(names, ["API_BASE_URL", "AOAI_PROXY_CREDENTIAL"]);
@@ -1002,7 +1071,7 @@ mod tests {
             }
         )));
         let debug = format!("{env:?}");
-        for secret in ["s3cr3t", "k1", "k2", "u:p"] {
+        for secret in ["s3cr3t", "k1", "k2", "u:p", "t0k3n"] {
             assert!(!debug.contains(secret), "{secret} in {debug}");
         }
         let e = Config::from_sidecar_env(&env).unwrap_err();

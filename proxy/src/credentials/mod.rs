@@ -89,6 +89,16 @@ impl AcquireError {
     pub fn is_local(&self) -> bool {
         matches!(self, AcquireError::Local { .. })
     }
+
+    /// The kind, as a span's `error.type`.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            AcquireError::Local { .. } => "local",
+            AcquireError::Transport { .. } => "transport",
+            AcquireError::Rejected { .. } => "rejected",
+            AcquireError::Malformed { .. } => "malformed",
+        }
+    }
 }
 
 /// The HTTP client for identity calls (same TLS trust as the upstream).

@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 use super::{AcquireError, Credential, IdentityHttp};
 use crate::metrics::Metrics;
 use crate::token::{Token, TokenSource};
+use crate::traces::{self, Tracing};
 
 /// Refresh at least this long before expiry (when the lifetime allows).
 const MIN_MARGIN: Duration = Duration::from_secs(300);
@@ -47,18 +48,25 @@ pub async fn run(
     http: IdentityHttp,
     token: Arc<TokenSource>,
     metrics: Arc<Metrics>,
+    tracing: Option<Tracing>,
 ) {
     let kind = credential.kind();
     let mut failures: u32 = 0;
     loop {
-        match credential.acquire(&http).await.and_then(|acquired| {
+        let span = tracing.as_ref().map(|t| t.acquisition_span(kind));
+        let result = credential.acquire(&http).await.and_then(|acquired| {
             Token::bearer(&acquired.access_token, acquired.lifetime)
                 .map(|t| (t, acquired))
                 .map_err(|e| AcquireError::Malformed {
                     endpoint: "the identity endpoint".into(),
                     message: e.to_string(),
                 })
-        }) {
+        });
+        if let Some(span) = span {
+            let failure = result.as_ref().err().map(|e| (e.kind(), e.to_string()));
+            traces::end_acquisition(span, failure);
+        }
+        match result {
             Ok((new_token, acquired)) => {
                 let acquired_at = Instant::now();
                 token.set(new_token);

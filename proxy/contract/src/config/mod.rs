@@ -20,6 +20,7 @@ use crate::units::parse_duration;
 mod backends;
 mod credential;
 mod limits;
+mod traces;
 mod vars;
 
 pub use crate::sidecar_env::CredentialKind;
@@ -32,6 +33,7 @@ pub use credential::{
     Credential, EntraApp, ManagedIdentityEndpoint, SecretSource, UserAssignedId, is_guid,
 };
 pub use limits::Limits;
+pub use traces::{OtlpProtocol, RootSampler, Sampler, Traces};
 pub use vars::{DEFAULT_AUTHORITY_HOST, DEFAULT_IMDS_HOST, DEFAULT_SCOPE, ENV_VARS, EnvVar, names};
 
 /// A configuration error: which variable, and what is wrong with it. Displayed as one line.
@@ -198,6 +200,8 @@ pub struct Config {
     pub limits: Limits,
     pub log_level: String,
     pub log_format: LogFormat,
+    /// Trace export; `None` when off.
+    pub traces: Option<Traces>,
 }
 
 /// The default of `name` in [`ENV_VARS`]. A variable read with a default must have one there.
@@ -438,6 +442,8 @@ impl Config {
             }
         })?;
 
+        let traces = Traces::from_env(&env.traces)?;
+
         Ok(Config {
             backends,
             failover,
@@ -452,6 +458,7 @@ impl Config {
             limits,
             log_level,
             log_format,
+            traces,
         })
     }
 }

@@ -78,6 +78,16 @@ pub mod names {
     pub const AOAI_PROXY_MAX_REQUEST_BODY: &str = "AOAI_PROXY_MAX_REQUEST_BODY";
     pub const AOAI_PROXY_SHUTDOWN_GRACE: &str = "AOAI_PROXY_SHUTDOWN_GRACE";
     pub const AOAI_PROXY_LOG_LEVEL: &str = "AOAI_PROXY_LOG_LEVEL";
+    pub const OTEL_EXPORTER_OTLP_ENDPOINT: &str = "OTEL_EXPORTER_OTLP_ENDPOINT";
+    pub const OTEL_EXPORTER_OTLP_TRACES_ENDPOINT: &str = "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT";
+    pub const OTEL_EXPORTER_OTLP_PROTOCOL: &str = "OTEL_EXPORTER_OTLP_PROTOCOL";
+    pub const OTEL_EXPORTER_OTLP_HEADERS: &str = "OTEL_EXPORTER_OTLP_HEADERS";
+    pub const OTEL_EXPORTER_OTLP_TIMEOUT: &str = "OTEL_EXPORTER_OTLP_TIMEOUT";
+    pub const OTEL_TRACES_SAMPLER: &str = "OTEL_TRACES_SAMPLER";
+    pub const OTEL_TRACES_SAMPLER_ARG: &str = "OTEL_TRACES_SAMPLER_ARG";
+    pub const OTEL_SERVICE_NAME: &str = "OTEL_SERVICE_NAME";
+    pub const OTEL_RESOURCE_ATTRIBUTES: &str = "OTEL_RESOURCE_ATTRIBUTES";
+    pub const OTEL_SDK_DISABLED: &str = "OTEL_SDK_DISABLED";
     pub const AOAI_PROXY_LOG_FORMAT: &str = "AOAI_PROXY_LOG_FORMAT";
 }
 
@@ -336,5 +346,56 @@ pub const ENV_VARS: &[EnvVar] = &[
         names::AOAI_PROXY_LOG_FORMAT,
         Some("text"),
         "Log format: text or json.",
+    ),
+    // Traces (OpenTelemetry's own names).
+    var(
+        names::OTEL_EXPORTER_OTLP_ENDPOINT,
+        None,
+        "OTLP/HTTP collector base URL, e.g. http://otel-collector.observability:4318; spans go to its /v1/traces. Traces are exported only when this or OTEL_EXPORTER_OTLP_TRACES_ENDPOINT is set.",
+    ),
+    var(
+        names::OTEL_EXPORTER_OTLP_TRACES_ENDPOINT,
+        None,
+        "Full OTLP/HTTP traces URL, used as written (takes precedence over OTEL_EXPORTER_OTLP_ENDPOINT).",
+    ),
+    var(
+        names::OTEL_EXPORTER_OTLP_PROTOCOL,
+        Some("http/protobuf"),
+        "http/protobuf or http/json. grpc is not supported: use the collector's OTLP/HTTP port.",
+    ),
+    var(
+        names::OTEL_EXPORTER_OTLP_HEADERS,
+        None,
+        "Headers sent with each export, key=value pairs separated by commas, values percent-encoded (e.g. a collector's authorization). Secret: never logged.",
+    ),
+    var(
+        names::OTEL_EXPORTER_OTLP_TIMEOUT,
+        Some("10000"),
+        "Milliseconds one export may take; spans that cannot be sent are dropped, requests never wait for them.",
+    ),
+    var(
+        names::OTEL_TRACES_SAMPLER,
+        Some("parentbased_always_on"),
+        "always_on, always_off, traceidratio, parentbased_always_on, parentbased_always_off or parentbased_traceidratio.",
+    ),
+    var(
+        names::OTEL_TRACES_SAMPLER_ARG,
+        Some("1.0"),
+        "Ratio of traces kept by the traceidratio samplers, from 0 to 1.",
+    ),
+    var(
+        names::OTEL_SERVICE_NAME,
+        Some("aoai-proxy"),
+        "service.name of the spans.",
+    ),
+    var(
+        names::OTEL_RESOURCE_ATTRIBUTES,
+        None,
+        "More resource attributes of the spans, key=value pairs separated by commas, values percent-encoded (e.g. k8s.namespace.name=shop).",
+    ),
+    var(
+        names::OTEL_SDK_DISABLED,
+        Some("false"),
+        "true turns trace export off whatever else is set.",
     ),
 ];
