@@ -439,6 +439,10 @@ struct Options {
     /// what else the machine is doing. Implies `--http-only`.
     #[arg(long)]
     instructions: bool,
+    /// Adds a second aoai-proxy that exports a span for every request (sampler always_on, OTLP/HTTP
+    /// protobuf) to a receiver in this process: the cost of tracing, beside the proxy without it.
+    #[arg(long)]
+    traces: bool,
 }
 
 fn existing_file(path: &str) -> Result<PathBuf, String> {
@@ -540,29 +544,51 @@ async fn run(options: Options) {
             .instructions
             .then(|| scratch.join(format!("callgrind.{name}")))
     };
-    let proxy_child = server_command(server_core, &proxy_binary, callgrind_out("aoai-proxy"))
-        .env_clear()
-        .envs(proxy_env(
-            &upstream_url,
-            proxy_port,
-            admin_port,
-            &entra,
-            &ca,
-        ))
-        .envs(
-            options
-                .no_access_log
-                .then(|| ("AOAI_PROXY_LOG_LEVEL", "warn".to_string())),
-        )
-        // To a file, as nginx writes its access log.
-        .stdout(std::fs::File::create(scratch.join("aoai-proxy.log")).unwrap())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("start aoai-proxy (build it with: cargo build --release -p aoai-proxy)");
-    let proxy_pid = proxy_child.id();
-    let _proxy = Process::new(proxy_child);
+    let start_proxy =
+        |name: &str, port: u16, admin_port: u16, extra: Vec<(&'static str, String)>| {
+            let child = server_command(server_core, &proxy_binary, callgrind_out(name))
+                .env_clear()
+                .envs(proxy_env(&upstream_url, port, admin_port, &entra, &ca))
+                .envs(
+                    options
+                        .no_access_log
+                        .then(|| ("AOAI_PROXY_LOG_LEVEL", "warn".to_string())),
+                )
+                .envs(extra)
+                // To a file, as nginx writes its access log.
+                .stdout(std::fs::File::create(scratch.join(format!("{name}.log"))).unwrap())
+                .stderr(Stdio::null())
+                .spawn()
+                .expect("start aoai-proxy (build it with: cargo build --release -p aoai-proxy)");
+            Process::new(child)
+        };
+    let proxy = start_proxy("aoai-proxy", proxy_port, admin_port, Vec::new());
+    let proxy_pid = proxy.0.id();
+    let _proxy = proxy;
     wait_for(&format!("http://127.0.0.1:{admin_port}/health")).await;
     tokio::time::sleep(Duration::from_millis(500)).await;
+    let collector = if options.traces {
+        Some(aoai_e2e::otlp::Collector::counting().await)
+    } else {
+        None
+    };
+    let traced = match &collector {
+        Some(collector) => {
+            let (port, admin_port) = (free_port(), free_port());
+            let process = start_proxy(
+                "aoai-proxy+traces",
+                port,
+                admin_port,
+                vec![
+                    ("OTEL_EXPORTER_OTLP_ENDPOINT", collector.url()),
+                    ("OTEL_TRACES_SAMPLER", "always_on".into()),
+                ],
+            );
+            wait_for(&format!("http://127.0.0.1:{admin_port}/health")).await;
+            Some((port, process))
+        }
+        None => None,
+    };
     let idle_rss = proc_stats(proxy_pid).rss;
 
     let nginx = which("nginx").map(|nginx| {
@@ -618,6 +644,9 @@ async fn run(options: Options) {
             pid: Some(proxy_pid),
         },
     ];
+    if let Some((port, process)) = &traced {
+        targets.push(server_target("aoai-proxy+traces", *port, process).await);
+    }
     if let Some((port, process)) = &nginx {
         targets.push(server_target("nginx", *port, process).await);
     } else {
@@ -738,6 +767,14 @@ async fn run(options: Options) {
         for (name, concurrency, requests, per_request) in instruction_rows {
             println!("| {name} | {concurrency} | {requests:.0} | {per_request:.0} |");
         }
+    }
+    if let Some(collector) = &collector {
+        // Spans still queued when the run ended are not counted.
+        println!();
+        println!(
+            "aoai-proxy+traces: {} spans received by the OTLP receiver",
+            collector.count()
+        );
     }
     if options.http_only || options.instructions {
         let _ = std::fs::remove_dir_all(&scratch);

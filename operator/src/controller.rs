@@ -172,6 +172,12 @@ pub fn referenced_secrets(proxy: &AzureOpenAIProxy) -> Vec<&str> {
             .as_ref()
             .and_then(|e| e.https_proxy_from.as_ref())
             .map(|s| s.secret_name.as_str()),
+        proxy
+            .spec
+            .tracing
+            .as_ref()
+            .and_then(|t| t.headers_from.as_ref())
+            .map(|s| s.secret_name.as_str()),
     ]
     .into_iter()
     .flatten()

@@ -133,6 +133,90 @@ pub struct AzureOpenAIProxySpec {
     /// mounted read-only and re-read when it changes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub trust: Option<TrustSpec>,
+
+    /// OpenTelemetry traces of the sidecar, exported over OTLP/HTTP: one span per request with
+    /// the GenAI attributes, the caller's trace context continued. Off when unset.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tracing: Option<TracingSpec>,
+}
+
+/// Where and how the sidecar exports its spans (the OTEL_* variables it is given).
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, schemars::JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct TracingSpec {
+    /// The collector's OTLP/HTTP base URL, e.g. http://otel-collector.observability:4318; spans
+    /// go to its /v1/traces (OTEL_EXPORTER_OTLP_ENDPOINT).
+    #[schemars(length(min = 1, max = 2048), regex(pattern = r"^https?://[^?#\s]+$"))]
+    pub endpoint: String,
+    /// The OTLP encoding (OTEL_EXPORTER_OTLP_PROTOCOL).
+    #[serde(default)]
+    pub protocol: OtlpProtocolSpec,
+    /// Headers sent with each export, from a Secret key holding key=value pairs separated by
+    /// commas (OTEL_EXPORTER_OTLP_HEADERS): a collector's credentials.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub headers_from: Option<SecretKeyRef>,
+    /// Which traces are kept (OTEL_TRACES_SAMPLER): parentbased_always_on keeps the caller's
+    /// decision, else every trace.
+    #[serde(default)]
+    pub sampler: SamplerSpec,
+    /// Ratio kept by the traceidratio samplers, from 0 to 1 (OTEL_TRACES_SAMPLER_ARG).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = r"^(0(\.[0-9]{1,6})?|1(\.0{1,6})?)$"))]
+    pub sampler_ratio: Option<String>,
+    /// More resource attributes of the spans, key=value pairs separated by commas, e.g.
+    /// k8s.cluster.name=prod (OTEL_RESOURCE_ATTRIBUTES).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 4096))]
+    pub resource_attributes: Option<String>,
+}
+
+#[derive(
+    Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, schemars::JsonSchema,
+)]
+pub enum OtlpProtocolSpec {
+    #[default]
+    #[serde(rename = "http/protobuf")]
+    HttpProtobuf,
+    #[serde(rename = "http/json")]
+    HttpJson,
+}
+
+impl OtlpProtocolSpec {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::HttpProtobuf => "http/protobuf",
+            Self::HttpJson => "http/json",
+        }
+    }
+}
+
+#[derive(
+    Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, schemars::JsonSchema,
+)]
+#[serde(rename_all = "snake_case")]
+pub enum SamplerSpec {
+    AlwaysOn,
+    AlwaysOff,
+    #[serde(rename = "traceidratio")]
+    TraceIdRatio,
+    #[default]
+    ParentbasedAlwaysOn,
+    ParentbasedAlwaysOff,
+    #[serde(rename = "parentbased_traceidratio")]
+    ParentbasedTraceIdRatio,
+}
+
+impl SamplerSpec {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::AlwaysOn => "always_on",
+            Self::AlwaysOff => "always_off",
+            Self::TraceIdRatio => "traceidratio",
+            Self::ParentbasedAlwaysOn => "parentbased_always_on",
+            Self::ParentbasedAlwaysOff => "parentbased_always_off",
+            Self::ParentbasedTraceIdRatio => "parentbased_traceidratio",
+        }
+    }
 }
 
 /// An https Azure OpenAI endpoint, optionally with a path prefix.

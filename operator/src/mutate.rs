@@ -22,7 +22,7 @@ use serde_json::json;
 use crate::annotations::{self, Overrides};
 use crate::crd::{
     AzureOpenAIProxy, AzureOpenAIProxySpec, CredentialSource, FailoverSpec, LogLevel,
-    NativeSidecarMode, config_hash,
+    NativeSidecarMode, TracingSpec, config_hash,
 };
 
 /// Why a pod was left alone.
@@ -425,6 +425,31 @@ pub fn failover_env(failover: Option<&FailoverSpec>) -> FailoverEnv {
     }
 }
 
+/// The trace-export variables `spec.tracing` sets (none when unset).
+pub fn traces_env(tracing: Option<&TracingSpec>) -> TracesEnv {
+    let Some(tracing) = tracing else {
+        return TracesEnv::default();
+    };
+    TracesEnv {
+        endpoint: Some(tracing.endpoint.clone()),
+        protocol: Some(tracing.protocol.as_str().to_string()),
+        headers: tracing
+            .headers_from
+            .as_ref()
+            .map(|from| SecretValue::SecretKey {
+                secret: from.secret_name.clone(),
+                key: from.key.clone(),
+            }),
+        sampler: Some(tracing.sampler.as_str().to_string()),
+        sampler_arg: tracing.sampler_ratio.clone(),
+        resource_attributes: tracing.resource_attributes.clone(),
+        traces_endpoint: None,
+        timeout: None,
+        service_name: None,
+        disabled: None,
+    }
+}
+
 /// Where the sidecar finds a file the kubelet mounts for it.
 fn file_in(dir: &str, key: &str) -> String {
     format!("{dir}/{key}")
@@ -532,7 +557,7 @@ pub fn sidecar_env(
             level: Some(log_level.as_str().to_string()),
             format: None,
         },
-        traces: TracesEnv::default(),
+        traces: traces_env(spec.tracing.as_ref()),
     })
 }
 

@@ -16,7 +16,7 @@ use aoai_proxy_contract::config::names;
 use serde_json::{Value, json};
 
 use crate::annotations::{self, Format};
-use crate::crd::AzureCloud;
+use crate::crd::{AzureCloud, OtlpProtocolSpec, SamplerSpec};
 use crate::mutate::{
     self, AZURE_TOKEN_DIR, AZURE_TOKEN_FILE, AZURE_TOKEN_VOLUME, CREDENTIAL_DIR, CREDENTIAL_VOLUME,
     INBOUND_KEYS_DIR, INBOUND_KEYS_VOLUME, TRUST_DIR, TRUST_FILE, TRUST_VOLUME,
@@ -275,8 +275,63 @@ fn sidecar_env() -> String {
             "[{}]",
             var(names::AOAI_PROXY_LOG_LEVEL, "variables.logLevel")
         ),
+        tracing(),
     ];
     parts.join(" + ")
+}
+
+/// The trace-export variables that `spec.tracing` sets, as `mutate::traces_env` writes them.
+fn tracing() -> String {
+    let t = "params.spec.tracing";
+    let field = |name: &str, variable: &str| {
+        when(
+            &format!("has({t}) && has({t}.{name})"),
+            &[var(variable, format!("string({t}.{name})"))],
+        )
+    };
+    let with_default = |name: &str, variable: &str, default: &str| {
+        when(
+            &format!("has({t})"),
+            &[var(
+                variable,
+                format!(
+                    "(has({t}.{name}) ? string({t}.{name}) : {})",
+                    quote(default)
+                ),
+            )],
+        )
+    };
+    [
+        when(
+            &format!("has({t})"),
+            &[var(
+                names::OTEL_EXPORTER_OTLP_ENDPOINT,
+                format!("string({t}.endpoint)"),
+            )],
+        ),
+        with_default(
+            "protocol",
+            names::OTEL_EXPORTER_OTLP_PROTOCOL,
+            OtlpProtocolSpec::default().as_str(),
+        ),
+        when(
+            &format!("has({t}) && has({t}.headersFrom)"),
+            &[cel(
+                &json!({"name": names::OTEL_EXPORTER_OTLP_HEADERS, "valueFrom": {"secretKeyRef": {
+                    "name": raw(format!("string({t}.headersFrom.secretName)")),
+                    "key": raw(format!("string({t}.headersFrom.key)")),
+                }}}),
+            )],
+        ),
+        with_default(
+            "sampler",
+            names::OTEL_TRACES_SAMPLER,
+            SamplerSpec::default().as_str(),
+        ),
+        field("samplerRatio", names::OTEL_TRACES_SAMPLER_ARG),
+        field("resourceAttributes", names::OTEL_RESOURCE_ATTRIBUTES),
+    ]
+    .join(" + ")
 }
 
 /// The failover variables that `spec.failover` sets.

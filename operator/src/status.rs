@@ -7,8 +7,9 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use aoai_proxy_contract::certificate::ClientCertificate;
-use aoai_proxy_contract::config::{Failover, names, parse_backends};
+use aoai_proxy_contract::config::{Failover, Traces, names, parse_backends};
 use aoai_proxy_contract::egress::{NoProxy, ProxyUrl};
+use aoai_proxy_contract::sidecar_env::SecretValue;
 use k8s_openapi::api::core::v1::{ConfigMap, Pod, Secret};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use k8s_openapi::jiff::Timestamp;
@@ -16,9 +17,9 @@ use k8s_openapi::jiff::Timestamp;
 use crate::annotations;
 use crate::crd::{
     AzureOpenAIProxy, AzureOpenAIProxySpec, AzureOpenAIProxyStatus, CredentialSource,
-    EgressProxySpec, InboundKeysSpec, TrustSpec, config_hash,
+    EgressProxySpec, InboundKeysSpec, TracingSpec, TrustSpec, config_hash,
 };
-use crate::mutate::failover_env;
+use crate::mutate::{failover_env, traces_env};
 
 /// Condition types.
 pub const READY: &str = "Ready";
@@ -28,6 +29,7 @@ pub const CERTIFICATE_EXPIRING: &str = "CertificateExpiring";
 pub const TRUST_VALID: &str = "TrustValid";
 pub const EGRESS_PROXY_VALID: &str = "EgressProxyValid";
 pub const BACKENDS_VALID: &str = "BackendsValid";
+pub const TRACING_VALID: &str = "TracingValid";
 
 /// How long to wait before looking again when nothing is due sooner (Secrets and pods trigger
 /// reconciles on their own; this only bounds drift).
@@ -126,6 +128,10 @@ pub fn assess<'a, 'b>(
             .as_ref()
             .map(|egress| egress_check(egress, &secret)),
         backends: backends_check(spec),
+        tracing: spec
+            .tracing
+            .as_ref()
+            .map(|tracing| tracing_check(tracing, &secret)),
     };
     let generation = proxy.metadata.generation;
     let (live, current) = pod_counts(pods, &hash);
@@ -155,6 +161,7 @@ struct Checks {
     trust: Option<Check>,
     egress: Option<Check>,
     backends: Option<Check>,
+    tracing: Option<Check>,
 }
 
 impl Checks {
@@ -166,6 +173,7 @@ impl Checks {
             self.trust.as_ref(),
             self.egress.as_ref(),
             self.backends.as_ref(),
+            self.tracing.as_ref(),
         ]
         .into_iter()
         .flatten()
@@ -194,6 +202,7 @@ impl Checks {
             (TRUST_VALID, self.trust.as_ref()),
             (EGRESS_PROXY_VALID, self.egress.as_ref()),
             (BACKENDS_VALID, self.backends.as_ref()),
+            (TRACING_VALID, self.tracing.as_ref()),
         ]
         .into_iter()
         .filter_map(|(type_, check)| {
@@ -479,6 +488,45 @@ fn egress_check<'a>(egress: &EgressProxySpec, secret: &impl Fn(&str) -> SecretRe
     )
 }
 
+/// `spec.tracing`, its headers Secret included, reads as the sidecar reads what is injected. The
+/// message names the field at fault, never a header value.
+fn tracing_check<'a>(tracing: &TracingSpec, secret: &impl Fn(&str) -> SecretRead<'a>) -> Check {
+    let mut env = traces_env(Some(tracing));
+    if let Some(from) = &tracing.headers_from {
+        match secret_value(secret, &from.secret_name, &from.key) {
+            Ok(bytes) => {
+                let text = String::from_utf8_lossy(bytes).trim().to_string();
+                env.headers = Some(SecretValue::Inline(
+                    aoai_proxy_contract::config::Secret::new(text),
+                ));
+            }
+            Err(check) => return check,
+        }
+    }
+    if let Err(e) = Traces::from_env(&env) {
+        let field = match e.variable {
+            names::OTEL_EXPORTER_OTLP_HEADERS => {
+                let from = tracing
+                    .headers_from
+                    .as_ref()
+                    .expect("headers come from a Secret");
+                format!(
+                    "tracing.headersFrom (Secret {} key {})",
+                    from.secret_name, from.key
+                )
+            }
+            names::OTEL_TRACES_SAMPLER_ARG => "tracing.samplerRatio".to_string(),
+            names::OTEL_RESOURCE_ATTRIBUTES => "tracing.resourceAttributes".to_string(),
+            _ => "tracing.endpoint".to_string(),
+        };
+        return Check::fail("TracingInvalid", format!("{field}: {}", e.message));
+    }
+    Check::pass(
+        "TracingValid",
+        format!("the sidecar exports spans to {}", tracing.endpoint),
+    )
+}
+
 /// `spec.backends` and `spec.failover` parse as the sidecar reads what the webhook injects
 /// (beyond the schema: an endpoint listed twice under two spellings, for one).
 fn backends_check(spec: &AzureOpenAIProxySpec) -> Option<Check> {
@@ -635,7 +683,7 @@ fn condition_status<'a>(status: &'a AzureOpenAIProxyStatus, type_: &str) -> Opti
 /// Each condition's Events: its type, the status that is bad news, the Warning reason when it
 /// turns bad (or stays bad for another reason), the Normal reason when it turns good again. Ready
 /// raises no Warning of its own: whatever made it False raised one.
-const CONDITION_EVENTS: [(&str, &str, Option<&str>, &str); 7] = [
+const CONDITION_EVENTS: [(&str, &str, Option<&str>, &str); 8] = [
     (READY, "False", None, "Ready"),
     (
         CREDENTIALS_VALID,
@@ -667,6 +715,12 @@ const CONDITION_EVENTS: [(&str, &str, Option<&str>, &str); 7] = [
         "False",
         Some("BackendsInvalid"),
         "BackendsValid",
+    ),
+    (
+        TRACING_VALID,
+        "False",
+        Some("TracingInvalid"),
+        "TracingValid",
     ),
 ];
 
@@ -1100,6 +1154,7 @@ mod tests {
             "inboundKeys": {"secretName": "keys"},
             "trust": {"configMap": {"name": "corp-ca"}},
             "egressProxy": {"httpsProxy": "http://proxy:3128"},
+            "tracing": {"endpoint": "http://otel-collector:4318"},
         }))
         .unwrap();
         let a = run(&p, &[tls_secret("client-a", NOW + 90 * DAY)], &[]);
@@ -1242,6 +1297,34 @@ mod tests {
         );
         let (_, reason, _, _) = check(&proxied, &[], &[], EGRESS_PROXY_VALID);
         assert_eq!(reason, "SecretNotFound");
+
+        let traced = managed(serde_json::json!({"tracing": {
+            "endpoint": "http://otel-collector.observability:4318",
+            "headersFrom": {"secretName": "otlp", "key": "headers"}}}));
+        let good = secret("otlp", &[("headers", "authorization=Bearer%20hunter2\n")]);
+        let (status, reason, message, _) = check(&traced, &[good], &[], TRACING_VALID);
+        assert_eq!(
+            (status.as_str(), reason.as_str()),
+            ("True", "TracingValid"),
+            "{message}"
+        );
+        let bad = secret("otlp", &[("headers", "authorization Bearer hunter2")]);
+        let (status, reason, message, ready) = check(&traced, &[bad], &[], TRACING_VALID);
+        assert_eq!(
+            (status.as_str(), reason.as_str(), ready.as_str()),
+            ("False", "TracingInvalid", "False")
+        );
+        assert!(
+            message.starts_with("tracing.headersFrom (Secret otlp key headers)")
+                && !message.contains("hunter2"),
+            "{message}"
+        );
+        let (_, reason, _, _) = check(&traced, &[], &[], TRACING_VALID);
+        assert_eq!(reason, "SecretNotFound");
+        let ratio = managed(serde_json::json!({"tracing": {
+            "endpoint": "http://c:4318", "sampler": "traceidratio"}}));
+        let (status, _, message, _) = check(&ratio, &[], &[], TRACING_VALID);
+        assert_eq!(status, "True", "{message}");
     }
 
     #[test]

@@ -5,7 +5,8 @@
 //! `valueFrom` resolved, then its environment given to the proxy's own parser. Only where Azure
 //! is changes: the upstream and Entra ID are loopback mocks whose certificates come from the
 //! private CA, so the call succeeds only if the mounted bundle is trusted, and goes through the
-//! egress proxy only if the injected HTTPS_PROXY is read.
+//! egress proxy only if the injected HTTPS_PROXY is read. Its spans reach a loopback OTLP
+//! receiver in the encoding, with the credentials and the sampler the AzureOpenAIProxy names.
 
 use std::collections::HashMap;
 use std::time::Duration;
@@ -16,6 +17,7 @@ use aoai_e2e::egress_proxy::MockEgressProxy;
 use aoai_e2e::entra::{App, MockEntra};
 use aoai_e2e::kubelet::{self, Source};
 use aoai_e2e::openai::MockOpenAi;
+use aoai_e2e::otlp::Collector;
 use aoai_e2e::sidecar::Sidecar;
 use aoai_e2e::tokens::TokenLedger;
 use k8s_openapi::api::apps::v1::Deployment;
@@ -48,6 +50,7 @@ async fn the_injected_sidecar_trusts_the_private_ca_and_goes_through_the_egress_
     .await;
     let gateway = MockOpenAi::start_tls(private_ca.server_config()).await;
     let egress = MockEgressProxy::start(Some("team-a:egress-pw")).await;
+    let collector = Collector::start().await;
 
     let text = std::fs::read_to_string(GOLDEN).unwrap();
     let deployment: Deployment = serde_saphyr::from_str(
@@ -74,6 +77,10 @@ async fn the_injected_sidecar_trusts_the_private_ca_and_goes_through_the_egress_
             egress.url(Some("team-a:egress-pw")),
         ),
         (
+            (Source::Secret, "otlp-auth", "headers"),
+            "authorization=Bearer%20otlp-pw".to_string(),
+        ),
+        (
             (Source::ConfigMap, "corp-ca", "bundle.pem"),
             std::fs::read_to_string(private_ca.root_pem_path()).unwrap(),
         ),
@@ -93,12 +100,21 @@ async fn the_injected_sidecar_trusts_the_private_ca_and_goes_through_the_egress_
         ("PORT", free_port().to_string()),
         ("AOAI_PROXY_ADMIN_HOST", "127.0.0.1".into()),
         ("AOAI_PROXY_ADMIN_PORT", free_port().to_string()),
+        ("OTEL_EXPORTER_OTLP_ENDPOINT", collector.url()),
+        ("OTEL_BSP_SCHEDULE_DELAY", "100".into()),
     ] {
         env.insert(name.to_string(), value);
     }
     let sidecar = Sidecar::start(&env).await;
     let url = sidecar.url.clone();
-    let answer = aoai_e2e::client::chat(&url).await;
+    // A sampled caller: the parent-based ratio sampler keeps its decision.
+    let trace_id = "0af7651916cd43dd8448eb211c80319c";
+    let answer = aoai_e2e::client::post_json(
+        &format!("{url}/openai/deployments/gpt-4o/chat/completions?api-version=2024-10-21"),
+        &[("traceparent", &format!("00-{trace_id}-b7ad6b7169203331-01"))],
+        &serde_json::json!({"messages": [{"role": "user", "content": "hi"}]}),
+    )
+    .await;
     assert_eq!(answer.status, 200, "{}", answer.text());
     assert_eq!(
         gateway.requests()[0].path_and_query,
@@ -115,5 +131,16 @@ async fn the_injected_sidecar_trusts_the_private_ca_and_goes_through_the_egress_
         .parse()
         .unwrap();
     assert!(egress.tunnels_to(entra_addr) >= 1, "{:?}", egress.tunnels());
+    let spans = collector
+        .wait_for(Duration::from_secs(15), |spans| {
+            spans.iter().any(|s| s.trace_id == trace_id)
+        })
+        .await;
+    let span = spans.iter().find(|s| s.trace_id == trace_id).unwrap();
+    assert_eq!(span.name, "chat gpt-4o");
+    assert_eq!(span.resource["k8s.cluster.name"], "prod-weu");
+    let export = &collector.exports()[0];
+    assert_eq!(export.content_type, "application/json");
+    assert_eq!(export.headers["authorization"], "Bearer otlp-pw");
     sidecar.stop().await;
 }

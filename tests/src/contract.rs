@@ -26,6 +26,7 @@ fn content(_: Source, _: &str, key: &str) -> String {
     };
     match key {
         k if k.ends_with(".crt") || k.ends_with(".key") || k.ends_with(".pem") => pem(),
+        "headers" => "authorization=Bearer%20value-of-headers".to_string(),
         _ => format!("value-of-{key}"),
     }
 }

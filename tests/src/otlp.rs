@@ -42,6 +42,7 @@ pub struct ReceivedExport {
 struct Received {
     spans: Vec<ReceivedSpan>,
     exports: Vec<ReceivedExport>,
+    count: usize,
 }
 
 pub struct Collector {
@@ -52,15 +53,20 @@ pub struct Collector {
 impl Collector {
     /// A collector that takes every export.
     pub async fn start() -> Self {
-        Self::with(false).await
+        Self::with(false, true).await
     }
 
     /// A collector that reads each export and never answers.
     pub async fn hanging() -> Self {
-        Self::with(true).await
+        Self::with(true, true).await
     }
 
-    async fn with(hang: bool) -> Self {
+    /// A collector that takes every export and only counts the spans (a benchmark's millions).
+    pub async fn counting() -> Self {
+        Self::with(false, false).await
+    }
+
+    async fn with(hang: bool, keep: bool) -> Self {
         let received = Arc::new(Mutex::new(Received::default()));
         let store = received.clone();
         let server = MockServer::http(handler(move |request, _| {
@@ -90,12 +96,16 @@ impl Collector {
                         .unwrap();
                 }
                 {
+                    let spans = spans_of(decoded.unwrap());
                     let mut received = store.lock().unwrap();
-                    received.spans.extend(spans_of(decoded.unwrap()));
-                    received.exports.push(ReceivedExport {
-                        content_type: content_type.clone(),
-                        headers: parts.headers,
-                    });
+                    received.count += spans.len();
+                    if keep {
+                        received.spans.extend(spans);
+                        received.exports.push(ReceivedExport {
+                            content_type: content_type.clone(),
+                            headers: parts.headers,
+                        });
+                    }
                 }
                 if hang {
                     std::future::pending::<()>().await;
@@ -119,6 +129,11 @@ impl Collector {
     /// The base URL (`OTEL_EXPORTER_OTLP_ENDPOINT`).
     pub fn url(&self) -> String {
         self.server.url()
+    }
+
+    /// Spans received, kept or not.
+    pub fn count(&self) -> usize {
+        self.received.lock().unwrap().count
     }
 
     pub fn spans(&self) -> Vec<ReceivedSpan> {

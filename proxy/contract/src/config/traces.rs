@@ -53,7 +53,8 @@ pub enum RootSampler {
 const TRACES_PATH: &str = "v1/traces";
 
 impl Traces {
-    pub(super) fn from_env(env: &TracesEnv) -> Result<Option<Self>, ConfigError> {
+    /// `None` when no endpoint is set or `OTEL_SDK_DISABLED` is true.
+    pub fn from_env(env: &TracesEnv) -> Result<Option<Self>, ConfigError> {
         let disabled = bool(names::OTEL_SDK_DISABLED, &env.disabled)?;
         let endpoint = match (&env.traces_endpoint, &env.endpoint) {
             (Some(url), _) => parse_endpoint(url)
