@@ -430,6 +430,10 @@ struct Options {
     /// The aoai-proxy binary to measure (default: the one beside aoai-bench).
     #[arg(long, value_name = "PATH", value_parser = existing_file)]
     proxy: Option<PathBuf>,
+    /// A second aoai-proxy binary measured beside `--proxy`, as the target `aoai-proxy-plain`:
+    /// `scripts/bench` passes the plain release build (no PGO profile), the build most users get.
+    #[arg(long, value_name = "PATH", value_parser = existing_file)]
+    plain_proxy: Option<PathBuf>,
     /// A Python with aiohttp: adds `python_sidecar.py`, the kind of sidecar aoai-proxy replaces,
     /// as a target (not with `--instructions`).
     #[arg(long, value_name = "PATH", value_parser = existing_file)]
@@ -562,7 +566,13 @@ async fn run(options: Options) {
                 .expect("start aoai-proxy (build it with: cargo build --release -p aoai-proxy)");
             Process::new(child)
         };
-    let proxy = start_proxy("aoai-proxy", proxy_port, admin_port, Vec::new());
+    let proxy = start_proxy(
+        "aoai-proxy",
+        &proxy_binary,
+        proxy_port,
+        admin_port,
+        Vec::new(),
+    );
     let proxy_pid = proxy.0.id();
     let _proxy = proxy;
     wait_for(&format!("http://127.0.0.1:{admin_port}/health")).await;
@@ -577,6 +587,7 @@ async fn run(options: Options) {
             let (port, admin_port) = (free_port(), free_port());
             let process = start_proxy(
                 "aoai-proxy+traces",
+                &proxy_binary,
                 port,
                 admin_port,
                 vec![
@@ -589,6 +600,11 @@ async fn run(options: Options) {
         }
         None => None,
     };
+    let plain = options.plain_proxy.as_ref().map(|binary| {
+        let (port, admin_port) = (free_port(), free_port());
+        let process = start_proxy("aoai-proxy-plain", binary, port, admin_port, Vec::new());
+        (port, process)
+    });
     let idle_rss = proc_stats(proxy_pid).rss;
 
     let nginx = which("nginx").map(|nginx| {
@@ -644,6 +660,9 @@ async fn run(options: Options) {
             pid: Some(proxy_pid),
         },
     ];
+    if let Some((port, process)) = &plain {
+        targets.push(server_target("aoai-proxy-plain", *port, process).await);
+    }
     if let Some((port, process)) = &traced {
         targets.push(server_target("aoai-proxy+traces", *port, process).await);
     }
