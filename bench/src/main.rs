@@ -548,24 +548,27 @@ async fn run(options: Options) {
             .instructions
             .then(|| scratch.join(format!("callgrind.{name}")))
     };
-    let start_proxy =
-        |name: &str, port: u16, admin_port: u16, extra: Vec<(&'static str, String)>| {
-            let child = server_command(server_core, &proxy_binary, callgrind_out(name))
-                .env_clear()
-                .envs(proxy_env(&upstream_url, port, admin_port, &entra, &ca))
-                .envs(
-                    options
-                        .no_access_log
-                        .then(|| ("AOAI_PROXY_LOG_LEVEL", "warn".to_string())),
-                )
-                .envs(extra)
-                // To a file, as nginx writes its access log.
-                .stdout(std::fs::File::create(scratch.join(format!("{name}.log"))).unwrap())
-                .stderr(Stdio::null())
-                .spawn()
-                .expect("start aoai-proxy (build it with: cargo build --release -p aoai-proxy)");
-            Process::new(child)
-        };
+    let start_proxy = |name: &str,
+                       binary: &Path,
+                       port: u16,
+                       admin_port: u16,
+                       extra: Vec<(&'static str, String)>| {
+        let child = server_command(server_core, binary, callgrind_out(name))
+            .env_clear()
+            .envs(proxy_env(&upstream_url, port, admin_port, &entra, &ca))
+            .envs(
+                options
+                    .no_access_log
+                    .then(|| ("AOAI_PROXY_LOG_LEVEL", "warn".to_string())),
+            )
+            .envs(extra)
+            // To a file, as nginx writes its access log.
+            .stdout(std::fs::File::create(scratch.join(format!("{name}.log"))).unwrap())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start aoai-proxy (build it with: cargo build --release -p aoai-proxy)");
+        Process::new(child)
+    };
     let proxy = start_proxy(
         "aoai-proxy",
         &proxy_binary,
