@@ -147,16 +147,33 @@ struct Target {
     name: &'static str,
     url: String,
     pid: Option<u32>,
+    /// From start to the first answer of `ready_path`.
+    ready_ms: Option<f64>,
+    /// MiB, once ready.
+    idle_rss: Option<f64>,
 }
 
-/// A proxy under test listening on `port`, once it forwards.
-async fn server_target(name: &'static str, port: u16, process: &Process) -> Target {
+/// What a forwarding target answers once it forwards.
+const MODELS: &str = "/openai/models";
+
+/// A server under test listening on `port`, started at `spawned`, once `ready_path` answers.
+async fn server_target(
+    name: &'static str,
+    port: u16,
+    process: &Process,
+    spawned: Instant,
+    ready_path: &str,
+) -> Target {
     let url = format!("http://127.0.0.1:{port}");
-    wait_for(&format!("{url}/openai/models")).await;
+    wait_for(&format!("{url}{ready_path}")).await;
+    let ready_ms = spawned.elapsed().as_secs_f64() * 1000.0;
+    tokio::time::sleep(Duration::from_millis(500)).await;
     Target {
         name,
         url,
         pid: Some(process.0.id()),
+        ready_ms: Some(ready_ms),
+        idle_rss: Some(proc_stats(process.0.id()).rss),
     }
 }
 
@@ -294,8 +311,7 @@ async fn sse_timing(
         let request = Request::post(format!("{url}{PATH}"))
             .header("content-type", "application/json")
             .header("api-key", "client-key")
-            .header("x-bench-sse", "20,5")
-            .body(Full::new(Bytes::from_static(BODY.as_bytes())))
+            .body(Full::new(Bytes::from(upstream::sse_request(20, 5))))
             .unwrap();
         let started = Instant::now();
         let mut response = client.request(request).await.expect("an SSE response");
@@ -325,8 +341,8 @@ async fn memory_with_open_streams(url: &str, pid: u32, streams: usize) -> (f64, 
         let url = url.to_string();
         tasks.push(tokio::spawn(async move {
             let request = Request::post(format!("{url}{PATH}"))
-                .header("x-bench-sse", "20,150")
-                .body(Full::new(Bytes::from_static(BODY.as_bytes())))
+                .header("content-type", "application/json")
+                .body(Full::new(Bytes::from(upstream::sse_request(20, 150))))
                 .unwrap();
             match client.request(request).await {
                 Ok(response) => response.into_body().collect().await.is_ok(),
@@ -389,7 +405,9 @@ http {{
 async fn wait_for(url: &str) {
     let client: Client<HttpConnector, Full<Bytes>> =
         Client::builder(TokioExecutor::new()).build(HttpConnector::new());
-    for _ in 0..200 {
+    // The LiteLLM proxy takes many seconds to import itself.
+    let deadline = Instant::now() + Duration::from_secs(90);
+    while Instant::now() < deadline {
         if let Ok(response) = client.get(url.parse().unwrap()).await
             && response.status().is_success()
         {
@@ -400,6 +418,7 @@ async fn wait_for(url: &str) {
     panic!("{url} did not come up");
 }
 
+mod peers;
 mod webhook_bench;
 
 /// Measures aoai-proxy against a direct call, a plain nginx hop and (with `--python`) a Python
@@ -434,6 +453,21 @@ struct Options {
     /// `scripts/bench` passes the plain release build (no PGO profile), the build most users get.
     #[arg(long, value_name = "PATH", value_parser = existing_file)]
     plain_proxy: Option<PathBuf>,
+    /// The LiteLLM proxy's `litellm` program: adds it as a target, configured for the mock Azure
+    /// OpenAI deployment with a static key (not with `--instructions`).
+    #[arg(long, value_name = "PATH", value_parser = existing_file)]
+    litellm: Option<PathBuf>,
+    /// The comparison with the peers: after the tables, every target at fixed request rates
+    /// (open loop), its memory with 1,000 open streams, and a summary against the direct call,
+    /// also written as CSV to `--csv`.
+    #[arg(long)]
+    peers: bool,
+    /// Request rates of `--peers`' open-loop runs, comma-separated (10 s each, 32 connections).
+    #[arg(long, value_delimiter = ',', default_value = "1000,3000", value_parser = clap::value_parser!(u64).range(1..))]
+    rates: Vec<u64>,
+    /// Where `--peers` writes its CSV.
+    #[arg(long, value_name = "PATH")]
+    csv: Option<PathBuf>,
     /// A Python with aiohttp: adds `python_sidecar.py`, the kind of sidecar aoai-proxy replaces,
     /// as a target (not with `--instructions`).
     #[arg(long, value_name = "PATH", value_parser = existing_file)]
@@ -569,6 +603,17 @@ async fn run(options: Options) {
             .expect("start aoai-proxy (build it with: cargo build --release -p aoai-proxy)");
         Process::new(child)
     };
+    // Each server is started and waited for before the next, so that its time to ready is its
+    // own; its idle memory is read once it is ready.
+    let mut servers: Vec<Process> = Vec::new();
+    let mut targets = vec![Target {
+        name: "direct",
+        url: upstream_url.clone(),
+        pid: None,
+        ready_ms: None,
+        idle_rss: None,
+    }];
+    let spawned = Instant::now();
     let proxy = start_proxy(
         "aoai-proxy",
         &proxy_binary,
@@ -577,40 +622,39 @@ async fn run(options: Options) {
         Vec::new(),
     );
     let proxy_pid = proxy.0.id();
-    let _proxy = proxy;
-    wait_for(&format!("http://127.0.0.1:{admin_port}/health")).await;
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    targets.push(server_target("aoai-proxy", proxy_port, &proxy, spawned, MODELS).await);
+    servers.push(proxy);
+    if let Some(binary) = &options.plain_proxy {
+        let (port, admin_port) = (free_port(), free_port());
+        let spawned = Instant::now();
+        let process = start_proxy("aoai-proxy-plain", binary, port, admin_port, Vec::new());
+        targets.push(server_target("aoai-proxy-plain", port, &process, spawned, MODELS).await);
+        servers.push(process);
+    }
     let collector = if options.traces {
         Some(aoai_e2e::otlp::Collector::counting().await)
     } else {
         None
     };
-    let traced = match &collector {
-        Some(collector) => {
-            let (port, admin_port) = (free_port(), free_port());
-            let process = start_proxy(
-                "aoai-proxy+traces",
-                &proxy_binary,
-                port,
-                admin_port,
-                vec![
-                    ("OTEL_EXPORTER_OTLP_ENDPOINT", collector.url()),
-                    ("OTEL_TRACES_SAMPLER", "always_on".into()),
-                ],
-            );
-            wait_for(&format!("http://127.0.0.1:{admin_port}/health")).await;
-            Some((port, process))
-        }
-        None => None,
-    };
-    let plain = options.plain_proxy.as_ref().map(|binary| {
+    if let Some(collector) = &collector {
         let (port, admin_port) = (free_port(), free_port());
-        let process = start_proxy("aoai-proxy-plain", binary, port, admin_port, Vec::new());
-        (port, process)
-    });
-    let idle_rss = proc_stats(proxy_pid).rss;
+        let spawned = Instant::now();
+        let process = start_proxy(
+            "aoai-proxy+traces",
+            &proxy_binary,
+            port,
+            admin_port,
+            vec![
+                ("OTEL_EXPORTER_OTLP_ENDPOINT", collector.url()),
+                ("OTEL_TRACES_SAMPLER", "always_on".into()),
+            ],
+        );
+        targets.push(server_target("aoai-proxy+traces", port, &process, spawned, MODELS).await);
+        servers.push(process);
+    }
+    let idle_rss = targets[1].idle_rss.unwrap_or_default();
 
-    let nginx = which("nginx").map(|nginx| {
+    if let Some(nginx) = which("nginx") {
         let port = free_port();
         let config = nginx_config(
             &scratch,
@@ -618,6 +662,7 @@ async fn run(options: Options) {
             port_line.trim().parse().unwrap(),
             !options.no_access_log,
         );
+        let spawned = Instant::now();
         let child = server_command(server_core, &nginx, callgrind_out("nginx"))
             .env_clear()
             .env("HOST", "127.0.0.1")
@@ -627,58 +672,45 @@ async fn run(options: Options) {
             .stderr(Stdio::null())
             .spawn()
             .expect("start nginx");
-        (port, Process::new(child))
-    });
-    let python_sidecar = options
-        .python
-        .as_ref()
-        .filter(|_| !options.instructions)
-        .map(|python| {
-            let port = free_port();
-            let script = scratch.join("python_sidecar.py");
-            std::fs::write(&script, PYTHON_SIDECAR).unwrap();
-            let child = pinned(server_core, python)
-                .env_clear()
-                .arg(&script)
-                .arg(port.to_string())
-                .arg(&upstream_url)
-                .args(
-                    (!options.no_access_log)
-                        .then(|| scratch.join("python-access.log").display().to_string()),
-                )
-                .stderr(Stdio::null())
-                .spawn()
-                .expect("start the Python sidecar (scripts/bench installs aiohttp)");
-            (port, Process::new(child))
-        });
-    let mut targets = vec![
-        Target {
-            name: "direct",
-            url: upstream_url.clone(),
-            pid: None,
-        },
-        Target {
-            name: "aoai-proxy",
-            url: format!("http://127.0.0.1:{proxy_port}"),
-            pid: Some(proxy_pid),
-        },
-    ];
-    if let Some((port, process)) = &plain {
-        targets.push(server_target("aoai-proxy-plain", *port, process).await);
-    }
-    if let Some((port, process)) = &traced {
-        targets.push(server_target("aoai-proxy+traces", *port, process).await);
-    }
-    if let Some((port, process)) = &nginx {
-        targets.push(server_target("nginx", *port, process).await);
+        let process = Process::new(child);
+        targets.push(server_target("nginx", port, &process, spawned, MODELS).await);
+        servers.push(process);
     } else {
         eprintln!(
             "nginx is not installed: the nginx column is left out (scripts/bench installs it)"
         );
     }
-
-    if let Some((port, process)) = &python_sidecar {
-        targets.push(server_target("python-aiohttp", *port, process).await);
+    if let Some(python) = options.python.as_ref().filter(|_| !options.instructions) {
+        let port = free_port();
+        let script = scratch.join("python_sidecar.py");
+        std::fs::write(&script, PYTHON_SIDECAR).unwrap();
+        let spawned = Instant::now();
+        let child = pinned(server_core, python)
+            .env_clear()
+            .arg(&script)
+            .arg(port.to_string())
+            .arg(&upstream_url)
+            .args(
+                (!options.no_access_log)
+                    .then(|| scratch.join("python-access.log").display().to_string()),
+            )
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start the Python sidecar (scripts/bench installs aiohttp)");
+        let process = Process::new(child);
+        targets.push(server_target("python-aiohttp", port, &process, spawned, MODELS).await);
+        servers.push(process);
+    }
+    if let Some(litellm) = options.litellm.as_ref().filter(|_| !options.instructions) {
+        let port = free_port();
+        let config = peers::litellm_config(&scratch, &upstream_url);
+        let spawned = Instant::now();
+        let child = peers::start_litellm(server_core, litellm, &config, port)
+            .spawn()
+            .expect("start the LiteLLM proxy (scripts/bench --peers installs it)");
+        let process = Process::new(child);
+        targets.push(server_target("litellm", port, &process, spawned, "/health/liveliness").await);
+        servers.push(process);
     }
 
     let script = wrk_script(&scratch);
@@ -699,6 +731,15 @@ async fn run(options: Options) {
     );
     println!("|---|---|---|---|---|---|---|---|---|---|---|");
     let mut instruction_rows = Vec::new();
+    let mut figures: Vec<peers::PeerFigures> = targets
+        .iter()
+        .map(|t| peers::PeerFigures {
+            name: t.name.to_string(),
+            idle_rss: t.idle_rss,
+            ready_ms: t.ready_ms,
+            ..Default::default()
+        })
+        .collect();
     for &concurrency in &options.concurrency {
         let mut runs: Vec<TargetRuns> = targets.iter().map(|_| TargetRuns::default()).collect();
         for round in 0..options.rounds {
@@ -750,8 +791,15 @@ async fn run(options: Options) {
                     .map(|(t, r)| (t.name, concurrency, r.requests, r.instructions / r.requests)),
             );
         }
-        for (target, row) in targets.iter().zip(&rows) {
+        for ((target, row), figures) in targets.iter().zip(&rows).zip(&mut figures) {
             let is_direct = target.pid.is_none();
+            figures.closed.push(peers::ClosedLoop {
+                concurrency,
+                rps: row.rps,
+                added_p50_us: row.p50_us - direct.p50_us,
+                added_p99_us: row.p99_us - direct.p99_us,
+                cpu_us_per_request: row.cpu_us_per_request.map(|c| c.0),
+            });
             let added = |value: f64, base: f64| {
                 if is_direct {
                     "—".to_string()
@@ -797,6 +845,39 @@ async fn run(options: Options) {
             "aoai-proxy+traces: {} spans received by the OTLP receiver",
             collector.count()
         );
+    }
+    if options.peers && !options.instructions {
+        println!();
+        println!(
+            "Open loop at fixed rates (10 s each, 32 connections, latency from each request's scheduled time):"
+        );
+        println!();
+        println!("| target | rate /s | achieved /s | p50 µs | p99 µs | failures |");
+        println!("|---|---|---|---|---|---|");
+        peers::pin_self(client_core);
+        for (target, figures) in targets.iter().zip(&mut figures) {
+            for &rate in &options.rates {
+                let r = peers::fixed_rate(&target.url, rate, 10, 32).await;
+                println!(
+                    "| {} | {rate} | {:.0} | {:.0} | {:.0} | {} |",
+                    target.name, r.achieved, r.p50_us, r.p99_us, r.failures
+                );
+                figures.rates.push(r);
+            }
+        }
+        for (target, figures) in targets.iter().zip(&mut figures) {
+            if let Some(pid) = target.pid {
+                figures.streams_rss = Some(memory_with_open_streams(&target.url, pid, 1000).await);
+            }
+        }
+        let (table, csv) = peers::summary(&figures);
+        println!();
+        println!("Summary (requests/s as a ratio to the direct call; added latency over it):");
+        println!();
+        print!("{table}");
+        if let Some(path) = &options.csv {
+            std::fs::write(path, csv).expect("write the CSV");
+        }
     }
     if options.http_only || options.instructions {
         let _ = std::fs::remove_dir_all(&scratch);

@@ -1,5 +1,6 @@
 //! A fast mock Azure OpenAI upstream for benchmarks: a fixed ~1 KB chat completion, or with
-//! `x-bench-sse: N,D` a Server-Sent-Events stream of N chunks D milliseconds apart. It records
+//! `"user":"sse-N-D"` in the request body a Server-Sent-Events stream of N chunks D milliseconds
+//! apart (in the body, which every proxy passes on, where a header might not be). It records
 //! nothing, so it stays flat under millions of requests.
 
 use std::convert::Infallible;
@@ -39,16 +40,33 @@ fn chunk(index: usize) -> Bytes {
 
 type Body = BoxBody<Bytes, Infallible>;
 
+/// `"user":"sse-N-D"` in `request`: N chunks, D ms apart.
+fn sse_asked(request: &[u8]) -> Option<(usize, u64)> {
+    const MARK: &[u8] = b"\"user\":\"sse-";
+    let at = memchr::memmem::find(request, MARK)? + MARK.len();
+    let rest = &request[at..];
+    let end = rest.iter().position(|&b| b == b'"')?;
+    let text = std::str::from_utf8(&rest[..end]).ok()?;
+    let (n, d) = text.split_once('-')?;
+    Some((n.parse().ok()?, d.parse().ok()?))
+}
+
+/// The body that asks for `chunks` SSE chunks `delay_ms` apart.
+pub fn sse_request(chunks: usize, delay_ms: u64) -> String {
+    format!(
+        r#"{{"messages":[{{"role":"user","content":"What is the capital of France?"}}],"stream":true,"user":"sse-{chunks}-{delay_ms}"}}"#
+    )
+}
+
 async fn answer(request: Request<Incoming>, body: Bytes) -> Response<Body> {
-    let sse = request
-        .headers()
-        .get("x-bench-sse")
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.split_once(','))
-        .and_then(|(n, d)| Some((n.parse::<usize>().ok()?, d.parse::<u64>().ok()?)));
     // Read the request body fully, as Azure OpenAI does before answering.
-    let _ = request.into_body().collect().await;
-    match sse {
+    let asked = request
+        .into_body()
+        .collect()
+        .await
+        .map(|b| b.to_bytes())
+        .unwrap_or_default();
+    match sse_asked(&asked) {
         None => Response::builder()
             .header(header::CONTENT_TYPE, "application/json")
             .header("x-request-id", "bench")

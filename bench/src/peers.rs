@@ -1,0 +1,269 @@
+//! What a team would deploy instead, on the same mocks: the LiteLLM proxy as a target, an
+//! open-loop load at fixed request rates, and the summary table and CSV that `scripts/bench
+//! --peers` turns into the README's table and plot.
+
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http::Request;
+use http_body_util::{BodyExt, Full};
+use hyper::client::conn::http1::SendRequest;
+
+use crate::{BODY, PATH, percentile, pinned};
+
+/// The LiteLLM proxy's configuration: one Azure OpenAI deployment at `upstream_url`, with a static
+/// key (its Entra ID modes fetch tokens through azure-identity, which this harness does not mock).
+pub fn litellm_config(dir: &Path, upstream_url: &str) -> PathBuf {
+    let path = dir.join("litellm.yaml");
+    std::fs::write(
+        &path,
+        format!(
+            "model_list:
+  - model_name: gpt-4o
+    litellm_params:
+      model: azure/gpt-4o
+      api_base: {upstream_url}
+      api_version: \"2024-10-21\"
+      api_key: bench-static-key
+litellm_settings:
+  telemetry: false
+  drop_params: true
+"
+        ),
+    )
+    .unwrap();
+    path
+}
+
+/// The LiteLLM proxy on `port`, one worker, on `core`; offline (the model cost map it would
+/// download at start is the one it ships).
+pub fn start_litellm(core: Option<usize>, litellm: &Path, config: &Path, port: u16) -> Command {
+    let mut command = pinned(core, litellm);
+    command
+        .env("LITELLM_LOCAL_MODEL_COST_MAP", "True")
+        .env("LITELLM_TELEMETRY", "False")
+        .env("LITELLM_LOG", "ERROR")
+        .env("NO_DOCS", "True")
+        .arg("--config")
+        .arg(config)
+        .args(["--host", "127.0.0.1", "--port", &port.to_string()])
+        .args(["--num_workers", "1"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    command
+}
+
+/// Latency at a fixed request rate.
+#[derive(Clone, Copy, Default)]
+pub struct RateResult {
+    pub rate: u64,
+    pub achieved: f64,
+    pub p50_us: f64,
+    pub p99_us: f64,
+    pub failures: u64,
+}
+
+async fn connect(url: &str) -> Option<SendRequest<Full<Bytes>>> {
+    let authority = url.trim_start_matches("http://");
+    let tcp = tokio::net::TcpStream::connect(authority).await.ok()?;
+    tcp.set_nodelay(true).ok()?;
+    let (sender, connection) =
+        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tcp))
+            .await
+            .ok()?;
+    tokio::spawn(connection);
+    Some(sender)
+}
+
+/// Open loop: `rate` requests/s for `seconds` over `connections` keep-alive connections, each
+/// sending on its own schedule. A request's latency counts from its scheduled time whenever its
+/// connection is behind, so a server that cannot keep up shows it (no coordinated omission).
+pub async fn fixed_rate(url: &str, rate: u64, seconds: u64, connections: u64) -> RateResult {
+    let interval = Duration::from_nanos(1_000_000_000 * connections / rate);
+    let start = Instant::now() + Duration::from_millis(200);
+    let body = Bytes::from_static(BODY.as_bytes());
+    let host: Arc<str> = url.trim_start_matches("http://").into();
+    let mut tasks = Vec::new();
+    for connection in 0..connections {
+        let url = url.to_string();
+        let body = body.clone();
+        let host = host.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut latencies = Vec::new();
+            let mut failures = 0u64;
+            let Some(mut sender) = connect(&url).await else {
+                return (latencies, rate * seconds / connections);
+            };
+            let offset = interval * connection as u32 / connections as u32;
+            for i in 0..rate * seconds / connections {
+                let scheduled = start + offset + interval * i as u32;
+                let sent = if Instant::now() >= scheduled {
+                    scheduled
+                } else {
+                    tokio::time::sleep_until(tokio::time::Instant::from_std(scheduled)).await;
+                    Instant::now()
+                };
+                let request = Request::post(PATH)
+                    .header("host", &*host)
+                    .header("content-type", "application/json")
+                    .header("api-key", crate::WRK_API_KEY)
+                    .body(Full::new(body.clone()))
+                    .unwrap();
+                let ok = match sender.send_request(request).await {
+                    Ok(response) => {
+                        response.status().is_success()
+                            && response.into_body().collect().await.is_ok()
+                    }
+                    Err(_) => false,
+                };
+                if ok {
+                    latencies.push(sent.elapsed().as_secs_f64() * 1e6);
+                } else {
+                    failures += 1;
+                    match connect(&url).await {
+                        Some(fresh) => sender = fresh,
+                        None => break,
+                    }
+                }
+            }
+            (latencies, failures)
+        }));
+    }
+    let began = Instant::now();
+    let mut latencies = Vec::new();
+    let mut failures = 0;
+    for task in tasks {
+        let (l, f) = task.await.unwrap();
+        latencies.extend(l);
+        failures += f;
+    }
+    let elapsed = began.elapsed().as_secs_f64().max(1e-9);
+    RateResult {
+        rate,
+        achieved: latencies.len() as f64 / elapsed,
+        p50_us: percentile(&mut latencies.clone(), 0.50),
+        p99_us: percentile(&mut latencies, 0.99),
+        failures,
+    }
+}
+
+/// Puts every thread of this process on `core` (the load generator's), for the fixed-rate runs.
+pub fn pin_self(core: Option<usize>) {
+    if let Some(core) = core {
+        let _ = Command::new("taskset")
+            .args([
+                "-a",
+                "-p",
+                "-c",
+                &core.to_string(),
+                &std::process::id().to_string(),
+            ])
+            .stdout(Stdio::null())
+            .status();
+    }
+}
+
+/// One target's closed-loop figures at one concurrency.
+#[derive(Clone, Copy)]
+pub struct ClosedLoop {
+    pub concurrency: u64,
+    pub rps: f64,
+    pub added_p50_us: f64,
+    pub added_p99_us: f64,
+    pub cpu_us_per_request: Option<f64>,
+}
+
+/// One target's figures for the summary.
+#[derive(Default, Clone)]
+pub struct PeerFigures {
+    pub name: String,
+    pub closed: Vec<ClosedLoop>,
+    pub rates: Vec<RateResult>,
+    pub idle_rss: Option<f64>,
+    pub streams_rss: Option<(f64, usize)>,
+    pub ready_ms: Option<f64>,
+}
+
+/// The summary as a markdown table (ratios to the direct call) and as CSV rows.
+pub fn summary(peers: &[PeerFigures]) -> (String, String) {
+    let direct = &peers[0];
+    let mut table = String::new();
+    let mut csv = String::from("target,metric,concurrency_or_rate,value\n");
+    let _ = writeln!(
+        table,
+        "| target | requests/s vs direct (1 / 16 / 64) | added p50 µs | added p99 µs | CPU µs per request | p99 µs at fixed rates | RSS idle / 1,000 streams MiB | ready ms |"
+    );
+    let _ = writeln!(table, "|---|---|---|---|---|---|---|---|");
+    for peer in peers {
+        let join = |f: &dyn Fn(&ClosedLoop) -> String| {
+            peer.closed.iter().map(f).collect::<Vec<_>>().join(" / ")
+        };
+        let base = |c: &ClosedLoop| {
+            direct
+                .closed
+                .iter()
+                .find(|d| d.concurrency == c.concurrency)
+                .map_or(f64::NAN, |d| d.rps)
+        };
+        let ratio = join(&|c| format!("{:.2}", c.rps / base(c)));
+        let is_direct = peer.name == direct.name;
+        let added = |pick: fn(&ClosedLoop) -> f64| {
+            if is_direct {
+                "—".to_string()
+            } else {
+                join(&|c| format!("{:.0}", pick(c)))
+            }
+        };
+        let cpu = join(&|c| {
+            c.cpu_us_per_request
+                .map_or("—".into(), |v| format!("{v:.1}"))
+        });
+        let rates = peer
+            .rates
+            .iter()
+            .map(|r| {
+                let failed = if r.failures > 0 {
+                    format!(" ({} failed)", r.failures)
+                } else {
+                    String::new()
+                };
+                format!("{}/s: {:.0}{failed}", r.rate, r.p99_us)
+            })
+            .collect::<Vec<_>>()
+            .join(", ");
+        let rss = match (peer.idle_rss, peer.streams_rss) {
+            (Some(idle), Some((rss, done))) => format!("{idle:.1} / {rss:.1} ({done} done)"),
+            (Some(idle), None) => format!("{idle:.1}"),
+            _ => "—".into(),
+        };
+        let ready = peer.ready_ms.map_or("—".into(), |ms| format!("{ms:.0}"));
+        let _ = writeln!(
+            table,
+            "| {} | {ratio} | {} | {} | {cpu} | {rates} | {rss} | {ready} |",
+            peer.name,
+            added(|c| c.added_p50_us),
+            added(|c| c.added_p99_us)
+        );
+        for c in &peer.closed {
+            let (name, n) = (&peer.name, c.concurrency);
+            let _ = writeln!(csv, "{name},rps_vs_direct,{n},{:.4}", c.rps / base(c));
+            let _ = writeln!(csv, "{name},added_p50_us,{n},{:.1}", c.added_p50_us);
+            let _ = writeln!(csv, "{name},added_p99_us,{n},{:.1}", c.added_p99_us);
+            if let Some(cpu) = c.cpu_us_per_request {
+                let _ = writeln!(csv, "{name},cpu_us_per_request,{n},{cpu:.2}");
+            }
+        }
+        for r in &peer.rates {
+            let _ = writeln!(
+                csv,
+                "{},fixed_rate_p99_us,{},{:.1}",
+                peer.name, r.rate, r.p99_us
+            );
+        }
+    }
+    (table, csv)
+}
