@@ -310,7 +310,7 @@ async fn sse_timing(
     for _ in 0..runs {
         let request = Request::post(format!("{url}{PATH}"))
             .header("content-type", "application/json")
-            .header("api-key", "client-key")
+            .header("api-key", WRK_API_KEY)
             .body(Full::new(Bytes::from(upstream::sse_request(20, 5))))
             .unwrap();
         let started = Instant::now();
@@ -342,6 +342,7 @@ async fn memory_with_open_streams(url: &str, pid: u32, streams: usize) -> (f64, 
         tasks.push(tokio::spawn(async move {
             let request = Request::post(format!("{url}{PATH}"))
                 .header("content-type", "application/json")
+                .header("api-key", WRK_API_KEY)
                 .body(Full::new(Bytes::from(upstream::sse_request(20, 150))))
                 .unwrap();
             match client.request(request).await {
@@ -921,8 +922,9 @@ async fn run(options: Options) {
     let _ = std::fs::remove_dir_all(&scratch);
 }
 
-/// The key wrk sends in `api-key`, as the applications' SDKs do (aoai-proxy removes it).
-const WRK_API_KEY: &str = "client-key-the-proxy-removes";
+/// The key every request sends in `api-key`, as the applications' SDKs do: aoai-proxy and nginx
+/// drop it, the LiteLLM proxy checks it (its master key: it refuses to start without one).
+const WRK_API_KEY: &str = "sk-bench-7f3c9a1e5b2d4f6a8c0e1b3d5f7a9c2e";
 
 /// wrk's script in `dir`: a chat completion request with an `api-key`.
 fn wrk_script(dir: &Path) -> PathBuf {

@@ -16,7 +16,8 @@ use hyper::client::conn::http1::SendRequest;
 use crate::{BODY, PATH, percentile, pinned};
 
 /// The LiteLLM proxy's configuration: one Azure OpenAI deployment at `upstream_url`, with a static
-/// key (its Entra ID modes fetch tokens through azure-identity, which this harness does not mock).
+/// key (its Entra ID modes fetch tokens through azure-identity, which this harness does not mock),
+/// and the master key it requires, which every request of the harness sends.
 pub fn litellm_config(dir: &Path, upstream_url: &str) -> PathBuf {
     let path = dir.join("litellm.yaml");
     std::fs::write(
@@ -29,10 +30,13 @@ pub fn litellm_config(dir: &Path, upstream_url: &str) -> PathBuf {
       api_base: {upstream_url}
       api_version: \"2024-10-21\"
       api_key: bench-static-key
+general_settings:
+  master_key: {key}
 litellm_settings:
   telemetry: false
   drop_params: true
-"
+",
+            key = crate::WRK_API_KEY
         ),
     )
     .unwrap();

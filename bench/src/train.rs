@@ -61,11 +61,8 @@ pub async fn run(proxy: &Path, seconds: u64) {
             .env_clear()
             .envs(proxy_env(&upstream_url, port, admin_port, &entra, &ca))
             .envs([
-                // The SDKs' key and sse_timing's, so every request passes the check.
-                (
-                    "AOAI_PROXY_INBOUND_KEYS",
-                    format!("{WRK_API_KEY},client-key"),
-                ),
+                // The key every request sends, so that each passes the check.
+                ("AOAI_PROXY_INBOUND_KEYS", WRK_API_KEY.to_string()),
                 ("AOAI_PROXY_SHUTDOWN_GRACE", "1s".into()),
             ])
             .stdout(std::fs::File::create(scratch.join("aoai-proxy.log")).unwrap())
