@@ -853,15 +853,15 @@ async fn run(options: Options) {
             "Open loop at fixed rates (10 s each, 32 connections, latency from each request's scheduled time):"
         );
         println!();
-        println!("| target | rate /s | achieved /s | p50 µs | p99 µs | failures |");
-        println!("|---|---|---|---|---|---|");
+        println!("| target | rate /s | achieved /s | p50 µs | p99 µs | failures | unsent |");
+        println!("|---|---|---|---|---|---|---|");
         peers::pin_self(client_core);
         for (target, figures) in targets.iter().zip(&mut figures) {
             for &rate in &options.rates {
                 let r = peers::fixed_rate(&target.url, rate, 10, 32).await;
                 println!(
-                    "| {} | {rate} | {:.0} | {:.0} | {:.0} | {} |",
-                    target.name, r.achieved, r.p50_us, r.p99_us, r.failures
+                    "| {} | {rate} | {:.0} | {:.0} | {:.0} | {} | {} |",
+                    target.name, r.achieved, r.p50_us, r.p99_us, r.failures, r.unsent
                 );
                 figures.rates.push(r);
             }

@@ -69,6 +69,8 @@ pub struct RateResult {
     pub p50_us: f64,
     pub p99_us: f64,
     pub failures: u64,
+    /// Requests still unsent when the run's time was up: the target could not keep the rate.
+    pub unsent: u64,
 }
 
 async fn connect(url: &str) -> Option<SendRequest<Full<Bytes>>> {
@@ -85,10 +87,13 @@ async fn connect(url: &str) -> Option<SendRequest<Full<Bytes>>> {
 
 /// Open loop: `rate` requests/s for `seconds` over `connections` keep-alive connections, each
 /// sending on its own schedule. A request's latency counts from its scheduled time whenever its
-/// connection is behind, so a server that cannot keep up shows it (no coordinated omission).
+/// connection is behind, so a server that cannot keep up shows it (no coordinated omission). A
+/// target that falls more than half the run behind is stopped there; what it did not send is
+/// counted as unsent.
 pub async fn fixed_rate(url: &str, rate: u64, seconds: u64, connections: u64) -> RateResult {
     let interval = Duration::from_nanos(1_000_000_000 * connections / rate);
     let start = Instant::now() + Duration::from_millis(200);
+    let deadline = start + Duration::from_millis(1500 * seconds);
     let body = Bytes::from_static(BODY.as_bytes());
     let host: Arc<str> = url.trim_start_matches("http://").into();
     let mut tasks = Vec::new();
@@ -99,11 +104,15 @@ pub async fn fixed_rate(url: &str, rate: u64, seconds: u64, connections: u64) ->
         tasks.push(tokio::spawn(async move {
             let mut latencies = Vec::new();
             let mut failures = 0u64;
+            let count = rate * seconds / connections;
             let Some(mut sender) = connect(&url).await else {
-                return (latencies, rate * seconds / connections);
+                return (latencies, count, 0);
             };
             let offset = interval * connection as u32 / connections as u32;
-            for i in 0..rate * seconds / connections {
+            for i in 0..count {
+                if Instant::now() > deadline {
+                    return (latencies, failures, count - i);
+                }
                 let scheduled = start + offset + interval * i as u32;
                 let sent = if Instant::now() >= scheduled {
                     scheduled
@@ -134,16 +143,17 @@ pub async fn fixed_rate(url: &str, rate: u64, seconds: u64, connections: u64) ->
                     }
                 }
             }
-            (latencies, failures)
+            (latencies, failures, 0)
         }));
     }
     let began = Instant::now();
     let mut latencies = Vec::new();
-    let mut failures = 0;
+    let (mut failures, mut unsent) = (0, 0);
     for task in tasks {
-        let (l, f) = task.await.unwrap();
+        let (l, f, u) = task.await.unwrap();
         latencies.extend(l);
         failures += f;
+        unsent += u;
     }
     let elapsed = began.elapsed().as_secs_f64().max(1e-9);
     RateResult {
@@ -152,6 +162,7 @@ pub async fn fixed_rate(url: &str, rate: u64, seconds: u64, connections: u64) ->
         p50_us: percentile(&mut latencies.clone(), 0.50),
         p99_us: percentile(&mut latencies, 0.99),
         failures,
+        unsent,
     }
 }
 
@@ -235,7 +246,11 @@ pub fn summary(peers: &[PeerFigures]) -> (String, String) {
                 } else {
                     String::new()
                 };
-                format!("{}/s: {:.0}{failed}", r.rate, r.p99_us)
+                if r.unsent > 0 {
+                    format!("{}/s: cannot keep up ({:.0}/s)", r.rate, r.achieved)
+                } else {
+                    format!("{}/s: {:.0}{failed}", r.rate, r.p99_us)
+                }
             })
             .collect::<Vec<_>>()
             .join(", ");
@@ -261,7 +276,7 @@ pub fn summary(peers: &[PeerFigures]) -> (String, String) {
                 let _ = writeln!(csv, "{name},cpu_us_per_request,{n},{cpu:.2}");
             }
         }
-        for r in &peer.rates {
+        for r in peer.rates.iter().filter(|r| r.unsent == 0) {
             let _ = writeln!(
                 csv,
                 "{},fixed_rate_p99_us,{},{:.1}",
