@@ -85,6 +85,19 @@ async fn connect(url: &str) -> Option<SendRequest<Full<Bytes>>> {
     Some(sender)
 }
 
+/// Waits for a request's `scheduled` time; returns the time its latency counts from: the scheduled
+/// time when the connection is behind (so a slow answer delays the next ones and is counted), the
+/// wake-up otherwise (Tokio's timer fires up to 1 ms late: the load generator's lateness, not the
+/// server's).
+pub async fn turn(scheduled: Instant) -> Instant {
+    if Instant::now() >= scheduled {
+        scheduled
+    } else {
+        tokio::time::sleep_until(tokio::time::Instant::from_std(scheduled)).await;
+        Instant::now()
+    }
+}
+
 /// Open loop: `rate` requests/s for `seconds` over `connections` keep-alive connections, each
 /// sending on its own schedule. A request's latency counts from its scheduled time whenever its
 /// connection is behind, so a server that cannot keep up shows it (no coordinated omission). A
@@ -113,13 +126,7 @@ pub async fn fixed_rate(url: &str, rate: u64, seconds: u64, connections: u64) ->
                 if Instant::now() > deadline {
                     return (latencies, failures, count - i);
                 }
-                let scheduled = start + offset + interval * i as u32;
-                let sent = if Instant::now() >= scheduled {
-                    scheduled
-                } else {
-                    tokio::time::sleep_until(tokio::time::Instant::from_std(scheduled)).await;
-                    Instant::now()
-                };
+                let sent = turn(start + offset + interval * i as u32).await;
                 let request = Request::post(PATH)
                     .header("host", &*host)
                     .header("content-type", "application/json")

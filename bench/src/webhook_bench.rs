@@ -122,17 +122,7 @@ pub async fn run(_core: Option<usize>) {
             let offset = interval * connection as u32 / connections as u32;
             let count = rate * seconds / connections;
             for i in 0..count {
-                let scheduled = start + offset + interval * i as u32;
-                // Latency counts from the scheduled time when this connection is behind (so a
-                // slow answer delays the next ones and is counted), and from the wake-up
-                // otherwise: Tokio's timer fires up to 1 ms late, which is the load generator's
-                // lateness, not the webhook's.
-                let sent = if Instant::now() >= scheduled {
-                    scheduled
-                } else {
-                    tokio::time::sleep_until(tokio::time::Instant::from_std(scheduled)).await;
-                    Instant::now()
-                };
+                let sent = crate::peers::turn(start + offset + interval * i as u32).await;
                 if mutate(&mut sender, &review).await {
                     latencies.push(sent.elapsed().as_secs_f64() * 1e6);
                 } else {
