@@ -581,7 +581,21 @@ async fn an_azure_openai_proxy_no_operator_saw_injects(client: &kube::Client) {
         serde_json::from_value(json!({"annotations": {INJECT: "brand-new"}})).unwrap();
     let spec: PodSpec =
         serde_json::from_value(json!({"containers": [{"name": "app", "image": "app:1"}]})).unwrap();
-    let pod = create_pod(&pods, "fresh", &meta, &spec).await;
+    // The API server reads params from its own cache: for a moment after the AzureOpenAIProxy is
+    // created, the policies do not see it yet and refuse its pods as naming none (as the webhook
+    // does before its informer catches up). A retry, as a ReplicaSet's, gets the sidecar.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let pod = loop {
+        match admit(&pods, "fresh", &meta, &spec).await {
+            Admission::Created(pod, _) => break pod,
+            Admission::Refused(message)
+                if message.contains("does not exist") && std::time::Instant::now() < deadline =>
+            {
+                tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+            }
+            Admission::Refused(message) => panic!("create pod fresh: {message}"),
+        }
+    };
     assert!(
         has_sidecar(&pod),
         "a new AzureOpenAIProxy injects before any operator saw it"
