@@ -162,7 +162,7 @@ pub struct PendingLine {
     pub started: Instant,
     /// Whether the line is written.
     pub log: bool,
-    pub span: Option<RequestSpan>,
+    pub span: Option<Box<RequestSpan>>,
 }
 
 impl UpstreamBody {

@@ -55,10 +55,13 @@ impl Forwarder {
         let started = Instant::now();
         let method = request.method().clone();
         let in_flight = self.metrics.in_flight();
+        // Boxed: a span is large, and this future (copied by hyper) carries it even when off.
         let span = self.traces.as_ref().and_then(|traces| {
-            traces.request_span(request.method(), request.uri().path(), request.headers())
+            traces
+                .request_span(request.method(), request.uri().path(), request.headers())
+                .map(Box::new)
         });
-        let prepared = self.prepare(request, client_ip, span.as_ref());
+        let prepared = self.prepare(request, client_ip, span.as_deref());
         async move {
             let (mut response, original_uri) = match prepared {
                 Prepared::Answered(response, original_uri) => (response, original_uri),

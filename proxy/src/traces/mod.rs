@@ -257,7 +257,7 @@ impl RequestSpan {
         }
     }
 
-    pub fn end(mut self, outcome: Outcome<'_>) {
+    pub fn end(mut self: Box<Self>, outcome: Outcome<'_>) {
         if !self.span.is_recording() {
             return;
         }
