@@ -475,7 +475,8 @@ struct Options {
     python: Option<PathBuf>,
     /// Runs aoai-proxy and nginx under `valgrind --tool=callgrind` and reports the user-space
     /// instructions each executes per request: a figure that, unlike time, does not depend on
-    /// what else the machine is doing. Implies `--http-only`.
+    /// what else the machine is doing. Implies `--http-only`; the
+    /// dumps stay in the scratch directory it prints, for `callgrind_annotate`.
     #[arg(long)]
     instructions: bool,
     /// Adds a second aoai-proxy that exports a span for every request (sampler always_on, OTLP/HTTP
@@ -880,7 +881,14 @@ async fn run(options: Options) {
             std::fs::write(path, csv).expect("write the CSV");
         }
     }
-    if options.http_only || options.instructions {
+    if options.instructions {
+        // Kept for `callgrind_annotate --inclusive=yes DIR/callgrind.TARGET.N`: where the
+        // instructions went (a binary built with symbols names the functions).
+        println!();
+        println!("callgrind dumps kept in {}", scratch.display());
+        return;
+    }
+    if options.http_only {
         let _ = std::fs::remove_dir_all(&scratch);
         return;
     }

@@ -64,7 +64,7 @@ impl Forwarder {
         let prepared = self.prepare(request, client_ip, span.as_deref());
         async move {
             let (mut response, original_uri) = match prepared {
-                Prepared::Answered(response, original_uri) => (response, original_uri),
+                Prepared::Answered(response, original_uri) => (*response, original_uri),
                 Prepared::Forward(upstream_request, original_uri) => {
                     // The one backend: no failover, but its 429s are honoured all the same.
                     let backend = self.backends.get(0);
@@ -152,15 +152,15 @@ impl Forwarder {
         let (mut parts, body) = request.into_parts();
         let authorization = match self.check(&parts, client_ip) {
             Ok(Some(authorization)) => authorization,
-            Ok(None) => return Prepared::Answered(health::health(&self.token), parts.uri),
-            Err(error) => return Prepared::Answered(error.into_response(), parts.uri),
+            Ok(None) => return Prepared::answered(health::health(&self.token), parts.uri),
+            Err(error) => return Prepared::answered(error.into_response(), parts.uri),
         };
         let deployment = backends::deployment_in(parts.uri.path());
         let order = match self.backends.single() {
             Some(backend) => match backend.throttled_for(deployment) {
                 Some(retry_after) => {
                     let refused = ProxyError::Throttled { retry_after }.into_response();
-                    return Prepared::Answered(refused, parts.uri);
+                    return Prepared::answered(refused, parts.uri);
                 }
                 None => None,
             },
@@ -168,7 +168,7 @@ impl Forwarder {
                 Plan::Try(order) => Some(order),
                 Plan::Throttled(retry_after) => {
                     let refused = ProxyError::Throttled { retry_after }.into_response();
-                    return Prepared::Answered(refused, parts.uri);
+                    return Prepared::answered(refused, parts.uri);
                 }
             },
         };
@@ -178,7 +178,7 @@ impl Forwarder {
             Err(_) => {
                 let refused =
                     ProxyError::BadRequest("the request target cannot be forwarded".into());
-                return Prepared::Answered(refused.into_response(), parts.uri);
+                return Prepared::answered(refused.into_response(), parts.uri);
             }
         };
         let original_uri = std::mem::replace(&mut parts.uri, target);
@@ -202,7 +202,7 @@ impl Forwarder {
         match order {
             None => {
                 let body = RequestBody::new(body, self.max_request_body, self.metrics.clone());
-                Prepared::Forward(Request::from_parts(parts, body), original_uri)
+                Prepared::Forward(Box::new(Request::from_parts(parts, body)), original_uri)
             }
             Some(order) => Prepared::Failover(Box::new(FailoverRequest {
                 method: parts.method,
@@ -262,7 +262,7 @@ impl Forwarder {
             *attempt.uri_mut() = http::Uri::from(path_and_query);
             *attempt.headers_mut() = headers.clone();
             backend.meters.requests.inc();
-            let sent = backend.client.send(attempt);
+            let sent = backend.client.send(Box::new(attempt));
             match tokio::time::timeout(self.upstream_timeout, sent).await {
                 Ok(Ok(response)) if response.status() == StatusCode::TOO_MANY_REQUESTS => {
                     backend.throttled(deployment, self.wait_asked(response.headers()));
@@ -486,9 +486,10 @@ impl Forwarder {
 }
 
 /// A caller's request once checked, with its original URI (for the access log; never its query).
+/// Small (what is large is boxed): the request's future holds it until the answer is complete.
 enum Prepared {
     /// To send upstream.
-    Forward(Request<RequestBody>, http::Uri),
+    Forward(Box<Request<RequestBody>>, http::Uri),
     /// To send to one of several backends.
     Failover(Box<FailoverRequest>),
     /// A WebSocket handshake to send upstream, with the caller's side of the upgrade and the
@@ -502,7 +503,13 @@ enum Prepared {
         )>,
     ),
     /// Answered by the proxy: health, or a refusal.
-    Answered(Response<ResponseBody>, http::Uri),
+    Answered(Box<Response<ResponseBody>>, http::Uri),
+}
+
+impl Prepared {
+    fn answered(response: Response<ResponseBody>, original_uri: http::Uri) -> Self {
+        Prepared::Answered(Box::new(response), original_uri)
+    }
 }
 
 /// A request checked and rewritten, with the backends it may go to.

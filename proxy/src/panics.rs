@@ -4,6 +4,7 @@
 //! Each panic is logged once, without its payload's secrets (our messages carry none), and counted
 //! in `aoai_proxy_panics_total`.
 
+use std::convert::Infallible;
 use std::future::Future;
 use std::panic::AssertUnwindSafe;
 use std::sync::{
@@ -11,6 +12,7 @@ use std::sync::{
 };
 
 use futures_util::FutureExt;
+use futures_util::future::Either;
 use http::Response;
 use prometheus_client::metrics::counter::Counter;
 
@@ -44,14 +46,25 @@ pub fn install_hook() {
     });
 }
 
-/// The response `handling` gives, or a JSON 500 when it panics.
-pub(crate) async fn contain<B: From<String>>(
-    handling: impl Future<Output = Response<B>>,
-) -> Response<B> {
-    AssertUnwindSafe(handling)
-        .catch_unwind()
-        .await
-        .unwrap_or_else(|_| ProxyError::Internal.into_response())
+/// The response of the future `handle` makes, or a JSON 500 when making it or running it panics.
+/// A plain combinator, no `async` block: hyper moves this future several times per request, and
+/// each `async` layer would hold (and copy) one more copy of the one inside.
+pub(crate) fn contain<B, F>(
+    handle: impl FnOnce() -> F,
+) -> impl Future<Output = Result<Response<B>, Infallible>>
+where
+    B: From<String>,
+    F: Future<Output = Result<Response<B>, Infallible>>,
+{
+    let internal = || Ok(ProxyError::Internal.into_response());
+    match std::panic::catch_unwind(AssertUnwindSafe(handle)) {
+        Ok(handling) => Either::Left(
+            AssertUnwindSafe(handling)
+                .catch_unwind()
+                .map(move |answer| answer.unwrap_or_else(|_| internal())),
+        ),
+        Err(_) => Either::Right(std::future::ready(internal())),
+    }
 }
 
 /// The data behind a mutex, even after a panic while it was held: every critical section of the
@@ -75,12 +88,23 @@ mod tests {
 
     #[tokio::test]
     async fn a_panic_while_answering_is_that_request_s_500() {
-        let answer: Response<String> = contain(async { panic!("a bug") }).await;
+        let Ok(answer) = contain(|| async { panic!("a bug") }).await;
+        let answer: Response<String> = answer;
         assert_eq!(answer.status(), 500);
         let body: serde_json::Value = serde_json::from_str(answer.body()).unwrap();
         assert_eq!(body["error"]["code"], "internal_error");
-        let fine: Response<String> = contain(async { Response::new("ok".to_string()) }).await;
+        let fine = || async { Ok(Response::new("ok".to_string())) };
+        let Ok(fine) = contain(fine).await;
         assert_eq!(fine.status(), 200);
+    }
+
+    #[tokio::test]
+    async fn a_panic_before_the_answer_s_future_is_made_is_that_request_s_500_too() {
+        let making = || -> std::future::Ready<Result<Response<String>, Infallible>> {
+            panic!("a bug while checking the request")
+        };
+        let Ok(answer) = contain(making).await;
+        assert_eq!(answer.status(), 500);
     }
 
     #[test]

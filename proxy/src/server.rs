@@ -117,13 +117,7 @@ impl Server {
                 let client_ip = peer.ip();
                 service_fn(move |request: Request<Incoming>| {
                     let forwarder = forwarder.clone();
-                    async move {
-                        let handling = async move {
-                            let Ok(response) = forwarder.handle(request, client_ip).await;
-                            response
-                        };
-                        Ok::<_, Infallible>(panics::contain(handling).await)
-                    }
+                    panics::contain(move || forwarder.handle(request, client_ip))
                 })
             },
             stopped(),

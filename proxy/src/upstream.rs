@@ -166,21 +166,23 @@ where
     /// Sends `request` (its URI the upstream path and query) and returns the response head; the body
     /// streams as the caller reads it. A request that a pooled connection closed before sending
     /// is retried once on a new connection.
+    ///
+    /// The request comes boxed and goes down boxed: each future on the way (this one, the
+    /// connection's, the caller's) would otherwise hold a copy of it, and hyper moves the caller's
+    /// future, with all of them inside, several times per request.
     #[allow(
         clippy::manual_async_fn,
         reason = "an async fn keeps a second copy of its arguments in its future"
     )]
     pub fn send(
         &self,
-        mut request: Request<B>,
+        mut request: Box<Request<B>>,
     ) -> impl Future<Output = Result<Response<PooledBody<B>>, RequestError>> + Send + '_ {
-        // An `async move` block, not an `async fn`, which would keep a second copy of `request`;
-        // hyper copies the request's whole future for every request.
         async move {
             let (sender, reused) = self.pool.checkout().await?;
             match self.pool.try_send(sender, request).await {
                 Err(SendFailure::Unsent(back, _)) if reused => {
-                    request = *back;
+                    request = back;
                     // Back to the path alone, which HTTP/2 turned into an absolute URI.
                     let path = request.uri().path_and_query().cloned();
                     *request.uri_mut() = path.map_or_else(Uri::default, Uri::from);
@@ -323,7 +325,7 @@ where
     fn try_send(
         self: &Arc<Self>,
         sender: Sender<B>,
-        mut request: Request<B>,
+        mut request: Box<Request<B>>,
     ) -> impl Future<Output = Result<Response<PooledBody<B>>, SendFailure<B>>> + Send + '_ {
         async move {
             let (result, give_back) = match sender {
@@ -333,7 +335,7 @@ where
                         .entry(HOST)
                         .or_insert(self.host.clone());
                     *request.version_mut() = Version::HTTP_11;
-                    let result = sender.try_send_request(request).await;
+                    let result = sender.try_send_request(*request).await;
                     (
                         result,
                         Some(GiveBack {
@@ -345,7 +347,7 @@ where
                 Sender::Http2(mut sender) => {
                     *request.version_mut() = Version::HTTP_2;
                     *request.uri_mut() = self.absolute(request.uri());
-                    (sender.try_send_request(request).await, None)
+                    (sender.try_send_request(*request).await, None)
                 }
             };
             match result {

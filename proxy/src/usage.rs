@@ -271,6 +271,9 @@ impl UsageScanner {
             State::Value => match byte {
                 b' ' | b'\t' | b'\r' | b'\n' => {}
                 b'{' => {
+                    if let Some(end) = self.parse_whole(chunk, at) {
+                        return end;
+                    }
                     self.object.clear();
                     self.state = State::Object {
                         depth: 0,
@@ -284,6 +287,22 @@ impl UsageScanner {
             State::Object { .. } => return self.object_part(chunk, at),
         }
         at + 1
+    }
+
+    /// The offset past an object that lies whole in `chunk` from `at` (the usual case), parsed
+    /// where it lies in one pass. `None` when it does not end in this chunk within
+    /// [`MAX_USAGE_OBJECT`] bytes, or is not valid JSON: [`Self::object_part`] then follows it
+    /// brace by brace, as it follows an object split across chunks.
+    fn parse_whole(&mut self, chunk: &[u8], at: usize) -> Option<usize> {
+        let limit = chunk.len().min(at + MAX_USAGE_OBJECT);
+        let mut objects =
+            serde_json::Deserializer::from_slice(&chunk[at..limit]).into_iter::<UsageObject>();
+        let object = objects.next()?.ok()?;
+        if let Some(usage) = object.usage() {
+            self.found = Some(usage);
+        }
+        self.state = State::Searching;
+        Some(at + objects.byte_offset())
     }
 
     /// Follows the object from `at` to its closing brace, the end of the chunk, or its
