@@ -651,19 +651,34 @@ async fn with_the_operator_down_the_admission_policy_injects_and_the_operator_ca
         "no operator has written a hash yet"
     );
     // A pod the webhook would refuse is refused by the refusing policy, with the webhook's words.
-    let unusual = pod(
-        "unusual",
-        json!({INJECT: "openai", "aoai-proxy.io/port": "80"}),
-    );
+    // The API server loads each policy on its own: the refusing one may come a moment after the
+    // injecting one, and a pod it let through meanwhile is deleted and tried again.
+    let unusual = |name: &str| pod(name, json!({INJECT: "openai", "aoai-proxy.io/port": "80"}));
     let refusal = format!(
         "{REFUSAL_PREFIX}annotation aoai-proxy.io/port=\"80\": {}",
         Format::Port.message()
     );
-    let refused = pods
-        .create(&PostParams::default(), &unusual)
-        .await
-        .expect_err("a pod the webhook refuses is refused while the operator is down")
-        .to_string();
+    let mut attempt = 0;
+    let refused = wait::until(
+        "a pod the webhook refuses is refused while the operator is down",
+        Duration::from_secs(30),
+        || {
+            attempt += 1;
+            let pods = pods.clone();
+            let name = format!("unusual-{attempt}");
+            let unusual = unusual(&name);
+            async move {
+                match pods.create(&PostParams::default(), &unusual).await {
+                    Err(refused) => Ok(refused.to_string()),
+                    Ok(_) => {
+                        pods.delete(&name, &Default::default()).await.unwrap();
+                        Err("created before the refusing policy was loaded".to_string())
+                    }
+                }
+            }
+        },
+    )
+    .await;
     assert!(
         refused.contains(&format!("ValidatingAdmissionPolicy '{RELEASE}-refuse'"))
             && refused.contains(&refusal),
@@ -766,7 +781,7 @@ async fn with_the_operator_down_the_admission_policy_injects_and_the_operator_ca
 
     // With the operator up, the webhook refuses the same pod in the same words.
     let refused = pods
-        .create(&PostParams::default(), &unusual)
+        .create(&PostParams::default(), &unusual("unusual"))
         .await
         .expect_err("the webhook refuses it")
         .to_string();
