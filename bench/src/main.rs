@@ -475,8 +475,8 @@ struct Options {
     python: Option<PathBuf>,
     /// Runs aoai-proxy and nginx under `valgrind --tool=callgrind` and reports the user-space
     /// instructions each executes per request: a figure that, unlike time, does not depend on
-    /// what else the machine is doing. Implies `--http-only`; the
-    /// dumps stay in the scratch directory it prints, for `callgrind_annotate`.
+    /// what else the machine is doing. Implies `--http-only`; the dumps stay in the scratch
+    /// directory it prints, for `callgrind_annotate`.
     #[arg(long)]
     instructions: bool,
     /// Adds a second aoai-proxy that exports a span for every request (sampler always_on, OTLP/HTTP
