@@ -31,13 +31,19 @@ left.legend(fontsize=8)
 rates = sorted({r for (t, m), v in series.items() if m == "fixed_rate_p99_us" for r in v})
 for i, target in enumerate(targets):
     values = series.get((target, "fixed_rate_p99_us"), {})
-    right.bar([x + i * width for x in range(len(rates))],
-              [values.get(r, 0) / 1000 for r in rates], width, label=target)
+    low = series.get((target, "fixed_rate_p99_min_us"), values)
+    high = series.get((target, "fixed_rate_p99_max_us"), values)
+    p99 = [values.get(r, 0) / 1000 for r in rates]
+    # The bar is the median run's p99, the whisker the lowest and highest of the runs.
+    spread = [[p - low.get(r, 0) / 1000 for p, r in zip(p99, rates)],
+              [high.get(r, 0) / 1000 - p for p, r in zip(p99, rates)]]
+    right.bar([x + i * width for x in range(len(rates))], p99, width, label=target,
+              yerr=spread, capsize=2)
 right.set_xticks([x + width * (len(targets) - 1) / 2 for x in range(len(rates))])
 right.set_xticklabels([f"{r}/s" for r in rates])
 right.set_yscale("log")
 right.set_ylabel("p99 latency, ms (log)")
-right.set_title("Open loop at fixed rates")
+right.set_title("Open loop at fixed rates (median run; whiskers: lowest and highest)")
 fig.tight_layout()
 fig.savefig(sys.argv[2], dpi=110)
 print(f"drew {sys.argv[2]}")

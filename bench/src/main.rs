@@ -293,6 +293,16 @@ fn median(values: &mut [f64]) -> f64 {
     values.get(values.len() / 2).copied().unwrap_or(0.0)
 }
 
+/// The order of the targets in `round`: the direct call first, then the servers, in reverse order
+/// every other round so that none always follows the direct run.
+fn interleaved(targets: usize, round: u64) -> impl Iterator<Item = usize> {
+    let mut servers: Vec<usize> = (1..targets).collect();
+    if round % 2 == 1 {
+        servers.reverse();
+    }
+    std::iter::once(0).chain(servers)
+}
+
 fn percentile(values: &mut [f64], p: f64) -> f64 {
     values.sort_by(|a, b| a.total_cmp(b));
     let index = ((values.len() as f64 - 1.0) * p).round() as usize;
@@ -463,7 +473,8 @@ struct Options {
     /// also written as CSV to `--csv`.
     #[arg(long)]
     peers: bool,
-    /// Request rates of `--peers`' open-loop runs, comma-separated (10 s each, 32 connections).
+    /// Request rates of `--peers`' open-loop runs, comma-separated (10 s each, 32 connections;
+    /// `--rounds` runs per target and rate, interleaved; the summary takes the median run).
     #[arg(long, value_delimiter = ',', default_value = "1000,3000", value_parser = clap::value_parser!(u64).range(1..))]
     rates: Vec<u64>,
     /// Where `--peers` writes its CSV.
@@ -745,12 +756,7 @@ async fn run(options: Options) {
     for &concurrency in &options.concurrency {
         let mut runs: Vec<TargetRuns> = targets.iter().map(|_| TargetRuns::default()).collect();
         for round in 0..options.rounds {
-            // Alternate which server goes first, so that neither always follows the direct run.
-            let mut order: Vec<usize> = (1..targets.len()).collect();
-            if round % 2 == 1 {
-                order.reverse();
-            }
-            for index in std::iter::once(0).chain(order) {
+            for index in interleaved(targets.len(), round) {
                 let target = &targets[index];
                 let before = target.pid.map(proc_stats);
                 if let (true, Some(pid)) = (options.instructions, target.pid) {
@@ -851,21 +857,36 @@ async fn run(options: Options) {
     if options.peers && !options.instructions {
         println!();
         println!(
-            "Open loop at fixed rates (10 s each, 32 connections, latency from each request's scheduled time):"
+            "Open loop at fixed rates (10 s each, 32 connections, latency from each request's scheduled time; {} rounds, interleaved as above; the summary takes each rate's median run):",
+            options.rounds
         );
         println!();
-        println!("| target | rate /s | achieved /s | p50 µs | p99 µs | failures | unsent |");
-        println!("|---|---|---|---|---|---|---|");
+        println!(
+            "| target | round | rate /s | achieved /s | p50 µs | p99 µs | failures | unsent |"
+        );
+        println!("|---|---|---|---|---|---|---|---|");
         peers::pin_self(client_core);
-        for (target, figures) in targets.iter().zip(&mut figures) {
-            for &rate in &options.rates {
-                let r = peers::fixed_rate(&target.url, rate, 10, 32).await;
-                println!(
-                    "| {} | {rate} | {:.0} | {:.0} | {:.0} | {} | {} |",
-                    target.name, r.achieved, r.p50_us, r.p99_us, r.failures, r.unsent
-                );
-                figures.rates.push(r);
+        let mut runs = vec![vec![Vec::new(); options.rates.len()]; targets.len()];
+        for round in 0..options.rounds {
+            for t in interleaved(targets.len(), round) {
+                for (at, &rate) in options.rates.iter().enumerate() {
+                    let r = peers::fixed_rate(&targets[t].url, rate, 10, 32).await;
+                    println!(
+                        "| {} | {} | {rate} | {:.0} | {:.0} | {:.0} | {} | {} |",
+                        targets[t].name,
+                        round + 1,
+                        r.achieved,
+                        r.p50_us,
+                        r.p99_us,
+                        r.failures,
+                        r.unsent
+                    );
+                    runs[t][at].push(r);
+                }
             }
+        }
+        for (figures, runs) in figures.iter_mut().zip(runs) {
+            figures.rates = runs.into_iter().map(peers::RateResult::median).collect();
         }
         for (target, figures) in targets.iter().zip(&mut figures) {
             if let Some(pid) = target.pid {
@@ -1076,5 +1097,44 @@ mod tests {
             let args = std::iter::once("aoai-bench").chain(wrong.iter().copied());
             assert!(Options::try_parse_from(args).is_err(), "{wrong:?}");
         }
+    }
+
+    #[test]
+    fn the_direct_call_goes_first_and_the_servers_alternate() {
+        assert_eq!(interleaved(4, 0).collect::<Vec<_>>(), [0, 1, 2, 3]);
+        assert_eq!(interleaved(4, 1).collect::<Vec<_>>(), [0, 3, 2, 1]);
+        assert_eq!(interleaved(4, 2).collect::<Vec<_>>(), [0, 1, 2, 3]);
+    }
+
+    #[test]
+    fn a_rate_is_summed_up_by_its_median_run_with_the_spread_of_the_others() {
+        let run = |p99_us, unsent| peers::RateResult {
+            rate: 3000,
+            achieved: if unsent > 0 { 1800.0 } else { 3000.0 },
+            p50_us: p99_us / 2.0,
+            p99_us,
+            unsent,
+            runs: 1,
+            p99_min_us: p99_us,
+            p99_max_us: p99_us,
+            ..Default::default()
+        };
+        let median = peers::RateResult::median(vec![run(900.0, 0), run(9000.0, 0), run(700.0, 0)]);
+        assert_eq!((median.p99_us, median.p50_us), (900.0, 450.0));
+        assert_eq!(
+            (median.runs, median.p99_min_us, median.p99_max_us),
+            (3, 700.0, 9000.0)
+        );
+        // A run that fell behind counts as the slowest: it is the median only when most did.
+        let one_behind =
+            peers::RateResult::median(vec![run(800.0, 5), run(600.0, 0), run(700.0, 0)]);
+        assert_eq!((one_behind.p99_us, one_behind.unsent), (700.0, 0));
+        assert_eq!(
+            (one_behind.p99_min_us, one_behind.p99_max_us),
+            (600.0, 700.0)
+        );
+        let most_behind =
+            peers::RateResult::median(vec![run(800.0, 5), run(900.0, 7), run(700.0, 0)]);
+        assert!(most_behind.unsent > 0);
     }
 }

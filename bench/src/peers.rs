@@ -61,8 +61,8 @@ pub fn start_litellm(core: Option<usize>, litellm: &Path, config: &Path, port: u
     command
 }
 
-/// Latency at a fixed request rate.
-#[derive(Clone, Copy, Default)]
+/// Latency at a fixed request rate: one run, or the median of several.
+#[derive(Clone, Copy, Default, Debug, PartialEq)]
 pub struct RateResult {
     pub rate: u64,
     pub achieved: f64,
@@ -71,6 +71,37 @@ pub struct RateResult {
     pub failures: u64,
     /// Requests still unsent when the run's time was up: the target could not keep the rate.
     pub unsent: u64,
+    /// How many runs this stands for, and the lowest and highest p99 among them.
+    pub runs: usize,
+    pub p99_min_us: f64,
+    pub p99_max_us: f64,
+}
+
+impl RateResult {
+    /// The median run of several at one rate (by p99, a run that could not keep the rate counting
+    /// as the slowest), with the spread of their p99: one run's tail swings more than the server
+    /// does.
+    pub fn median(mut runs: Vec<RateResult>) -> RateResult {
+        assert!(!runs.is_empty(), "at least one run");
+        runs.sort_by(|a, b| {
+            (a.unsent > 0)
+                .cmp(&(b.unsent > 0))
+                .then(a.p99_us.total_cmp(&b.p99_us))
+        });
+        let kept: Vec<f64> = runs
+            .iter()
+            .filter(|r| r.unsent == 0)
+            .map(|r| r.p99_us)
+            .collect();
+        let spread =
+            |pick: fn(f64, f64) -> f64| kept.iter().copied().reduce(pick).unwrap_or(f64::NAN);
+        RateResult {
+            runs: runs.len(),
+            p99_min_us: spread(f64::min),
+            p99_max_us: spread(f64::max),
+            ..runs[(runs.len() - 1) / 2]
+        }
+    }
 }
 
 async fn connect(url: &str) -> Option<SendRequest<Full<Bytes>>> {
@@ -163,13 +194,17 @@ pub async fn fixed_rate(url: &str, rate: u64, seconds: u64, connections: u64) ->
         unsent += u;
     }
     let elapsed = began.elapsed().as_secs_f64().max(1e-9);
+    let p99_us = percentile(&mut latencies.clone(), 0.99);
     RateResult {
         rate,
         achieved: latencies.len() as f64 / elapsed,
-        p50_us: percentile(&mut latencies.clone(), 0.50),
-        p99_us: percentile(&mut latencies, 0.99),
+        p50_us: percentile(&mut latencies, 0.50),
+        p99_us,
         failures,
         unsent,
+        runs: 1,
+        p99_min_us: p99_us,
+        p99_max_us: p99_us,
     }
 }
 
@@ -253,10 +288,15 @@ pub fn summary(peers: &[PeerFigures]) -> (String, String) {
                 } else {
                     String::new()
                 };
+                let spread = if r.runs > 1 {
+                    format!(" ({:.0}–{:.0})", r.p99_min_us, r.p99_max_us)
+                } else {
+                    String::new()
+                };
                 if r.unsent > 0 {
                     format!("{}/s: cannot keep up ({:.0}/s)", r.rate, r.achieved)
                 } else {
-                    format!("{}/s: {:.0}{failed}", r.rate, r.p99_us)
+                    format!("{}/s: {:.0}{spread}{failed}", r.rate, r.p99_us)
                 }
             })
             .collect::<Vec<_>>()
@@ -288,6 +328,16 @@ pub fn summary(peers: &[PeerFigures]) -> (String, String) {
                 csv,
                 "{},fixed_rate_p99_us,{},{:.1}",
                 peer.name, r.rate, r.p99_us
+            );
+            let _ = writeln!(
+                csv,
+                "{},fixed_rate_p99_min_us,{},{:.1}",
+                peer.name, r.rate, r.p99_min_us
+            );
+            let _ = writeln!(
+                csv,
+                "{},fixed_rate_p99_max_us,{},{:.1}",
+                peer.name, r.rate, r.p99_max_us
             );
         }
     }
