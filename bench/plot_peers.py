@@ -43,7 +43,7 @@ right.set_xticks([x + width * (len(targets) - 1) / 2 for x in range(len(rates))]
 right.set_xticklabels([f"{r}/s" for r in rates])
 right.set_yscale("log")
 right.set_ylabel("p99 latency, ms (log)")
-right.set_title("Open loop at fixed rates (median run; whiskers: lowest and highest)")
+right.set_title("Open loop at fixed rates (median run; whiskers: range)")
 fig.tight_layout()
 fig.savefig(sys.argv[2], dpi=110)
 print(f"drew {sys.argv[2]}")
