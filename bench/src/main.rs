@@ -442,8 +442,9 @@ struct Options {
     /// Seconds per wrk run.
     #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u64).range(1..))]
     duration: u64,
-    /// Runs per target and concurrency, interleaved (direct, aoai-proxy, nginx, direct, ...) so
-    /// that a noisy neighbour slows every target alike; the tables give medians.
+    /// Runs per target and concurrency (and with `--peers` per fixed rate), interleaved (direct,
+    /// aoai-proxy, nginx, direct, ...) so that a noisy neighbour slows every target alike; the
+    /// tables give medians.
     #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u64).range(1..))]
     rounds: u64,
     /// Open connections per wrk run, comma-separated.

@@ -62,7 +62,7 @@ pub fn start_litellm(core: Option<usize>, litellm: &Path, config: &Path, port: u
 }
 
 /// Latency at a fixed request rate: one run, or the median of several.
-#[derive(Clone, Copy, Default, Debug, PartialEq)]
+#[derive(Clone, Copy, Default)]
 pub struct RateResult {
     pub rate: u64,
     pub achieved: f64,
