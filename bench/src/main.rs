@@ -465,6 +465,11 @@ struct Options {
     /// `scripts/bench` passes the plain release build (no PGO profile), the build most users get.
     #[arg(long, value_name = "PATH", value_parser = existing_file)]
     plain_proxy: Option<PathBuf>,
+    /// Adds the target `hyper-floor` (built beside aoai-bench from `bench/src/bin/hyper-floor.rs`):
+    /// hyper's HTTP/1 server and client set up as aoai-proxy sets them up, forwarding with a fixed
+    /// header and nothing else. What aoai-proxy executes beyond it is its own work.
+    #[arg(long)]
+    floor: bool,
     /// The LiteLLM proxy's `litellm` program: adds it as a target, configured for the mock Azure
     /// OpenAI deployment with a static key (not with `--instructions`).
     #[arg(long, value_name = "PATH", value_parser = existing_file)]
@@ -643,6 +648,25 @@ async fn run(options: Options) {
         let spawned = Instant::now();
         let process = start_proxy("aoai-proxy-plain", binary, port, admin_port, Vec::new());
         targets.push(server_target("aoai-proxy-plain", port, &process, spawned, MODELS).await);
+        servers.push(process);
+    }
+    if options.floor {
+        let port = free_port();
+        let spawned = Instant::now();
+        let child = server_command(
+            server_core,
+            &bin_dir.join("hyper-floor"),
+            callgrind_out("hyper-floor"),
+        )
+        .env_clear()
+        .env("HOST", "127.0.0.1")
+        .env("PORT", port.to_string())
+        .env("API_BASE_URL", &upstream_url)
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start hyper-floor (built with aoai-bench: cargo build --release -p aoai-bench)");
+        let process = Process::new(child);
+        targets.push(server_target("hyper-floor", port, &process, spawned, MODELS).await);
         servers.push(process);
     }
     let collector = if options.traces {
