@@ -742,12 +742,27 @@ async fn run(options: Options) {
     if let Some(litellm) = options.litellm.as_ref().filter(|_| !options.instructions) {
         let port = free_port();
         let config = peers::litellm_config(&scratch, &upstream_url);
+        let token_file = scratch.join("litellm-federated-token");
+        std::fs::write(&token_file, FEDERATED_TOKEN).unwrap();
+        // What azure-workload-identity's webhook gives a pod.
+        let identity = [
+            ("AZURE_TENANT_ID", TENANT_ID.to_string()),
+            ("AZURE_CLIENT_ID", CLIENT_ID.to_string()),
+            (
+                "AZURE_FEDERATED_TOKEN_FILE",
+                token_file.display().to_string(),
+            ),
+            ("AZURE_AUTHORITY_HOST", entra.authority()),
+            ("SSL_CERT_FILE", ca.root_pem_path().display().to_string()),
+        ];
         let spawned = Instant::now();
-        let child = peers::start_litellm(server_core, litellm, &config, port)
+        let child = peers::start_litellm(server_core, litellm, &config, port, &identity)
             .spawn()
             .expect("start the LiteLLM proxy (scripts/bench --peers installs it)");
         let process = Process::new(child);
-        targets.push(server_target("litellm", port, &process, spawned, "/health/liveliness").await);
+        let target = server_target("litellm", port, &process, spawned, "/health/liveliness").await;
+        peers::check_entra_id(&target.url, &entra, FEDERATED_TOKEN).await;
+        targets.push(target);
         servers.push(process);
     }
 
@@ -993,13 +1008,21 @@ fn wrk_script(dir: &Path) -> PathBuf {
     script
 }
 
-/// A mock Entra ID so that aoai-proxy runs exactly as deployed: a client secret credential.
+/// The app registration of the mock Entra ID.
+const TENANT_ID: &str = "00000000-0000-0000-0000-000000000001";
+const CLIENT_ID: &str = "00000000-0000-0000-0000-000000000002";
+/// The service-account token LiteLLM's workload identity presents.
+const FEDERATED_TOKEN: &str = "bench-federated-service-account-token";
+
+/// A mock Entra ID so that aoai-proxy runs exactly as deployed, with a client secret credential,
+/// and LiteLLM with workload identity (a federated token).
 async fn mock_entra(ca: &TestCa) -> MockEntra {
     MockEntra::start(
         App {
-            tenant_id: "00000000-0000-0000-0000-000000000001".into(),
-            client_id: "00000000-0000-0000-0000-000000000002".into(),
+            tenant_id: TENANT_ID.into(),
+            client_id: CLIENT_ID.into(),
             secret: Some("bench-secret".into()),
+            federated_token: Some(FEDERATED_TOKEN.into()),
             ..App::default()
         },
         ca.server_config(),
@@ -1024,14 +1047,8 @@ fn proxy_env(
         ("PORT", port.to_string()),
         ("AOAI_PROXY_ADMIN_HOST", "127.0.0.1".into()),
         ("AOAI_PROXY_ADMIN_PORT", admin_port.to_string()),
-        (
-            "AZURE_TENANT_ID",
-            "00000000-0000-0000-0000-000000000001".into(),
-        ),
-        (
-            "AZURE_CLIENT_ID",
-            "00000000-0000-0000-0000-000000000002".into(),
-        ),
+        ("AZURE_TENANT_ID", TENANT_ID.into()),
+        ("AZURE_CLIENT_ID", CLIENT_ID.into()),
         ("AZURE_CLIENT_SECRET", "bench-secret".into()),
         ("AZURE_AUTHORITY_HOST", entra.authority()),
         ("SSL_CERT_FILE", ca.root_pem_path().display().to_string()),

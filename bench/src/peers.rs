@@ -15,9 +15,11 @@ use hyper::client::conn::http1::SendRequest;
 
 use crate::{BODY, PATH, percentile, pinned};
 
-/// The LiteLLM proxy's configuration: one Azure OpenAI deployment at `upstream_url`, with a static
-/// key (its Entra ID modes fetch tokens through azure-identity, which this harness does not mock),
-/// and the master key it requires, which every request of the harness sends.
+/// The LiteLLM proxy's configuration: one Azure OpenAI deployment at `upstream_url`, called with an
+/// Entra ID token from workload identity (`oidc/azure/...`: the federated token in
+/// `AZURE_FEDERATED_TOKEN_FILE` exchanged at `AZURE_AUTHORITY_HOST`, the variables
+/// azure-workload-identity's webhook sets; see `start_litellm`), and the master key it requires,
+/// which every request of the harness sends.
 pub fn litellm_config(dir: &Path, upstream_url: &str) -> PathBuf {
     let path = dir.join("litellm.yaml");
     std::fs::write(
@@ -29,7 +31,7 @@ pub fn litellm_config(dir: &Path, upstream_url: &str) -> PathBuf {
       model: azure/gpt-4o
       api_base: {upstream_url}
       api_version: \"2024-10-21\"
-      api_key: bench-static-key
+      azure_ad_token: oidc/azure/api://AzureADTokenExchange
 general_settings:
   master_key: {key}
 litellm_settings:
@@ -44,10 +46,17 @@ litellm_settings:
 }
 
 /// The LiteLLM proxy on `port`, one worker, on `core`; offline (the model cost map it would
-/// download at start is the one it ships).
-pub fn start_litellm(core: Option<usize>, litellm: &Path, config: &Path, port: u16) -> Command {
+/// download at start is the one it ships). `identity`: the workload identity environment.
+pub fn start_litellm(
+    core: Option<usize>,
+    litellm: &Path,
+    config: &Path,
+    port: u16,
+    identity: &[(&str, String)],
+) -> Command {
     let mut command = pinned(core, litellm);
     command
+        .envs(identity.iter().map(|(name, value)| (name, value)))
         .env("LITELLM_LOCAL_MODEL_COST_MAP", "True")
         .env("LITELLM_TELEMETRY", "False")
         .env("LITELLM_LOG", "ERROR")
@@ -59,6 +68,44 @@ pub fn start_litellm(core: Option<usize>, litellm: &Path, config: &Path, port: u
         .stdout(Stdio::null())
         .stderr(Stdio::null());
     command
+}
+
+/// Fails the run unless one request through the LiteLLM proxy at `url` is answered 200 and LiteLLM
+/// got its token from `entra` by presenting `federated_token`: the figures must be those of
+/// LiteLLM with Entra ID, not of a fallback.
+pub async fn check_entra_id(url: &str, entra: &aoai_e2e::entra::MockEntra, federated_token: &str) {
+    let mut sender = connect(url).await.expect("connect to the LiteLLM proxy");
+    let request = Request::post(PATH)
+        .header("host", url.trim_start_matches("http://"))
+        .header("content-type", "application/json")
+        .header("api-key", crate::WRK_API_KEY)
+        .body(Full::new(Bytes::from_static(BODY.as_bytes())))
+        .unwrap();
+    let response = sender
+        .send_request(request)
+        .await
+        .expect("an answer from LiteLLM");
+    let status = response.status();
+    let body = response
+        .into_body()
+        .collect()
+        .await
+        .map(|b| b.to_bytes())
+        .unwrap_or_default();
+    assert_eq!(
+        status,
+        200,
+        "LiteLLM answered {status}: {}",
+        String::from_utf8_lossy(&body)
+    );
+    let exchanged = entra.requests().iter().any(|r| {
+        r.outcome.is_ok()
+            && r.form.get("client_assertion").map(String::as_str) == Some(federated_token)
+    });
+    assert!(
+        exchanged,
+        "LiteLLM answered without exchanging its federated token at the mock Entra ID"
+    );
 }
 
 /// Latency at a fixed request rate: one run, or the median of several.
