@@ -471,7 +471,8 @@ struct Options {
     #[arg(long)]
     floor: bool,
     /// The LiteLLM proxy's `litellm` program: adds it as a target, configured for the mock Azure
-    /// OpenAI deployment with a static key (not with `--instructions`).
+    /// OpenAI deployment with an Entra ID token from workload identity, exchanged at the mock
+    /// Entra ID (not with `--instructions`).
     #[arg(long, value_name = "PATH", value_parser = existing_file)]
     litellm: Option<PathBuf>,
     /// The comparison with the peers: after the tables, every target at fixed request rates
