@@ -370,7 +370,26 @@ async fn memory_with_open_streams(url: &str, pid: u32, streams: usize) -> (f64, 
     (rss, completed)
 }
 
-fn nginx_config(dir: &Path, port: u16, upstream: u16, access_log: bool) -> PathBuf {
+/// nginx as a plain reverse proxy to the upstream on port `upstream`: over HTTPS when
+/// `upstream_ca` (the CA to verify it with) is given, with TLS sessions reused as nginx's
+/// documentation advises for a keep-alive upstream.
+fn nginx_config(
+    dir: &Path,
+    port: u16,
+    upstream: u16,
+    access_log: bool,
+    upstream_ca: Option<&Path>,
+) -> PathBuf {
+    let (scheme, upstream_tls) = match upstream_ca {
+        None => ("http", String::new()),
+        Some(ca) => (
+            "https",
+            format!(
+                "proxy_ssl_trusted_certificate {};\n            proxy_ssl_verify on;\n            proxy_ssl_name localhost;\n            proxy_ssl_server_name on;\n            proxy_ssl_session_reuse on;",
+                ca.display()
+            ),
+        ),
+    };
     let config = format!(
         r#"# One process (no master) so that its CPU time and memory are those measured.
 master_process off;
@@ -380,13 +399,16 @@ error_log {dir}/error.log warn;
 events {{ worker_connections 4096; }}
 http {{
     {access_log}
-    upstream backend {{ server 127.0.0.1:{upstream}; keepalive 128; }}
+    # Upstream connections kept for good: by default nginx closes one after 1,000 requests,
+    # which over HTTPS costs a TLS handshake that aoai-proxy does not make.
+    upstream backend {{ server 127.0.0.1:{upstream}; keepalive 128; keepalive_requests 1000000; }}
     server {{
         listen 127.0.0.1:{port};
         client_body_temp_path {dir}/body;
         proxy_temp_path {dir}/proxy;
         location / {{
-            proxy_pass http://backend;
+            proxy_pass {scheme}://backend;
+            {upstream_tls}
             proxy_http_version 1.1;
             proxy_set_header Connection "";
             proxy_set_header Authorization "Bearer fixed-benchmark-token";
@@ -497,6 +519,11 @@ struct Options {
     /// directory it prints, for `callgrind_annotate`.
     #[arg(long)]
     instructions: bool,
+    /// The mock upstream over HTTPS (HTTP/1.1, a certificate from a test CA that the servers
+    /// trust), as Azure OpenAI is reached when deployed, instead of cleartext. Implies
+    /// `--http-only`; not with `--floor`, `--litellm` or `--peers`.
+    #[arg(long, conflicts_with_all = ["floor", "litellm", "peers"])]
+    upstream_tls: bool,
     /// Adds a second aoai-proxy that exports a span for every request (sampler always_on, OTLP/HTTP
     /// protobuf) to a receiver in this process: the cost of tracing, beside the proxy without it.
     #[arg(long)]
@@ -517,7 +544,14 @@ fn existing_file(path: &str) -> Result<PathBuf, String> {
 enum Only {
     /// Only the mock upstream, on a free port printed on the first line (the suite starts it as
     /// its own process).
-    Upstream,
+    Upstream {
+        /// Serve HTTPS (HTTP/1.1) with this certificate chain (PEM) instead of cleartext.
+        #[arg(long, value_name = "PATH", requires = "key", value_parser = existing_file)]
+        certificate: Option<PathBuf>,
+        /// The certificate's private key (PEM).
+        #[arg(long, value_name = "PATH", requires = "certificate", value_parser = existing_file)]
+        key: Option<PathBuf>,
+    },
     /// Only the webhook figures.
     Webhook,
     /// Drives the aoai-proxy given with `--proxy` (built with `-Cprofile-generate`) with the
@@ -537,10 +571,16 @@ fn main() {
         .build()
         .unwrap();
     match options.only {
-        Some(Only::Upstream) => runtime.block_on(async {
+        Some(Only::Upstream { certificate, key }) => runtime.block_on(async {
             let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
             println!("{}", listener.local_addr().unwrap().port());
-            upstream::serve(listener).await;
+            match certificate.zip(key) {
+                None => upstream::serve(listener).await,
+                Some((certificate, key)) => {
+                    let tls = upstream::http1_tls_config(&certificate, &key);
+                    upstream::serve_tls(listener, std::sync::Arc::new(tls)).await
+                }
+            }
         }),
         Some(Only::Webhook) => runtime.block_on(webhook_bench::run(None)),
         Some(Only::Train) => {
@@ -573,11 +613,18 @@ async fn run(options: Options) {
     let scratch = std::env::temp_dir().join(format!("aoai-bench-{}", std::process::id()));
     std::fs::create_dir_all(&scratch).unwrap();
 
-    let mut upstream_child = pinned(client_core, &exe)
-        .arg("upstream")
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let ca = TestCa::new();
+    let mut upstream_command = pinned(client_core, &exe);
+    upstream_command.arg("upstream");
+    if options.upstream_tls {
+        let (certificate, key) = ca.server_cert_pem();
+        for (name, pem) in [("certificate", certificate), ("key", key)] {
+            let path = scratch.join(format!("upstream-{name}.pem"));
+            std::fs::write(&path, pem).unwrap();
+            upstream_command.arg(format!("--{name}")).arg(path);
+        }
+    }
+    let mut upstream_child = upstream_command.stdout(Stdio::piped()).spawn().unwrap();
     let mut port_line = String::new();
     {
         use std::io::BufRead;
@@ -587,9 +634,18 @@ async fn run(options: Options) {
             .unwrap();
     }
     let _upstream = Process::new(upstream_child);
-    let upstream_url = format!("http://127.0.0.1:{}", port_line.trim());
-
-    let ca = TestCa::new();
+    let upstream_port: u16 = port_line.trim().parse().unwrap();
+    // The servers reach an HTTPS upstream by name, as they reach Azure OpenAI; wrk's direct call
+    // by address (it would try ::1 first, where nothing listens).
+    let (upstream_url, direct_url) = if options.upstream_tls {
+        (
+            format!("https://localhost:{upstream_port}"),
+            format!("https://127.0.0.1:{upstream_port}"),
+        )
+    } else {
+        let url = format!("http://127.0.0.1:{upstream_port}");
+        (url.clone(), url)
+    };
     let entra = mock_entra(&ca).await;
     let proxy_port = free_port();
     let admin_port = free_port();
@@ -628,7 +684,7 @@ async fn run(options: Options) {
     let mut servers: Vec<Process> = Vec::new();
     let mut targets = vec![Target {
         name: "direct",
-        url: upstream_url.clone(),
+        url: direct_url,
         pid: None,
         ready_ms: None,
         idle_rss: None,
@@ -698,8 +754,9 @@ async fn run(options: Options) {
         let config = nginx_config(
             &scratch,
             port,
-            port_line.trim().parse().unwrap(),
+            upstream_port,
             !options.no_access_log,
+            options.upstream_tls.then(|| ca.root_pem_path()).as_deref(),
         );
         let spawned = Instant::now();
         let child = server_command(server_core, &nginx, callgrind_out("nginx"))
@@ -726,6 +783,8 @@ async fn run(options: Options) {
         let spawned = Instant::now();
         let child = pinned(server_core, python)
             .env_clear()
+            // aiohttp's default TLS context trusts it, for `--upstream-tls`.
+            .env("SSL_CERT_FILE", ca.root_pem_path())
             .arg(&script)
             .arg(port.to_string())
             .arg(&upstream_url)
@@ -770,9 +829,14 @@ async fn run(options: Options) {
     let script = wrk_script(&scratch);
 
     println!(
-        "aoai-bench: {cores} cores; load generator and mock upstream on core {client_core:?}, server under test on core {server_core:?}; wrk -t1; {} rounds of {} s per target and concurrency, interleaved; medians; POST {PATH}, ~1 KB JSON answer; access logs {}",
+        "aoai-bench: {cores} cores; load generator and mock upstream on core {client_core:?}, server under test on core {server_core:?}; wrk -t1; {} rounds of {} s per target and concurrency, interleaved; medians; POST {PATH}, ~1 KB JSON answer; upstream {}; access logs {}",
         options.rounds,
         options.duration,
+        if options.upstream_tls {
+            "over HTTPS (HTTP/1.1, TLS sessions kept alive)"
+        } else {
+            "cleartext HTTP/1.1"
+        },
         if options.no_access_log {
             "off"
         } else {
@@ -796,6 +860,21 @@ async fn run(options: Options) {
         .collect();
     for &concurrency in &options.concurrency {
         let mut runs: Vec<TargetRuns> = targets.iter().map(|_| TargetRuns::default()).collect();
+        if options.instructions {
+            // Connections to the upstream opened before counting, as a server that has run a
+            // while has them: in a few thousand requests under callgrind, opening them (a TLS
+            // handshake each, with `--upstream-tls`) would weigh as it never does in service.
+            // One run as long as a counted one: callgrind makes each handshake slow.
+            for target in targets.iter().filter(|t| t.pid.is_some()) {
+                wrk(
+                    &target.url,
+                    concurrency,
+                    options.duration,
+                    client_core,
+                    &script,
+                );
+            }
+        }
         for round in 0..options.rounds {
             for index in interleaved(targets.len(), round) {
                 let target = &targets[index];
@@ -950,7 +1029,7 @@ async fn run(options: Options) {
         println!("callgrind dumps kept in {}", scratch.display());
         return;
     }
-    if options.http_only {
+    if options.http_only || options.upstream_tls {
         let _ = std::fs::remove_dir_all(&scratch);
         return;
     }
@@ -1136,6 +1215,11 @@ mod tests {
             &["--rounds", "0"],
             &["--concurrency", "1,x"],
             &["--proxy", "/nonexistent/aoai-proxy"],
+            // hyper-floor and LiteLLM reach only a cleartext upstream; the peers' open loop
+            // needs them.
+            &["--upstream-tls", "--floor"],
+            &["--upstream-tls", "--peers"],
+            &["upstream", "--certificate", "Cargo.toml"],
         ] {
             let args = std::iter::once("aoai-bench").chain(wrong.iter().copied());
             assert!(Options::try_parse_from(args).is_err(), "{wrong:?}");

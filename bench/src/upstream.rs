@@ -4,6 +4,7 @@
 //! nothing, so it stays flat under millions of requests.
 
 use std::convert::Infallible;
+use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -15,6 +16,8 @@ use hyper::body::{Frame, Incoming};
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use tokio::net::TcpListener;
 
 /// The non-streamed answer: a chat completion padded to about 1 KB.
@@ -105,6 +108,25 @@ pub async fn serve(listener: TcpListener) {
         let _ = stream.set_nodelay(true);
         tokio::spawn(serve_connection(stream, body.clone()));
     }
+}
+
+/// A TLS server configuration offering HTTP/1.1 only (what nginx speaks to an upstream), from a
+/// PEM certificate chain and key.
+pub fn http1_tls_config(certificate: &Path, key: &Path) -> rustls::ServerConfig {
+    let chain = CertificateDer::pem_file_iter(certificate)
+        .and_then(|certs| certs.collect::<Result<Vec<_>, _>>())
+        .expect("read the upstream's certificate");
+    let key = PrivateKeyDer::from_pem_file(key).expect("read the upstream's key");
+    let mut config = rustls::ServerConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .expect("protocol versions")
+    .with_no_client_auth()
+    .with_single_cert(chain, key)
+    .expect("the upstream's certificate and key");
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    config
 }
 
 /// Serves HTTPS on `listener` forever: HTTP/2 or HTTP/1.1, as `tls`'s ALPN list allows.
