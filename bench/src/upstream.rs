@@ -117,14 +117,7 @@ pub fn http1_tls_config(certificate: &Path, key: &Path) -> rustls::ServerConfig 
         .and_then(|certs| certs.collect::<Result<Vec<_>, _>>())
         .expect("read the upstream's certificate");
     let key = PrivateKeyDer::from_pem_file(key).expect("read the upstream's key");
-    let mut config = rustls::ServerConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .expect("protocol versions")
-    .with_no_client_auth()
-    .with_single_cert(chain, key)
-    .expect("the upstream's certificate and key");
+    let mut config = aoai_e2e::ca::server_config(chain, key);
     config.alpn_protocols = vec![b"http/1.1".to_vec()];
     config
 }

@@ -111,16 +111,7 @@ impl TestCa {
     /// A rustls server configuration for loopback, offering h2 and http/1.1.
     pub fn server_config(&self) -> rustls::ServerConfig {
         let (chain, key) = self.server_cert();
-        let mut config = rustls::ServerConfig::builder_with_provider(Arc::new(
-            rustls::crypto::ring::default_provider(),
-        ))
-        .with_safe_default_protocol_versions()
-        .expect("protocol versions")
-        .with_no_client_auth()
-        .with_single_cert(chain, key)
-        .expect("server cert");
-        config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
-        config
+        server_config(chain, key)
     }
 
     /// Same, HTTP/1.1 only.
@@ -129,6 +120,23 @@ impl TestCa {
         config.alpn_protocols = vec![b"http/1.1".to_vec()];
         config
     }
+}
+
+/// A rustls server configuration (ring) serving `chain` with `key`, offering h2 and http/1.1.
+pub fn server_config(
+    chain: Vec<CertificateDer<'static>>,
+    key: PrivateKeyDer<'static>,
+) -> rustls::ServerConfig {
+    let mut config = rustls::ServerConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .expect("protocol versions")
+    .with_no_client_auth()
+    .with_single_cert(chain, key)
+    .expect("server cert");
+    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    config
 }
 
 /// A `kubernetes.io/tls` Secret `namespace/name` holding `certificate` and the fixture key
