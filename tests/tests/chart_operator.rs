@@ -453,13 +453,22 @@ async fn workload_identity_token_reaches_entra_as_the_sidecar_reads_it(
     let mut template = annotated_template("wi", "Always");
     template["metadata"]["name"] = json!("wi-app");
     template["spec"]["serviceAccountName"] = json!("chat-wi");
-    let pod = pods
-        .create(
-            &PostParams::default(),
-            &serde_json::from_value(template).unwrap(),
-        )
-        .await
-        .expect("the workload-identity pod is admitted");
+    let template: Pod = serde_json::from_value(template).unwrap();
+    // The webhook reads AzureOpenAIProxies from its cache: a pod created in the same instant as
+    // its AzureOpenAIProxy may be refused as naming one that does not exist, and the next try (a
+    // ReplicaSet's, here this loop's) gets the sidecar.
+    let pod = wait::until(
+        "the workload-identity pod is admitted",
+        Duration::from_secs(10),
+        || async {
+            match pods.create(&PostParams::default(), &template).await {
+                Ok(pod) => Ok(pod),
+                Err(e) if e.to_string().contains("does not exist") => Err(e.to_string()),
+                Err(e) => panic!("the workload-identity pod is refused: {e}"),
+            }
+        },
+    )
+    .await;
 
     let sidecar = sidecar(&pod);
     let env: HashMap<String, String> = sidecar
