@@ -94,6 +94,13 @@ async fn admit(pods: &Api<Pod>, name: &str, meta: &ObjectMeta, spec: &PodSpec) -
     create_with_warnings(&pods.clone().into_client(), &namespace, &pod).await
 }
 
+fn has_hash(pod: &Pod) -> bool {
+    pod.metadata
+        .annotations
+        .as_ref()
+        .is_some_and(|a| a.contains_key(CONFIG_HASH))
+}
+
 fn has_sidecar(pod: &Pod) -> bool {
     let spec = pod.spec.as_ref().unwrap();
     spec.init_containers
@@ -210,10 +217,24 @@ async fn check(
     let outcome = decide(meta, spec, &ns, lookup, &options());
     let admission = admit(pods, &format!("policy-{number}"), meta, spec).await;
     match (outcome, admission) {
-        (Outcome::Injected(injection), Admission::Created(by_policy, warnings)) => {
+        (Outcome::Injected(injection), Admission::Created(mut by_policy, mut warnings)) => {
+            let (policy_meta, policy_spec) = (meta, spec);
             let (mut meta, mut spec) = (meta.clone(), spec.clone());
             injection.apply(&mut meta, &mut spec);
             let by_webhook = create_pod(pods, &format!("webhook-{number}"), &meta, &spec).await;
+            // The API server reads AzureOpenAIProxies for the policies from its own cache: one
+            // whose status was just written can still be seen there without it (no config hash,
+            // "not checked yet") for a moment. The next try, as a ReplicaSet's would, sees it.
+            let mut attempt = 0;
+            while has_hash(&by_webhook) && !has_hash(&by_policy) && attempt < 50 {
+                attempt += 1;
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                let name = format!("policy-{number}-{attempt}");
+                match admit(pods, &name, policy_meta, policy_spec).await {
+                    Admission::Created(pod, again) => (by_policy, warnings) = (pod, again),
+                    Admission::Refused(refusal) => panic!("{what}: refused on a retry: {refusal}"),
+                }
+            }
             assert_eq!(
                 comparable(&by_policy),
                 comparable(&by_webhook),
