@@ -497,6 +497,11 @@ struct Options {
     /// Entra ID (not with `--instructions`).
     #[arg(long, value_name = "PATH", value_parser = existing_file)]
     litellm: Option<PathBuf>,
+    /// agentgateway's binary (`agentgateway`, built from its source): adds it as a target,
+    /// configured for the mock Azure OpenAI deployment with an Entra ID token from workload
+    /// identity, exchanged at the mock Entra ID (not with `--instructions`).
+    #[arg(long, value_name = "PATH", value_parser = existing_file)]
+    agentgateway: Option<PathBuf>,
     /// The comparison with the peers: after the tables, every target at fixed request rates
     /// (open loop), its memory with 1,000 open streams, and a summary against the direct call,
     /// also written as CSV to `--csv`.
@@ -521,8 +526,8 @@ struct Options {
     instructions: bool,
     /// The mock upstream over HTTPS (HTTP/1.1, a certificate from a test CA that the servers
     /// trust), as Azure OpenAI is reached when deployed, instead of cleartext. Implies
-    /// `--http-only`; not with `--floor`, `--litellm` or `--peers`.
-    #[arg(long, conflicts_with_all = ["floor", "litellm", "peers"])]
+    /// `--http-only`; not with `--floor`, `--litellm`, `--agentgateway` or `--peers`.
+    #[arg(long, conflicts_with_all = ["floor", "litellm", "agentgateway", "peers"])]
     upstream_tls: bool,
     /// Adds a second aoai-proxy that exports a span for every request (sampler always_on, OTLP/HTTP
     /// protobuf) to a receiver in this process: the cost of tracing, beside the proxy without it.
@@ -799,29 +804,54 @@ async fn run(options: Options) {
         targets.push(server_target("python-aiohttp", port, &process, spawned, MODELS).await);
         servers.push(process);
     }
+    // What azure-workload-identity's webhook gives a pod: the peers' Entra ID credential.
+    let token_file = scratch.join("federated-token");
+    std::fs::write(&token_file, FEDERATED_TOKEN).unwrap();
+    let identity = [
+        ("AZURE_TENANT_ID", TENANT_ID.to_string()),
+        ("AZURE_CLIENT_ID", CLIENT_ID.to_string()),
+        (
+            "AZURE_FEDERATED_TOKEN_FILE",
+            token_file.display().to_string(),
+        ),
+        ("AZURE_AUTHORITY_HOST", entra.authority()),
+        ("SSL_CERT_FILE", ca.root_pem_path().display().to_string()),
+    ];
     if let Some(litellm) = options.litellm.as_ref().filter(|_| !options.instructions) {
         let port = free_port();
         let config = peers::litellm_config(&scratch, &upstream_url);
-        let token_file = scratch.join("litellm-federated-token");
-        std::fs::write(&token_file, FEDERATED_TOKEN).unwrap();
-        // What azure-workload-identity's webhook gives a pod.
-        let identity = [
-            ("AZURE_TENANT_ID", TENANT_ID.to_string()),
-            ("AZURE_CLIENT_ID", CLIENT_ID.to_string()),
-            (
-                "AZURE_FEDERATED_TOKEN_FILE",
-                token_file.display().to_string(),
-            ),
-            ("AZURE_AUTHORITY_HOST", entra.authority()),
-            ("SSL_CERT_FILE", ca.root_pem_path().display().to_string()),
-        ];
         let spawned = Instant::now();
         let child = peers::start_litellm(server_core, litellm, &config, port, &identity)
             .spawn()
             .expect("start the LiteLLM proxy (scripts/bench --peers installs it)");
         let process = Process::new(child);
         let target = server_target("litellm", port, &process, spawned, "/health/liveliness").await;
-        peers::check_entra_id(&target.url, &entra, FEDERATED_TOKEN).await;
+        peers::check_entra_id("LiteLLM", &target.url, &entra, FEDERATED_TOKEN).await;
+        targets.push(target);
+        servers.push(process);
+    }
+    if let Some(agentgateway) = options
+        .agentgateway
+        .as_ref()
+        .filter(|_| !options.instructions)
+    {
+        let port = free_port();
+        let upstream = upstream_url.trim_start_matches("http://");
+        let config = peers::agentgateway_config(
+            &scratch,
+            port,
+            upstream,
+            [free_port(), free_port(), free_port()],
+        );
+        // To a file, as the others write their access logs.
+        let log = std::fs::File::create(scratch.join("agentgateway.log")).unwrap();
+        let spawned = Instant::now();
+        let child = peers::start_agentgateway(server_core, agentgateway, &config, log, &identity)
+            .spawn()
+            .expect("start agentgateway");
+        let process = Process::new(child);
+        let target = server_target("agentgateway", port, &process, spawned, MODELS).await;
+        peers::check_entra_id("agentgateway", &target.url, &entra, FEDERATED_TOKEN).await;
         targets.push(target);
         servers.push(process);
     }
@@ -1091,11 +1121,11 @@ fn wrk_script(dir: &Path) -> PathBuf {
 /// The app registration of the mock Entra ID.
 const TENANT_ID: &str = "00000000-0000-0000-0000-000000000001";
 const CLIENT_ID: &str = "00000000-0000-0000-0000-000000000002";
-/// The service-account token LiteLLM's workload identity presents.
+/// The service-account token the peers' workload identity presents.
 const FEDERATED_TOKEN: &str = "bench-federated-service-account-token";
 
 /// A mock Entra ID so that aoai-proxy runs exactly as deployed, with a client secret credential,
-/// and LiteLLM with workload identity (a federated token).
+/// and the peers with workload identity (a federated token).
 async fn mock_entra(ca: &TestCa) -> MockEntra {
     MockEntra::start(
         App {
@@ -1215,10 +1245,11 @@ mod tests {
             &["--rounds", "0"],
             &["--concurrency", "1,x"],
             &["--proxy", "/nonexistent/aoai-proxy"],
-            // hyper-floor and LiteLLM reach only a cleartext upstream; the peers' open loop
-            // needs them.
+            // hyper-floor, LiteLLM and agentgateway reach only a cleartext upstream; the peers'
+            // open loop needs them.
             &["--upstream-tls", "--floor"],
             &["--upstream-tls", "--peers"],
+            &["--upstream-tls", "--agentgateway", "Cargo.toml"],
             &["upstream", "--certificate", "Cargo.toml"],
         ] {
             let args = std::iter::once("aoai-bench").chain(wrong.iter().copied());

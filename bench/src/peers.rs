@@ -1,6 +1,6 @@
-//! What a team would deploy instead, on the same mocks: the LiteLLM proxy as a target, an
-//! open-loop load at fixed request rates, and the summary table and CSV that `scripts/bench
-//! --peers` turns into the README's table and plot.
+//! What a team would deploy instead, on the same mocks: the LiteLLM proxy and agentgateway as
+//! targets, an open-loop load at fixed request rates, and the summary table and CSV that
+//! `scripts/bench --peers` turns into the README's table and plot.
 
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
@@ -70,11 +70,89 @@ pub fn start_litellm(
     command
 }
 
-/// Fails the run unless one request through the LiteLLM proxy at `url` is answered 200 and LiteLLM
-/// got its token from `entra` by presenting `federated_token`: the figures must be those of
-/// LiteLLM with Entra ID, not of a fallback.
-pub async fn check_entra_id(url: &str, entra: &aoai_e2e::entra::MockEntra, federated_token: &str) {
-    let mut sender = connect(url).await.expect("connect to the LiteLLM proxy");
+/// agentgateway's configuration (its local file, as `agentgateway -f` reads it): one listener on
+/// `port` whose one route sends everything to an Azure OpenAI backend at `upstream` (`host:port`,
+/// in place of `<resource>.openai.azure.com`) as it arrives (the route type `detect`: the path
+/// kept, the model and the token usage read from the exchange, as aoai-proxy reads them), with an
+/// Entra ID token from workload identity (`backendAuth.azure`, the variables of
+/// azure-workload-identity's webhook; see `start_agentgateway`). Its admin, stats and readiness
+/// listeners on 127.0.0.1; its access log on, to stdout.
+pub fn agentgateway_config(dir: &Path, port: u16, upstream: &str, ports: [u16; 3]) -> PathBuf {
+    let path = dir.join("agentgateway.yaml");
+    let [admin, stats, readiness] = ports;
+    std::fs::write(
+        &path,
+        format!(
+            "config:
+  adminAddr: 127.0.0.1:{admin}
+  statsAddr: 127.0.0.1:{stats}
+  readinessAddr: 127.0.0.1:{readiness}
+  workerThreads: 1
+binds:
+- port: {port}
+  listeners:
+  - name: default
+    protocol: HTTP
+    routes:
+    - name: azure-openai
+      policies:
+        backendAuth:
+          azure:
+            explicitConfig:
+              workloadIdentity: {{}}
+      backends:
+      - ai:
+          name: azure-openai
+          hostOverride: {upstream}
+          policies:
+            ai:
+              routes:
+                \"*\": detect
+          provider:
+            azure:
+              resourceName: bench
+              resourceType: openAI
+"
+        ),
+    )
+    .unwrap();
+    path
+}
+
+/// agentgateway on `core` with the configuration `config`. `identity`: the workload identity
+/// environment. Its listener binds every address (agentgateway has no setting for it); the harness
+/// calls it on 127.0.0.1.
+pub fn start_agentgateway(
+    core: Option<usize>,
+    agentgateway: &Path,
+    config: &Path,
+    log: std::fs::File,
+    identity: &[(&str, String)],
+) -> Command {
+    let mut command = pinned(core, agentgateway);
+    command
+        .env_clear()
+        .envs(identity.iter().map(|(name, value)| (name, value)))
+        .env("IPV6_ENABLED", "false")
+        .arg("-f")
+        .arg(config)
+        .stdout(log)
+        .stderr(Stdio::null());
+    command
+}
+
+/// Fails the run unless one request through the peer `name` at `url` is answered 200 and the peer
+/// got its token from `entra` by presenting `federated_token`: the figures must be those of the
+/// peer with Entra ID, not of a fallback.
+pub async fn check_entra_id(
+    name: &str,
+    url: &str,
+    entra: &aoai_e2e::entra::MockEntra,
+    federated_token: &str,
+) {
+    let mut sender = connect(url)
+        .await
+        .unwrap_or_else(|| panic!("connect to {name}"));
     let request = Request::post(PATH)
         .header("host", url.trim_start_matches("http://"))
         .header("content-type", "application/json")
@@ -84,7 +162,7 @@ pub async fn check_entra_id(url: &str, entra: &aoai_e2e::entra::MockEntra, feder
     let response = sender
         .send_request(request)
         .await
-        .expect("an answer from LiteLLM");
+        .unwrap_or_else(|e| panic!("an answer from {name}: {e}"));
     let status = response.status();
     let body = response
         .into_body()
@@ -95,7 +173,7 @@ pub async fn check_entra_id(url: &str, entra: &aoai_e2e::entra::MockEntra, feder
     assert_eq!(
         status,
         200,
-        "LiteLLM answered {status}: {}",
+        "{name} answered {status}: {}",
         String::from_utf8_lossy(&body)
     );
     let exchanged = entra.requests().iter().any(|r| {
@@ -104,7 +182,7 @@ pub async fn check_entra_id(url: &str, entra: &aoai_e2e::entra::MockEntra, feder
     });
     assert!(
         exchanged,
-        "LiteLLM answered without exchanging its federated token at the mock Entra ID"
+        "{name} answered without exchanging its federated token at the mock Entra ID"
     );
 }
 
