@@ -497,9 +497,11 @@ struct Options {
     /// Entra ID (not with `--instructions`).
     #[arg(long, value_name = "PATH", value_parser = existing_file)]
     litellm: Option<PathBuf>,
-    /// agentgateway's binary (`agentgateway`, built from its source): adds it as a target,
+    /// agentgateway's binary (`agentgateway`, built from its source): adds it as two targets,
     /// configured for the mock Azure OpenAI deployment with an Entra ID token from workload
-    /// identity, exchanged at the mock Entra ID (not with `--instructions`).
+    /// identity, exchanged at the mock Entra ID: `agentgateway` reads the model and the token
+    /// usage from each exchange, as aoai-proxy does, `agentgateway-passthrough` reads nothing
+    /// (not with `--instructions`).
     #[arg(long, value_name = "PATH", value_parser = existing_file)]
     agentgateway: Option<PathBuf>,
     /// The comparison with the peers: after the tables, every target at fixed request rates
@@ -820,13 +822,14 @@ async fn run(options: Options) {
     if let Some(litellm) = options.litellm.as_ref().filter(|_| !options.instructions) {
         let port = free_port();
         let config = peers::litellm_config(&scratch, &upstream_url);
+        let exchanged = peers::exchanges(&entra, FEDERATED_TOKEN);
         let spawned = Instant::now();
         let child = peers::start_litellm(server_core, litellm, &config, port, &identity)
             .spawn()
             .expect("start the LiteLLM proxy (scripts/bench --peers installs it)");
         let process = Process::new(child);
         let target = server_target("litellm", port, &process, spawned, "/health/liveliness").await;
-        peers::check_entra_id("LiteLLM", &target.url, &entra, FEDERATED_TOKEN).await;
+        peers::check_entra_id("LiteLLM", &target.url, &entra, FEDERATED_TOKEN, exchanged).await;
         targets.push(target);
         servers.push(process);
     }
@@ -835,25 +838,35 @@ async fn run(options: Options) {
         .as_ref()
         .filter(|_| !options.instructions)
     {
-        let port = free_port();
-        let upstream = upstream_url.trim_start_matches("http://");
-        let config = peers::agentgateway_config(
-            &scratch,
-            port,
-            upstream,
-            [free_port(), free_port(), free_port()],
-        );
-        // To a file, as the others write their access logs.
-        let log = std::fs::File::create(scratch.join("agentgateway.log")).unwrap();
-        let spawned = Instant::now();
-        let child = peers::start_agentgateway(server_core, agentgateway, &config, log, &identity)
-            .spawn()
-            .expect("start agentgateway");
-        let process = Process::new(child);
-        let target = server_target("agentgateway", port, &process, spawned, MODELS).await;
-        peers::check_entra_id("agentgateway", &target.url, &entra, FEDERATED_TOKEN).await;
-        targets.push(target);
-        servers.push(process);
+        // As close to aoai-proxy's work as its configuration comes (`detect`: usage read), and as
+        // a bare hop (`passthrough`: nothing read).
+        for (name, route_type) in [
+            ("agentgateway", "detect"),
+            ("agentgateway-passthrough", "passthrough"),
+        ] {
+            let port = free_port();
+            let upstream = upstream_url.trim_start_matches("http://");
+            let config = peers::agentgateway_config(
+                &scratch.join(name),
+                port,
+                upstream,
+                route_type,
+                [free_port(), free_port(), free_port()],
+            );
+            // To a file, as the others write their access logs.
+            let log = std::fs::File::create(scratch.join(format!("{name}.log"))).unwrap();
+            let exchanged = peers::exchanges(&entra, FEDERATED_TOKEN);
+            let spawned = Instant::now();
+            let child =
+                peers::start_agentgateway(server_core, agentgateway, &config, log, &identity)
+                    .spawn()
+                    .expect("start agentgateway");
+            let process = Process::new(child);
+            let target = server_target(name, port, &process, spawned, MODELS).await;
+            peers::check_entra_id(name, &target.url, &entra, FEDERATED_TOKEN, exchanged).await;
+            targets.push(target);
+            servers.push(process);
+        }
     }
 
     let script = wrk_script(&scratch);

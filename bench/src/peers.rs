@@ -72,12 +72,19 @@ pub fn start_litellm(
 
 /// agentgateway's configuration (its local file, as `agentgateway -f` reads it): one listener on
 /// `port` whose one route sends everything to an Azure OpenAI backend at `upstream` (`host:port`,
-/// in place of `<resource>.openai.azure.com`) as it arrives (the route type `detect`: the path
-/// kept, the model and the token usage read from the exchange, as aoai-proxy reads them), with an
-/// Entra ID token from workload identity (`backendAuth.azure`, the variables of
-/// azure-workload-identity's webhook; see `start_agentgateway`). Its admin, stats and readiness
-/// listeners on 127.0.0.1; its access log on, to stdout.
-pub fn agentgateway_config(dir: &Path, port: u16, upstream: &str, ports: [u16; 3]) -> PathBuf {
+/// in place of `<resource>.openai.azure.com`) as it arrives, with an Entra ID token from workload
+/// identity (`backendAuth.azure`, the variables of azure-workload-identity's webhook; see
+/// `start_agentgateway`). `route_type`: `detect` (the path kept, the model and the token usage
+/// read from the exchange, as aoai-proxy reads them) or `passthrough` (nothing read). Its admin,
+/// stats and readiness listeners on 127.0.0.1; its access log on, to stdout. Written in `dir`.
+pub fn agentgateway_config(
+    dir: &Path,
+    port: u16,
+    upstream: &str,
+    route_type: &str,
+    ports: [u16; 3],
+) -> PathBuf {
+    std::fs::create_dir_all(dir).unwrap();
     let path = dir.join("agentgateway.yaml");
     let [admin, stats, readiness] = ports;
     std::fs::write(
@@ -107,7 +114,7 @@ binds:
           policies:
             ai:
               routes:
-                \"*\": detect
+                \"*\": {route_type}
           provider:
             azure:
               resourceName: bench
@@ -141,14 +148,28 @@ pub fn start_agentgateway(
     command
 }
 
+/// How many tokens `entra` has given for `federated_token` so far.
+pub fn exchanges(entra: &aoai_e2e::entra::MockEntra, federated_token: &str) -> usize {
+    entra
+        .requests()
+        .iter()
+        .filter(|r| {
+            r.outcome.is_ok()
+                && r.form.get("client_assertion").map(String::as_str) == Some(federated_token)
+        })
+        .count()
+}
+
 /// Fails the run unless one request through the peer `name` at `url` is answered 200 and the peer
-/// got its token from `entra` by presenting `federated_token`: the figures must be those of the
-/// peer with Entra ID, not of a fallback.
+/// got its token from `entra` by presenting `federated_token` (the exchanges counted before it
+/// started were `exchanged_before`): the figures must be those of the peer with Entra ID, not of
+/// a fallback.
 pub async fn check_entra_id(
     name: &str,
     url: &str,
     entra: &aoai_e2e::entra::MockEntra,
     federated_token: &str,
+    exchanged_before: usize,
 ) {
     let mut sender = connect(url)
         .await
@@ -176,12 +197,8 @@ pub async fn check_entra_id(
         "{name} answered {status}: {}",
         String::from_utf8_lossy(&body)
     );
-    let exchanged = entra.requests().iter().any(|r| {
-        r.outcome.is_ok()
-            && r.form.get("client_assertion").map(String::as_str) == Some(federated_token)
-    });
     assert!(
-        exchanged,
+        exchanges(entra, federated_token) > exchanged_before,
         "{name} answered without exchanging its federated token at the mock Entra ID"
     );
 }
