@@ -528,8 +528,8 @@ struct Options {
     instructions: bool,
     /// The mock upstream over HTTPS (HTTP/1.1, a certificate from a test CA that the servers
     /// trust), as Azure OpenAI is reached when deployed, instead of cleartext. Implies
-    /// `--http-only`; not with `--floor`, `--litellm`, `--agentgateway` or `--peers`.
-    #[arg(long, conflicts_with_all = ["floor", "litellm", "agentgateway", "peers"])]
+    /// `--http-only`; not with `--floor`, `--litellm` or `--peers`.
+    #[arg(long, conflicts_with_all = ["floor", "litellm", "peers"])]
     upstream_tls: bool,
     /// Adds a second aoai-proxy that exports a span for every request (sampler always_on, OTLP/HTTP
     /// protobuf) to a receiver in this process: the cost of tracing, beside the proxy without it.
@@ -845,11 +845,14 @@ async fn run(options: Options) {
             ("agentgateway-passthrough", "passthrough"),
         ] {
             let port = free_port();
-            let upstream = upstream_url.trim_start_matches("http://");
+            let upstream = upstream_url
+                .trim_start_matches("http://")
+                .trim_start_matches("https://");
             let config = peers::agentgateway_config(
                 &scratch.join(name),
                 port,
                 upstream,
+                options.upstream_tls.then(|| ca.root_pem_path()).as_deref(),
                 route_type,
                 [free_port(), free_port(), free_port()],
             );
@@ -1253,16 +1256,24 @@ mod tests {
             Options::try_parse_from(["aoai-bench", "--concurrency", "4,32", "--instructions"])
                 .unwrap();
         assert_eq!(chosen.concurrency, [4, 32]);
+        // agentgateway reaches an HTTPS upstream too (`backendTLS`).
+        let over_https = Options::try_parse_from([
+            "aoai-bench",
+            "--upstream-tls",
+            "--agentgateway",
+            "Cargo.toml",
+        ])
+        .unwrap();
+        assert!(over_https.upstream_tls && over_https.agentgateway.is_some());
         for wrong in [
             &["--concurency", "4"][..],
             &["--rounds", "0"],
             &["--concurrency", "1,x"],
             &["--proxy", "/nonexistent/aoai-proxy"],
-            // hyper-floor, LiteLLM and agentgateway reach only a cleartext upstream; the peers'
-            // open loop needs them.
+            // hyper-floor and LiteLLM reach only a cleartext upstream; the peers' open loop
+            // needs them.
             &["--upstream-tls", "--floor"],
             &["--upstream-tls", "--peers"],
-            &["--upstream-tls", "--agentgateway", "Cargo.toml"],
             &["upstream", "--certificate", "Cargo.toml"],
         ] {
             let args = std::iter::once("aoai-bench").chain(wrong.iter().copied());

@@ -77,16 +77,30 @@ pub fn start_litellm(
 /// `start_agentgateway`). `route_type`: `detect` (the path kept, the model and the token usage
 /// read from the exchange, as aoai-proxy reads them) or `passthrough` (nothing read). Its admin,
 /// stats and readiness listeners on 127.0.0.1; its access log on, to stdout. Written in `dir`.
+/// `upstream_ca`: the upstream speaks HTTPS with a certificate for `localhost` from this CA, which
+/// agentgateway verifies.
 pub fn agentgateway_config(
     dir: &Path,
     port: u16,
     upstream: &str,
+    upstream_ca: Option<&Path>,
     route_type: &str,
     ports: [u16; 3],
 ) -> PathBuf {
     std::fs::create_dir_all(dir).unwrap();
     let path = dir.join("agentgateway.yaml");
     let [admin, stats, readiness] = ports;
+    let backend_tls = upstream_ca
+        .map(|ca| {
+            format!(
+                "
+            backendTLS:
+              root: {}
+              hostname: localhost",
+                ca.display()
+            )
+        })
+        .unwrap_or_default();
     std::fs::write(
         &path,
         format!(
@@ -114,7 +128,7 @@ binds:
           policies:
             ai:
               routes:
-                \"*\": {route_type}
+                \"*\": {route_type}{backend_tls}
           provider:
             azure:
               resourceName: bench
