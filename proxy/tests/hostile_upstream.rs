@@ -11,6 +11,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use aoai_e2e::client::{self, Answer, body};
+use common::assert_wait_told;
 use common::process::ProxyProcess;
 use http::{Request, StatusCode};
 use http_body_util::BodyExt;
@@ -269,15 +270,12 @@ async fn no_upstream_answer_ends_or_freezes_the_proxy() {
         world.upstream.answer_with(format!(
             "HTTP/1.1 429 Too Many Requests\r\n{header}\r\ncontent-type: application/json\r\ncontent-length: 2\r\n\r\n{{}}"
         ));
+        let sent = Instant::now();
         let answer = world.chat(case).await;
+        let took = sent.elapsed();
         world.assert_alive(case);
         assert_eq!(answer.status, 429, "{case}");
-        assert_eq!(header_u64(&answer, "retry-after-ms"), MAX_WAIT_MS, "{case}");
-        assert_eq!(
-            header_u64(&answer, "retry-after"),
-            MAX_WAIT_MS / 1000,
-            "{case}"
-        );
+        assert_wait_told(&answer, Duration::from_millis(MAX_WAIT_MS), took);
         // Held back for the capped wait only: the proxy answers for itself, then lets it through.
         let held = world.chat(case).await;
         assert_eq!(held.status, 429, "{case}");
@@ -293,9 +291,10 @@ async fn no_upstream_answer_ends_or_freezes_the_proxy() {
     world.upstream.answer_with(
         "HTTP/1.1 429 Too Many Requests\r\nretry-after-ms: NaN\r\nretry-after: -inf\r\ncontent-length: 0\r\n\r\n",
     );
+    let sent = Instant::now();
     let answer = world.chat("nan").await;
     assert_eq!(answer.status, 429);
-    assert_eq!(header_u64(&answer, "retry-after-ms"), 1000);
+    assert_wait_told(&answer, Duration::from_secs(1), sent.elapsed());
 
     // A 101 to a plain POST: a protocol violation the caller could not handle.
     world.upstream.answer_with(
