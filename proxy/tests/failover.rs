@@ -252,7 +252,12 @@ async fn a_single_backend_429_carries_both_headers_and_holds_callers_back() {
     let sent = Instant::now();
     let answer = chat(&proxy).await;
     assert_eq!(answer.status, 429);
-    assert_wait_told(&answer, Duration::from_millis(700), sent.elapsed());
+    assert_wait_told(
+        &answer,
+        Duration::from_millis(700),
+        sent.elapsed(),
+        "one backend",
+    );
     let again = chat(&proxy).await;
     assert_eq!(again.status, 429);
     assert_eq!(upstream.requests().len(), 1, "held back during the wait");

@@ -275,7 +275,7 @@ async fn no_upstream_answer_ends_or_freezes_the_proxy() {
         let took = sent.elapsed();
         world.assert_alive(case);
         assert_eq!(answer.status, 429, "{case}");
-        assert_wait_told(&answer, Duration::from_millis(MAX_WAIT_MS), took);
+        assert_wait_told(&answer, Duration::from_millis(MAX_WAIT_MS), took, case);
         // Held back for the capped wait only: the proxy answers for itself, then lets it through.
         let held = world.chat(case).await;
         assert_eq!(held.status, 429, "{case}");
@@ -294,7 +294,7 @@ async fn no_upstream_answer_ends_or_freezes_the_proxy() {
     let sent = Instant::now();
     let answer = world.chat("nan").await;
     assert_eq!(answer.status, 429);
-    assert_wait_told(&answer, Duration::from_secs(1), sent.elapsed());
+    assert_wait_told(&answer, Duration::from_secs(1), sent.elapsed(), "nan");
 
     // A 101 to a plain POST: a protocol violation the caller could not handle.
     world.upstream.answer_with(

@@ -101,24 +101,29 @@ pub fn closed_port_url() -> String {
 /// proxy started while the request was under way (the request took `took`): never more than
 /// asked, and less only by what had passed when the answer was written, so a caller that waits
 /// as told comes back when the proxy lets requests through again.
-pub fn assert_wait_told(answer: &aoai_e2e::client::Answer, asked: Duration, took: Duration) {
+pub fn assert_wait_told(
+    answer: &aoai_e2e::client::Answer,
+    asked: Duration,
+    took: Duration,
+    case: &str,
+) {
     let header = |name: &str| -> u64 {
         answer.headers[name]
             .to_str()
             .ok()
             .and_then(|value| value.parse().ok())
-            .unwrap_or_else(|| panic!("{name}: {:?}", answer.headers[name]))
+            .unwrap_or_else(|| panic!("{case}: {name}: {:?}", answer.headers[name]))
     };
     let asked_ms = u64::try_from(asked.as_millis()).unwrap();
     let took_ms = u64::try_from(took.as_micros().div_ceil(1000)).unwrap();
     let told_ms = header("retry-after-ms");
     assert!(
         (asked_ms.saturating_sub(took_ms)..=asked_ms).contains(&told_ms),
-        "retry-after-ms {told_ms}: the {asked_ms} ms asked, less at most the request's {took_ms} ms"
+        "{case}: retry-after-ms {told_ms}: the {asked_ms} ms asked, less at most the request's {took_ms} ms"
     );
     assert_eq!(
         header("retry-after"),
         told_ms.div_ceil(1000),
-        "whole seconds, rounded up"
+        "{case}: whole seconds, rounded up"
     );
 }
