@@ -1,16 +1,20 @@
 //! A private CA for the upstream (`SSL_CERT_FILE`), on 127.0.0.1: an upstream whose certificate
 //! the bundle does not cover is refused; once the bundle file is rewritten (as the kubelet updates
 //! a mounted ConfigMap) new connections trust it, without a restart; a bundle that stops parsing
-//! leaves the roots read before in place.
+//! leaves the roots read before in place. And the protocol versions, cipher suites and key
+//! exchange groups the README's security considerations name are each offered.
 
 mod common;
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use aoai_e2e::ca::TestCa;
 use aoai_e2e::openai::MockOpenAi;
 use common::{TestProxy, fixed_token};
 use http::StatusCode;
+use rustls::crypto::CryptoProvider;
+use rustls::crypto::ring::{cipher_suite, default_provider, kx_group};
 
 async fn models(url: &str) -> StatusCode {
     aoai_e2e::client::get(&format!("{url}/openai/v1/models"), &[])
@@ -60,4 +64,83 @@ async fn the_bundle_is_re_read_when_it_changes() {
         "a broken bundle keeps the roots read before"
     );
     proxy.stop().await;
+}
+
+/// An upstream that allows one protocol version, one cipher suite and one key exchange group, as a
+/// gateway pinned to a narrow policy would, is reached with an ECDSA and with an RSA certificate
+/// (Azure's): the proxy offers each one the README names.
+#[tokio::test]
+async fn each_tls_version_suite_and_group_the_readme_names_is_offered() {
+    use rustls::version::{TLS12, TLS13};
+    let ca = TestCa::new();
+    let (ecdsa, rsa) = (ca.server_cert(), ca.server_cert_rsa());
+    let cases = [
+        (
+            "TLS 1.3, AES-128-GCM, X25519, ECDSA",
+            &TLS13,
+            cipher_suite::TLS13_AES_128_GCM_SHA256,
+            kx_group::X25519,
+            &ecdsa,
+        ),
+        (
+            "TLS 1.3, AES-256-GCM, P-256, RSA",
+            &TLS13,
+            cipher_suite::TLS13_AES_256_GCM_SHA384,
+            kx_group::SECP256R1,
+            &rsa,
+        ),
+        (
+            "TLS 1.3, ChaCha20-Poly1305, P-384, ECDSA",
+            &TLS13,
+            cipher_suite::TLS13_CHACHA20_POLY1305_SHA256,
+            kx_group::SECP384R1,
+            &ecdsa,
+        ),
+        (
+            "TLS 1.2, ECDHE-ECDSA AES-128-GCM, P-256",
+            &TLS12,
+            cipher_suite::TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256,
+            kx_group::SECP256R1,
+            &ecdsa,
+        ),
+        (
+            "TLS 1.2, ECDHE-RSA AES-256-GCM, X25519",
+            &TLS12,
+            cipher_suite::TLS_ECDHE_RSA_WITH_AES_256_GCM_SHA384,
+            kx_group::X25519,
+            &rsa,
+        ),
+        (
+            "TLS 1.2, ECDHE-RSA ChaCha20-Poly1305, P-384",
+            &TLS12,
+            cipher_suite::TLS_ECDHE_RSA_WITH_CHACHA20_POLY1305_SHA256,
+            kx_group::SECP384R1,
+            &rsa,
+        ),
+    ];
+    for (case, version, suite, group, (chain, key)) in cases {
+        let provider = CryptoProvider {
+            cipher_suites: vec![suite],
+            kx_groups: vec![group],
+            ..default_provider()
+        };
+        let mut server = rustls::ServerConfig::builder_with_provider(Arc::new(provider))
+            .with_protocol_versions(&[version])
+            .expect(case)
+            .with_no_client_auth()
+            .with_single_cert(chain.clone(), key.clone_key())
+            .expect(case);
+        server.alpn_protocols = vec![b"http/1.1".to_vec()];
+        let upstream = MockOpenAi::start_tls(server).await;
+        let proxy = TestProxy::start(
+            &[
+                ("API_BASE_URL", &upstream.url()),
+                ("SSL_CERT_FILE", ca.root_pem_path().to_str().unwrap()),
+            ],
+            fixed_token(),
+        )
+        .await;
+        assert_eq!(models(&proxy.url).await, StatusCode::OK, "{case}");
+        proxy.stop().await;
+    }
 }

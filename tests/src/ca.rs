@@ -58,7 +58,10 @@ impl TestCa {
     /// A server certificate for 127.0.0.1, localhost, the test node's bridge gateway (where the
     /// node tests serve their mocks to pods) and `more` names or addresses.
     fn issue_server_cert_for(&self, more: &[&str]) -> (rcgen::Certificate, KeyPair) {
-        let key = KeyPair::generate().expect("generate server key");
+        self.sign_server_cert(KeyPair::generate().expect("generate server key"), more)
+    }
+
+    fn sign_server_cert(&self, key: KeyPair, more: &[&str]) -> (rcgen::Certificate, KeyPair) {
         let mut names = vec![
             "127.0.0.1".to_string(),
             "localhost".to_string(),
@@ -74,11 +77,14 @@ impl TestCa {
 
     /// A server certificate for 127.0.0.1, localhost and the node gateway, with its key.
     pub fn server_cert(&self) -> (Vec<CertificateDer<'static>>, PrivateKeyDer<'static>) {
-        let (cert, key) = self.issue_server_cert();
-        (
-            vec![cert.der().clone()],
-            PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.serialize_der())),
-        )
+        as_der(self.issue_server_cert())
+    }
+
+    /// The same with an RSA key (the fixture key `client-b`), as Azure's endpoints present: TLS 1.3
+    /// then signs the handshake with RSA-PSS, and TLS 1.2 takes the ECDHE-RSA suites.
+    pub fn server_cert_rsa(&self) -> (Vec<CertificateDer<'static>>, PrivateKeyDer<'static>) {
+        let key = KeyPair::from_pem(&fixture_key_pem("client-b")).expect("PKCS#8 RSA fixture key");
+        as_der(self.sign_server_cert(key, &[]))
     }
 
     /// A server certificate for 127.0.0.1 and localhost as PEM: (certificate, PKCS#8 key).
@@ -120,6 +126,15 @@ impl TestCa {
         config.alpn_protocols = vec![b"http/1.1".to_vec()];
         config
     }
+}
+
+fn as_der(
+    (cert, key): (rcgen::Certificate, KeyPair),
+) -> (Vec<CertificateDer<'static>>, PrivateKeyDer<'static>) {
+    (
+        vec![cert.der().clone()],
+        PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.serialize_der())),
+    )
 }
 
 /// A rustls server configuration (ring) serving `chain` with `key`, offering h2 and http/1.1.
