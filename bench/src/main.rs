@@ -605,7 +605,7 @@ fn main() {
 }
 
 async fn run(options: Options) {
-    let _ = rustls::crypto::ring::default_provider().install_default();
+    let _ = aoai_runtime::crypto_provider().install_default();
     let cores = std::thread::available_parallelism()
         .map(|n| n.get())
         .unwrap_or(1);

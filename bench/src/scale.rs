@@ -118,7 +118,7 @@ fn pod(name: &str, annotations: Value) -> Pod {
 }
 
 pub async fn run(args: ScaleArgs) {
-    let _ = rustls::crypto::ring::default_provider().install_default();
+    let _ = aoai_runtime::crypto_provider().install_default();
     let Some(plane) = ControlPlane::start("aoai-bench scale").await else {
         eprintln!(
             "aoai-bench scale needs a control plane: run it through scripts/bench-scale, or set KUBEBUILDER_ASSETS"

@@ -28,7 +28,7 @@ use crate::{
 /// `-Cprofile-generate`), `seconds` per wrk run. Each proxy ends with SIGTERM, as in a pod, and
 /// writes its counters as it exits.
 pub async fn run(proxy: &Path, seconds: u64) {
-    let _ = rustls::crypto::ring::default_provider().install_default();
+    let _ = aoai_runtime::crypto_provider().install_default();
     let scratch = std::env::temp_dir().join(format!("aoai-bench-train-{}", std::process::id()));
     std::fs::create_dir_all(&scratch).unwrap();
     let script = wrk_script(&scratch);

@@ -23,13 +23,7 @@ use crate::percentile;
 const FIXTURE: &str = "../shared/fixtures/admission/pod-annotated.json";
 
 async fn connect(port: u16, roots: &rustls::RootCertStore) -> SendRequest<Full<Bytes>> {
-    let config = rustls::ClientConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .unwrap()
-    .with_root_certificates(roots.clone())
-    .with_no_client_auth();
+    let config = aoai_e2e::ca::client_config(roots.clone());
     let tcp = tokio::net::TcpStream::connect(("127.0.0.1", port))
         .await
         .unwrap();

@@ -67,7 +67,9 @@ impl ServingCert {
         }
         let key = PrivateKeyDer::from_pem_slice(key_pem.as_bytes())
             .map_err(|e| format!("the private key is not PEM: {e}"))?;
-        let signing_key = rustls::crypto::ring::sign::any_supported_type(&key)
+        let signing_key = aoai_runtime::crypto_provider()
+            .key_provider
+            .load_private_key(key)
             .map_err(|e| format!("unsupported private key: {e}"))?;
         let certified = CertifiedKey::new(chain, signing_key);
         certified
@@ -92,13 +94,12 @@ impl ResolvesServerCert for ServingCert {
 
 /// A rustls server configuration presenting `cert` (h2 and http/1.1).
 pub fn server_config(cert: Arc<ServingCert>) -> Arc<rustls::ServerConfig> {
-    let mut config = rustls::ServerConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .expect("ring supports the default protocol versions")
-    .with_no_client_auth()
-    .with_cert_resolver(cert);
+    let mut config =
+        rustls::ServerConfig::builder_with_provider(Arc::new(aoai_runtime::crypto_provider()))
+            .with_safe_default_protocol_versions()
+            .expect("the crypto provider supports the default protocol versions")
+            .with_no_client_auth()
+            .with_cert_resolver(cert);
     config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
     Arc::new(config)
 }

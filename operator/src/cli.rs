@@ -275,7 +275,7 @@ fn fetch_proxies() -> Result<Vec<AzureOpenAIProxy>, String> {
         .build()
         .map_err(|e| e.to_string())?;
     runtime.block_on(async {
-        let _ = rustls::crypto::ring::default_provider().install_default();
+        let _ = aoai_runtime::crypto_provider().install_default();
         let client = kube::Client::try_default()
             .await
             .map_err(|e| e.to_string())?;
@@ -386,7 +386,7 @@ impl Listeners {
 }
 
 async fn operate(args: &RunArgs, listeners: &Listeners) -> ExitCode {
-    let _ = rustls::crypto::ring::default_provider().install_default();
+    let _ = aoai_runtime::crypto_provider().install_default();
     let client = match kube::Client::try_default().await {
         Ok(client) => client,
         Err(e) => {

@@ -63,13 +63,7 @@ async fn presented_to(
     for cert in CertificateDer::pem_slice_iter(bundle.as_bytes()) {
         roots.add(cert.unwrap()).unwrap();
     }
-    let client = rustls::ClientConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .unwrap()
-    .with_root_certificates(roots)
-    .with_no_client_auth();
+    let client = aoai_e2e::ca::client_config(roots);
     let tcp = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
     let tls = tokio_rustls::TlsConnector::from(Arc::new(client))
         .connect(server_name.to_string().try_into().unwrap(), tcp)

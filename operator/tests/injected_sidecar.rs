@@ -32,7 +32,7 @@ const SECRET: &str = "client-secret-from-the-mounted-file";
 
 #[tokio::test]
 async fn the_injected_sidecar_trusts_the_private_ca_and_goes_through_the_egress_proxy() {
-    let _ = rustls::crypto::ring::default_provider().install_default();
+    let _ = aoai_runtime::crypto_provider().install_default();
     let private_ca = TestCa::new();
     let ledger = TokenLedger::new();
     let app = App {

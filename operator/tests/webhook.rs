@@ -111,13 +111,7 @@ struct Connection {
 async fn tls_to(server: &Server) -> tokio_rustls::client::TlsStream<TcpStream> {
     let mut roots = rustls::RootCertStore::empty();
     roots.add(server.ca.root_der().clone()).unwrap();
-    let config = rustls::ClientConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .unwrap()
-    .with_root_certificates(roots)
-    .with_no_client_auth();
+    let config = aoai_e2e::ca::client_config(roots);
     let tcp = TcpStream::connect(("127.0.0.1", server.url_port))
         .await
         .unwrap();

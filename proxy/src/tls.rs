@@ -75,7 +75,7 @@ pub fn root_store(extra: Option<&Path>) -> Result<RootCertStore, TlsError> {
 }
 
 fn provider() -> Arc<CryptoProvider> {
-    Arc::new(rustls::crypto::ring::default_provider())
+    Arc::new(aoai_runtime::crypto_provider())
 }
 
 fn verifier(roots: RootCertStore) -> Arc<WebPkiServerVerifier> {
@@ -176,7 +176,7 @@ impl ServerCertVerifier for Trust {
 pub fn client_config(trust: Arc<Trust>) -> ClientConfig {
     ClientConfig::builder_with_provider(provider())
         .with_safe_default_protocol_versions()
-        .expect("ring supports the default protocol versions")
+        .expect("the crypto provider supports the default protocol versions")
         .dangerous()
         .with_custom_certificate_verifier(trust)
         .with_no_client_auth()

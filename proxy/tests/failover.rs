@@ -66,7 +66,7 @@ fn label(mock: &MockOpenAi) -> String {
 }
 
 fn azure_client(proxy: &TestProxy) -> Client<AzureConfig> {
-    let _ = rustls::crypto::ring::default_provider().install_default();
+    let _ = aoai_runtime::crypto_provider().install_default();
     Client::with_config(
         AzureConfig::new()
             .with_api_base(&proxy.url)

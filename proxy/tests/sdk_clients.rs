@@ -31,7 +31,7 @@ fn request(stream: bool) -> CreateChatCompletionRequest {
 }
 
 fn install_crypto() {
-    let _ = rustls::crypto::ring::default_provider().install_default();
+    let _ = aoai_runtime::crypto_provider().install_default();
 }
 
 #[tokio::test]

@@ -14,7 +14,7 @@ use aoai_e2e::openai::MockOpenAi;
 use common::{TestProxy, fixed_token};
 use http::StatusCode;
 use rustls::crypto::CryptoProvider;
-use rustls::crypto::ring::{cipher_suite, default_provider, kx_group};
+use rustls::crypto::ring::{cipher_suite, kx_group};
 
 async fn models(url: &str) -> StatusCode {
     aoai_e2e::client::get(&format!("{url}/openai/v1/models"), &[])
@@ -122,7 +122,7 @@ async fn each_tls_version_suite_and_group_the_readme_names_is_offered() {
         let provider = CryptoProvider {
             cipher_suites: vec![suite],
             kx_groups: vec![group],
-            ..default_provider()
+            ..aoai_runtime::crypto_provider()
         };
         let mut server = rustls::ServerConfig::builder_with_provider(Arc::new(provider))
             .with_protocol_versions(&[version])

@@ -137,21 +137,30 @@ fn as_der(
     )
 }
 
-/// A rustls server configuration (ring) serving `chain` with `key`, offering h2 and http/1.1.
+/// A rustls server configuration (the project's crypto provider) serving `chain` with `key`,
+/// offering h2 and http/1.1.
 pub fn server_config(
     chain: Vec<CertificateDer<'static>>,
     key: PrivateKeyDer<'static>,
 ) -> rustls::ServerConfig {
-    let mut config = rustls::ServerConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .expect("protocol versions")
-    .with_no_client_auth()
-    .with_single_cert(chain, key)
-    .expect("server cert");
+    let mut config =
+        rustls::ServerConfig::builder_with_provider(Arc::new(aoai_runtime::crypto_provider()))
+            .with_safe_default_protocol_versions()
+            .expect("protocol versions")
+            .with_no_client_auth()
+            .with_single_cert(chain, key)
+            .expect("server cert");
     config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
     config
+}
+
+/// A rustls client configuration (the project's crypto provider) trusting only `roots`.
+pub fn client_config(roots: rustls::RootCertStore) -> rustls::ClientConfig {
+    rustls::ClientConfig::builder_with_provider(Arc::new(aoai_runtime::crypto_provider()))
+        .with_safe_default_protocol_versions()
+        .expect("protocol versions")
+        .with_root_certificates(roots)
+        .with_no_client_auth()
 }
 
 /// A `kubernetes.io/tls` Secret `namespace/name` holding `certificate` and the fixture key

@@ -476,7 +476,7 @@ impl ControlPlane {
     }
 
     async fn wait_ready(&mut self) {
-        let _ = rustls::crypto::ring::default_provider().install_default();
+        let _ = aoai_runtime::crypto_provider().install_default();
         let client = self.client();
         let deadline = Instant::now() + Duration::from_secs(90);
         loop {

@@ -1,6 +1,6 @@
 //! What both programs run their listeners with: the one serve loop (HTTP/1.1 and h2, optional
-//! TLS, graceful shutdown with a grace period), the shutdown signal, the watching of mounted
-//! files, and how their metrics are served.
+//! TLS, graceful shutdown with a grace period), the TLS crypto provider, the shutdown signal, the
+//! watching of mounted files, and how their metrics are served.
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -18,6 +18,14 @@ pub mod file_watch;
 /// The content type of `/metrics`: prometheus-client writes OpenMetrics (`info` metrics,
 /// `# EOF`), which Prometheus reads only when told so; as `text/plain` it refuses the scrape.
 pub const METRICS_CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+
+/// The TLS crypto provider of both programs, their tests and the benchmark: *ring*. Every TLS
+/// configuration starts from this one, so that moving to another provider (aws-lc-rs, for a
+/// post-quantum key exchange; see the README's security considerations) is a change here and in
+/// the workspace's features, nowhere else.
+pub fn crypto_provider() -> tokio_rustls::rustls::crypto::CryptoProvider {
+    tokio_rustls::rustls::crypto::ring::default_provider()
+}
 
 /// How long a TLS client has to finish its handshake.
 const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
