@@ -23,6 +23,10 @@ pub const METRICS_CONTENT_TYPE: &str = "application/openmetrics-text; version=1.
 /// configuration starts from this one, so that moving to another provider (aws-lc-rs, for a
 /// post-quantum key exchange; see the README's security considerations) is a change here and in
 /// the workspace's features, nowhere else.
+// rustls deprecates its ring provider because ring has no post-quantum key exchange; the project
+// keeps ring for its smaller build and footprint (README, security considerations), so the
+// deprecation is acknowledged here, once.
+#[allow(deprecated)]
 pub fn crypto_provider() -> tokio_rustls::rustls::crypto::CryptoProvider {
     tokio_rustls::rustls::crypto::ring::default_provider()
 }
