@@ -2,7 +2,8 @@
 //! the bundle does not cover is refused; once the bundle file is rewritten (as the kubelet updates
 //! a mounted ConfigMap) new connections trust it, without a restart; a bundle that stops parsing
 //! leaves the roots read before in place. And the protocol versions, cipher suites and key
-//! exchange groups the README's security considerations name are each offered.
+//! exchange groups the README's security considerations name are each offered, the groups in its
+//! order.
 
 mod common;
 
@@ -143,4 +144,25 @@ async fn each_tls_version_suite_and_group_the_readme_names_is_offered() {
         assert_eq!(models(&proxy.url).await, StatusCode::OK, "{case}");
         proxy.stop().await;
     }
+}
+
+/// The key exchange groups the README names, in its order: the first is the one the proxy's
+/// ClientHello carries a key share for. A rustls release that changes its defaults (0.23.48 moved
+/// P-384 first) fails here before the README goes stale.
+#[test]
+fn the_key_exchange_groups_are_offered_in_the_readme_order() {
+    use rustls::NamedGroup;
+    let groups: Vec<NamedGroup> = aoai_runtime::crypto_provider()
+        .kx_groups
+        .iter()
+        .map(|group| group.name())
+        .collect();
+    assert_eq!(
+        groups,
+        [
+            NamedGroup::secp384r1,
+            NamedGroup::X25519,
+            NamedGroup::secp256r1
+        ]
+    );
 }
