@@ -12,6 +12,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto::Builder;
 use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
+use tokio_rustls::rustls::crypto::CryptoProvider;
 
 pub mod file_watch;
 
@@ -27,8 +28,15 @@ pub const METRICS_CONTENT_TYPE: &str = "application/openmetrics-text; version=1.
 // keeps ring for its smaller build and footprint (README, security considerations), so the
 // deprecation is acknowledged here, once.
 #[allow(deprecated)]
-pub fn crypto_provider() -> tokio_rustls::rustls::crypto::CryptoProvider {
-    tokio_rustls::rustls::crypto::ring::default_provider()
+pub fn crypto_provider() -> CryptoProvider {
+    use tokio_rustls::rustls::crypto::ring::{default_provider, kx_group};
+    CryptoProvider {
+        // X25519 first, as OpenSSL, Go and browsers send it (rustls's ring default puts P-384
+        // first): a ClientHello carries a key share for its first group only, and ring computes a
+        // P-384 one at several times X25519's cost, on every new upstream connection.
+        kx_groups: vec![kx_group::X25519, kx_group::SECP256R1, kx_group::SECP384R1],
+        ..default_provider()
+    }
 }
 
 /// How long a TLS client has to finish its handshake.
