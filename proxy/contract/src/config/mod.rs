@@ -45,7 +45,17 @@ pub struct ConfigError {
 
 impl fmt::Display for ConfigError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}: {}", self.variable, self.message)
+        write!(f, "{}: ", self.variable)?;
+        // A message can quote what was set (a JSON key, a path): a control character in it is
+        // written escaped, so that the error stays one line.
+        for c in self.message.chars() {
+            if c.is_control() {
+                write!(f, "{}", c.escape_default())?;
+            } else {
+                fmt::Write::write_char(f, c)?;
+            }
+        }
+        Ok(())
     }
 }
 
@@ -671,12 +681,21 @@ mod tests {
                 "AOAI_PROXY_CREDENTIAL",
                 "not a credential kind",
             ),
+            // The JSON error quotes the unknown key, decoded: its line break stays escaped.
+            (
+                &[(
+                    "AOAI_PROXY_BACKENDS",
+                    r#"[{"endpoint":"https://a.openai.azure.com","prio\nrity":1}]"#,
+                )],
+                "AOAI_PROXY_BACKENDS",
+                "unknown field `prio\\nrity`",
+            ),
         ];
         for (vars, variable, fragment) in cases {
             let e = err(vars);
             assert_eq!(e.variable, *variable, "{vars:?} → {e}");
-            assert!(e.message.contains(fragment), "{vars:?} → {e}");
-            assert!(!e.to_string().contains('\n'));
+            assert!(e.to_string().contains(fragment), "{vars:?} → {e}");
+            assert!(!e.to_string().contains('\n'), "{e}");
         }
     }
 
