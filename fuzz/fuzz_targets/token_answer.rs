@@ -26,6 +26,7 @@ fuzz_target!(|data: &[u8]| {
         Err(error) => {
             let line = error.to_string();
             assert!(line.len() < 2048, "{} bytes", line.len());
+            assert!(!line.chars().any(char::is_control), "{line:?}");
         }
     }
     if let Ok(text) = std::str::from_utf8(body) {

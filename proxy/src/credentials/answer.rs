@@ -4,6 +4,7 @@
 
 use std::time::Duration;
 
+use aoai_proxy_contract::config::OneLine;
 use http::StatusCode;
 use serde::Deserialize;
 use serde_json::Value;
@@ -99,9 +100,14 @@ fn rejected(endpoint: &str, status: StatusCode, body: &[u8]) -> AcquireError {
     AcquireError::Rejected {
         endpoint: endpoint.to_string(),
         status: status.as_u16(),
-        error: truncate(&error, MAX_DESCRIPTION).to_string(),
-        description: truncate(first_line, MAX_DESCRIPTION).to_string(),
+        error: printable(&error),
+        description: printable(first_line),
     }
+}
+
+/// What the endpoint said, as it can stand in one line of a log: escaped, then cut.
+fn printable(text: &str) -> String {
+    truncate(&OneLine(text).to_string(), MAX_DESCRIPTION).to_string()
 }
 
 /// At most `max` bytes of `text`, cut at a character boundary.
@@ -259,6 +265,16 @@ mod tests {
             )
         );
         assert!(!e.is_local());
+    }
+
+    #[test]
+    fn an_error_with_control_characters_stays_one_line() {
+        let body = br#"{"error":"bad\ncode","error_description":"first\rforged line\u001b[2J"}"#;
+        let e = parse_token_answer(EP, StatusCode::BAD_REQUEST, body).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            format!(r"{EP} answered HTTP 400 bad\ncode: first\rforged line\u{{1b}}[2J")
+        );
     }
 
     #[test]

@@ -45,10 +45,18 @@ pub struct ConfigError {
 
 impl fmt::Display for ConfigError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}: ", self.variable)?;
-        // A message can quote what was set (a JSON key, a path): a control character in it is
-        // written escaped, so that the error stays one line.
-        for c in self.message.chars() {
+        // A message can quote what was set (a JSON key, a path).
+        write!(f, "{}: {}", self.variable, OneLine(&self.message))
+    }
+}
+
+/// Text that came from outside (a value that was set, an endpoint's answer) written on one line:
+/// its control characters (line breaks, terminal escapes) escaped, the rest as it is.
+pub struct OneLine<'a>(pub &'a str);
+
+impl fmt::Display for OneLine<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for c in self.0.chars() {
             if c.is_control() {
                 write!(f, "{}", c.escape_default())?;
             } else {
