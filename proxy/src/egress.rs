@@ -16,6 +16,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tower_service::Service;
 
+use aoai_proxy_contract::config::OneLine;
 pub use aoai_proxy_contract::egress::{Egress, NoProxy, ProxyUrl};
 
 /// Why a tunnel could not be opened; names the proxy, never its credentials.
@@ -27,7 +28,7 @@ pub enum TunnelError {
         #[source]
         source: std::io::Error,
     },
-    #[error("the egress proxy {proxy} refused CONNECT {target}: {status}")]
+    #[error("the egress proxy {proxy} refused CONNECT {target}: {}", OneLine(.status))]
     Refused {
         proxy: String,
         target: String,
@@ -209,6 +210,24 @@ mod tests {
         assert_eq!(
             error,
             "the egress proxy http://proxy:3128 refused CONNECT r.openai.azure.com:443: 407 Proxy Authentication Required"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_refusal_with_control_characters_stays_one_line() {
+        let proxy = ProxyUrl::parse("http://proxy:3128").unwrap();
+        let (mut ours, mut theirs) = tokio::io::duplex(4096);
+        theirs
+            .write_all(b"HTTP/1.1 403 Forbidden\rforged line\x1b[2J\r\n\r\n")
+            .await
+            .unwrap();
+        let error = tunnel(&mut ours, &proxy, "r.openai.azure.com", 443)
+            .await
+            .unwrap_err()
+            .to_string();
+        assert!(
+            error.ends_with(r"CONNECT r.openai.azure.com:443: 403 Forbidden\rforged line\u{1b}[2J"),
+            "{error:?}"
         );
     }
 }
